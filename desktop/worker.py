@@ -1,0 +1,196 @@
+"""The pipeline's thread. Every model call (load, encode, generate, close) runs here; the worker
+talks to the window only through signals, so the GUI never blocks and never runs model code."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+from PySide6.QtCore import QObject, QThread, Signal, Slot
+
+from dynamicid_rt.errors import Cancelled, DynamicIDError
+
+from .people import EncodeJob
+
+if TYPE_CHECKING:
+    from dynamicid_rt import Pipeline, ProgressInfo, Request
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which models to open: ``folder`` None is the tiny demo bundle."""
+
+    folder: Path | None
+    backend: str
+
+
+def default_pipeline_factory(spec: ModelSpec) -> "Pipeline":
+    # Imported here, in the worker thread: the window must not wait for torch & co.
+    from dynamicid_rt import Pipeline
+
+    return Pipeline.load(models=spec.folder, backend=spec.backend)
+
+
+def describe_error(exc: BaseException) -> str:
+    """A message for the window: ours already say what to do; others get their type name."""
+    if isinstance(exc, DynamicIDError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def face_thumbnails(photo: Path, boxes: list[tuple[float, float, float, float]], size: int = 64) -> list[np.ndarray]:
+    """Square crops of each detected face (x0, y0, x1, y1 px) for the face picker."""
+    from PIL import Image
+
+    with Image.open(photo) as im:
+        rgb = im.convert("RGB")
+        out = []
+        for x0, y0, x1, y1 in boxes:
+            crop = rgb.crop((int(x0), int(y0), int(x1), int(y1))).resize((size, size))
+            out.append(np.asarray(crop, dtype=np.uint8))
+    return out
+
+
+class PipelineWorker(QObject):
+    """Lives in its own QThread; its slots are called through queued signals from the window."""
+
+    loading = Signal(str)  # what is being loaded
+    loaded = Signal(object)  # dict of facts about the pipeline
+    loadFailed = Signal(str)
+    encoded = Signal(int, int, object, object)  # key, version, Identity, face thumbnails
+    encodeFailed = Signal(int, int, str)  # key, version, message
+    progressed = Signal(int, int, float, object)  # step, total, seconds left, preview (h, w, 3) uint8
+    finished = Signal(object)  # Result
+    failed = Signal(str)
+    cancelled = Signal(str)
+    closed = Signal()
+
+    def __init__(self, factory: Callable[[ModelSpec], Any] = default_pipeline_factory) -> None:
+        super().__init__()
+        self._factory = factory
+        self._pipe: Any = None
+
+    @Slot(object)
+    def load(self, spec: ModelSpec) -> None:
+        self._close_pipe()
+        where = str(spec.folder) if spec.folder else "the tiny demo bundle"
+        self.loading.emit(f"Loading {where} on {spec.backend}…")
+        t = time.perf_counter()
+        try:
+            self._pipe = self._factory(spec)
+        except Exception as exc:  # noqa: BLE001 - any failure must reach the window, not kill the thread
+            log.exception("loading models failed")
+            self.loadFailed.emit(describe_error(exc))
+            return
+        self.loaded.emit(
+            {
+                "folder": spec.folder,
+                "backend": spec.backend,
+                "is_tiny": bool(self._pipe.is_tiny),
+                "has_imr": bool(self._pipe.has_imr),
+                "seconds": time.perf_counter() - t,
+            }
+        )
+
+    @Slot(object)
+    def encode(self, job: EncodeJob) -> None:
+        if self._pipe is None:
+            self.encodeFailed.emit(job.key, job.version, "the models are not loaded; choose a model folder")
+            return
+        try:
+            identity = self._pipe.encode_identity(
+                str(job.photo),
+                face_prompt=job.face_prompt,
+                target_landmarks=str(job.target) if job.target else None,
+                face_index=job.face_index,
+            )
+            thumbs: list[np.ndarray] = []
+            if identity.num_faces > 1:
+                faces = self._pipe.detect_faces(str(job.photo))
+                thumbs = face_thumbnails(job.photo, [tuple(f.bbox) for f in faces])
+        except Exception as exc:  # noqa: BLE001
+            # NoFaceError/ImageError are expected user input problems: no traceback for those.
+            if not isinstance(exc, DynamicIDError):
+                log.exception("encoding %s failed", job.photo)
+            self.encodeFailed.emit(job.key, job.version, describe_error(exc))
+        else:
+            self.encoded.emit(job.key, job.version, identity, thumbs)
+
+    @Slot(object, object)
+    def generate(self, request: "Request", cancel: threading.Event) -> None:
+        if self._pipe is None:
+            self.failed.emit("the models are not loaded; choose a model folder")
+            return
+        from dynamicid_rt.preview import latent_to_rgb
+
+        def progress(info: "ProgressInfo") -> None:
+            left = info.elapsed / info.step * (info.total - info.step) if info.step else 0.0
+            self.progressed.emit(info.step, info.total, left, latent_to_rgb(info.latent[0]))
+
+        try:
+            result = self._pipe.generate(request, progress=progress, cancel=cancel)
+        except Cancelled as exc:
+            self.cancelled.emit(str(exc))
+        except Exception as exc:  # noqa: BLE001
+            log.exception("generation failed")
+            self.failed.emit(describe_error(exc))
+        else:
+            self.finished.emit(result)
+
+    @Slot()
+    def close(self) -> None:
+        self._close_pipe()
+        self.closed.emit()
+
+    def _close_pipe(self) -> None:
+        if self._pipe is not None:
+            try:
+                self._pipe.close()
+            except Exception:  # noqa: BLE001 - closing must not stop a reload or shutdown
+                log.exception("closing the pipeline failed")
+            self._pipe = None
+
+
+class PipelineThread(QObject):
+    """Owns the worker and its thread; the window calls these methods and listens to ``worker``."""
+
+    _load = Signal(object)
+    _encode = Signal(object)
+    _generate = Signal(object, object)
+    _close = Signal()
+
+    def __init__(self, factory: Callable[[ModelSpec], Any] = default_pipeline_factory, parent=None) -> None:
+        super().__init__(parent)
+        self.thread = QThread()
+        self.thread.setObjectName("dynamicid-pipeline")
+        self.worker = PipelineWorker(factory)
+        self.worker.moveToThread(self.thread)
+        self._load.connect(self.worker.load)
+        self._encode.connect(self.worker.encode)
+        self._generate.connect(self.worker.generate)
+        self._close.connect(self.worker.close)
+        self.thread.start()
+
+    def load(self, spec: ModelSpec) -> None:
+        self._load.emit(spec)
+
+    def encode(self, job: EncodeJob) -> None:
+        self._encode.emit(job)
+
+    def generate(self, request: "Request", cancel: threading.Event) -> None:
+        self._generate.emit(request, cancel)
+
+    def shutdown(self, timeout_ms: int = 10000) -> None:
+        """Close the pipeline in its thread, then stop the thread."""
+        if not self.thread.isRunning():
+            return
+        self._close.emit()
+        self.thread.quit()
+        if not self.thread.wait(timeout_ms):
+            log.warning("the pipeline thread did not stop within %d ms", timeout_ms)

@@ -1,0 +1,43 @@
+"""The backend seam: every backend runs the engines of the contract (SPEC §4) on numpy arrays."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Callable, Mapping
+
+import numpy as np
+
+from ..contract import ENGINES, ModelDims
+
+EngineCall = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+class Backend(ABC):
+    """Runs contract engines by name. Inputs and outputs are numpy arrays named as in SPEC §4."""
+
+    name: str = "abstract"
+
+    def __init__(self, dims: ModelDims, has_imr: bool) -> None:
+        self.dims = dims
+        self.has_imr = has_imr
+
+    @abstractmethod
+    def run(self, engine: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one engine; returns every output of its contract."""
+
+    def bind(self, engine: str, constants: Mapping[str, np.ndarray]) -> EngineCall:
+        """A callable for repeated calls whose other inputs stay fixed (the UNet inside the sampler
+        loop). Backends that keep tensors on a device override this to upload ``constants`` once."""
+        fixed = dict(constants)
+        return lambda inputs: self.run(engine, {**fixed, **inputs})
+
+    def describe(self) -> dict[str, str]:
+        """Human-readable facts for logs and ``doctor``: device, precision, providers."""
+        return {"backend": self.name}
+
+    def close(self) -> None:
+        """Release device memory and sessions."""
+
+    @staticmethod
+    def check_engine(engine: str) -> None:
+        if engine not in ENGINES:
+            raise KeyError(f"unknown engine {engine!r}; the contract has {', '.join(ENGINES)}")

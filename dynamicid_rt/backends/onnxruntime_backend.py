@@ -1,0 +1,191 @@
+"""ONNX Runtime backend: runs the contract engines from the engine cache (CPU, CUDA, TensorRT).
+
+Neither this module nor anything it runs at inference imports torch or diffusers: with a built
+engine cache the backend works where only onnxruntime is installed. Engines missing from the
+cache are exported first, which imports the exporter (and torch) lazily.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+import numpy as np
+
+from ..contract import ENGINES
+from ..errors import DynamicIDError, ModelFolderError
+from ..paths import ModelPaths
+from .base import Backend, EngineCall
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+
+    from dynamicid_rt.export.cache import CacheEntry
+
+log = logging.getLogger(__name__)
+
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
+
+
+class OnnxRuntimeBackend(Backend):
+    """Runs every engine with ONNX Runtime. ``device``: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``
+    (default: CUDA when onnxruntime offers it); ``precision``: ``"fp32"`` or ``"fp16"`` (default:
+    fp16 on CUDA, fp32 on the CPU); ``engine_dir``: the engine cache (default: the user cache)."""
+
+    name = "onnxruntime"
+
+    def __init__(
+        self, paths: ModelPaths, device: str | None = None, precision: str | None = None, engine_dir: Path | None = None
+    ) -> None:
+        import onnxruntime as ort
+
+        from dynamicid_rt.export.cache import PRECISIONS, build_engines, default_engines
+
+        available = ort.get_available_providers()
+        device = device or ("cuda" if "CUDAExecutionProvider" in available else "cpu")
+        kind, _, index = device.partition(":")
+        if kind not in ("cpu", "cuda") or (index and not index.isdigit()):
+            raise DynamicIDError(f"device {device!r} is not understood by the onnxruntime backend; use cpu, cuda or cuda:N")
+        if kind == "cuda" and "CUDAExecutionProvider" not in available:
+            raise DynamicIDError(
+                f"device {device!r} needs onnxruntime's CUDA provider, but this onnxruntime offers only "
+                f"{', '.join(available)}; install onnxruntime-gpu (in place of onnxruntime) or use --device cpu"
+            )
+        precision = precision or ("fp16" if kind == "cuda" else "fp32")
+        if precision not in PRECISIONS:
+            raise DynamicIDError(f"precision {precision!r} is not supported; use {' or '.join(PRECISIONS)}")
+        # Reuses valid entries without touching torch; builds (and imports torch) only what is missing.
+        entries = build_engines(paths, engine_dir, precision, default_engines(paths))
+        self._entries: dict[str, CacheEntry] = {e.engine: e for e in entries}
+        super().__init__(entries[0].dims, has_imr=paths.has_imr)
+        self.paths = paths
+        self.device = device
+        self.precision = precision
+        self._device_type = kind
+        self._device_id = int(index or 0)
+        self._available = available
+        self._sessions: dict[str, ort.InferenceSession] = {}
+
+    def _providers(self, entry: "CacheEntry") -> list[Any]:
+        if self._device_type == "cpu":
+            return ["CPUExecutionProvider"]
+        providers: list[Any] = []
+        if "TensorrtExecutionProvider" in self._available:
+            profile = ENGINES[entry.engine].profile(self.dims)
+
+            def shapes(i: int) -> str:
+                return ",".join(f"{name}:{'x'.join(map(str, s[i]))}" for name, s in profile.items())
+
+            options = {
+                "device_id": self._device_id,
+                "trt_fp16_enable": self.precision == "fp16",
+                # TensorRT plans live inside the cache entry, so a rebuilt entry drops stale plans.
+                "trt_engine_cache_enable": True,
+                "trt_engine_cache_path": str(entry.path / "tensorrt"),
+                "trt_timing_cache_enable": True,
+                "trt_timing_cache_path": str(entry.path / "tensorrt"),
+            }
+            if profile and ENGINES[entry.engine].axes:
+                options |= {"trt_profile_min_shapes": shapes(0), "trt_profile_opt_shapes": shapes(1), "trt_profile_max_shapes": shapes(2)}
+            providers.append(("TensorrtExecutionProvider", options))
+        providers.append(("CUDAExecutionProvider", {"device_id": self._device_id}))
+        providers.append("CPUExecutionProvider")
+        return providers
+
+    def _session(self, engine: str) -> "ort.InferenceSession":
+        self.check_engine(engine)
+        session = self._sessions.get(engine)
+        if session is None:
+            entry = self._entries.get(engine)
+            if entry is None:
+                raise ModelFolderError(
+                    f"engine {engine!r} is not available: the model folder lacks its weights "
+                    "(imr needs dynamicid/IMR.bin and key_point_encoder.bin)"
+                )
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            options.log_severity_level = 3  # keep ORT's own warnings (e.g. unused initializers) out of logs
+            session = ort.InferenceSession(str(entry.onnx), options, providers=self._providers(entry))
+            log.info("%s: loaded %s with %s", engine, entry.onnx, ", ".join(session.get_providers()))
+            self._sessions[engine] = session
+        return session
+
+    @staticmethod
+    def _feed(session: "ort.InferenceSession", engine: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feed = {}
+        for meta in session.get_inputs():
+            if meta.name not in inputs:
+                raise KeyError(f"{engine} needs input {meta.name!r}; got {', '.join(inputs) or 'none'}")
+            feed[meta.name] = np.ascontiguousarray(inputs[meta.name], dtype=_ORT_TYPES.get(meta.type, np.float32))
+        return feed
+
+    def run(self, engine: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        session = self._session(engine)
+        outputs = session.run(None, self._feed(session, engine, inputs))
+        return dict(zip(ENGINES[engine].output_names, outputs))
+
+    def bind(self, engine: str, constants: Mapping[str, np.ndarray]) -> EngineCall:
+        """Upload ``constants`` to the device once (IOBinding); each call then sends only the
+        changing inputs (latents, timestep, boost) and fetches the outputs."""
+        import onnxruntime as ort
+
+        session = self._session(engine)
+        types = {m.name: _ORT_TYPES.get(m.type, np.float32) for m in session.get_inputs()}
+        unknown = set(constants) - set(types)
+        if unknown:
+            raise KeyError(f"{engine} has no input(s) {', '.join(sorted(unknown))}; its inputs are {', '.join(types)}")
+        device = "cuda" if self._device_type == "cuda" else "cpu"
+        uploaded = {
+            name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value, dtype=types[name]), device, self._device_id)
+            for name, value in constants.items()
+        }
+        return _BoundCall(engine, session, uploaded, types, device, self._device_id)
+
+    def describe(self) -> dict[str, str]:
+        import onnxruntime as ort
+
+        entry = next(iter(self._entries.values()))
+        return {
+            "backend": self.name,
+            "device": self.device,
+            "precision": self.precision,
+            "onnxruntime": ort.__version__,
+            "providers": ", ".join(p if isinstance(p, str) else p[0] for p in self._providers(entry)),
+            "engine_dir": str(entry.path.parent),
+        }
+
+    def close(self) -> None:
+        self._sessions.clear()
+
+
+class _BoundCall:
+    """One engine with some inputs resident on the device (see :meth:`OnnxRuntimeBackend.bind`)."""
+
+    def __init__(
+        self, engine: str, session: "ort.InferenceSession", uploaded: dict[str, Any], types: dict[str, type],
+        device: str, device_id: int,
+    ) -> None:
+        self.engine = engine
+        self.session = session
+        self.uploaded = uploaded  # the OrtValues must outlive the binding
+        self.types = types
+        self.device = device
+        self.device_id = device_id
+        self.varying = [name for name in types if name not in uploaded]
+        self.graph_outputs = [o.name for o in session.get_outputs()]  # mapped to contract names by position
+        self.outputs = ENGINES[engine].output_names
+        self.binding = session.io_binding()
+        for name, value in uploaded.items():
+            self.binding.bind_ortvalue_input(name, value)
+
+    def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for name in self.varying:
+            if name not in inputs:
+                raise KeyError(f"{self.engine} needs input {name!r} at each call; got {', '.join(inputs) or 'none'}")
+            self.binding.bind_cpu_input(name, np.ascontiguousarray(inputs[name], dtype=self.types[name]))
+        for name in self.graph_outputs:
+            self.binding.bind_output(name, self.device, self.device_id)
+        self.session.run_with_iobinding(self.binding)
+        return dict(zip(self.outputs, self.binding.copy_outputs_to_cpu()))

@@ -1,0 +1,33 @@
+"""Exceptions the runtime raises for bad input; each message says what was wrong and how to fix it."""
+
+
+class DynamicIDError(Exception):
+    """Base class of every error the runtime raises on purpose."""
+
+
+class ModelFolderError(DynamicIDError):
+    """A model folder or one of its files is missing or malformed."""
+
+
+class CheckpointError(DynamicIDError):
+    """A checkpoint lacks keys, has unexpected keys or wrong shapes."""
+
+
+class ImageError(DynamicIDError):
+    """A photo could not be read or is unusable (too small, too large, not an image)."""
+
+
+class NoFaceError(ImageError):
+    """No face was found in a reference photo."""
+
+
+class RequestError(DynamicIDError, ValueError):
+    """A generation request is inconsistent (sizes, boxes, identities...)."""
+
+
+class NumericalError(DynamicIDError):
+    """A stage produced NaN or infinite values."""
+
+
+class Cancelled(DynamicIDError):
+    """Generation was cancelled between two steps."""

@@ -1,0 +1,322 @@
+"""Face analysis over insightface (SPEC §1.2) and the landmark raster / auto source prompt of §1.4.
+
+No torch here. insightface is imported when a :class:`FaceAnalyzer` is built, and always pointed at
+the pack folder itself (the buffalo_l file names below): nothing is ever downloaded.
+
+Photos are RGB uint8 arrays (H, W, 3) throughout; :func:`load_photo` makes them from files, PIL
+images or arrays. Photos larger than :data:`MAX_SIDE` on the long side are downscaled (with a
+logged warning) rather than refused: face analysis works at 512 px anyway.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageError, ModelFolderError, NoFaceError, NumericalError, RequestError
+
+logger = logging.getLogger(__name__)
+
+MIN_SIDE = 64
+MAX_SIDE = 4096
+# insightface's buffalo_l pack: task name -> file, as FaceAnalysis would route them.
+PACK_FILES = {
+    "detection": "det_10g.onnx",
+    "recognition": "w600k_r50.onnx",
+    "landmark_2d_106": "2d106det.onnx",
+    "landmark_3d_68": "1k3d68.onnx",
+}
+DET_THRESHOLD = 0.5  # insightface's default
+LANDMARK_PHOTO_SIZE = 512  # §1.4: the photo is resized to 512x512 before the 106 landmarks
+LANDMARK_RASTER_SIZE = 96
+_RESAMPLE = Image.Resampling.BICUBIC  # PIL's resize default, as the release resizes PIL images
+
+
+def _name_of(photo: object) -> str:
+    if isinstance(photo, (str, Path)):
+        return str(photo)
+    filename = getattr(photo, "filename", "")
+    return str(filename) if filename else f"the given {type(photo).__name__}"
+
+
+def _pil_to_rgb(image: Image.Image, name: str) -> np.ndarray:
+    if image.mode in ("I;16", "I;16L", "I;16B", "I"):  # 16-bit greyscale PNGs
+        grey = np.asarray(image, dtype=np.float64) / 257.0
+        return np.repeat(np.clip(np.rint(grey), 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+    if image.mode == "F":
+        grey = np.clip(np.rint(np.asarray(image, dtype=np.float64)), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+    if has_alpha:
+        return _array_to_rgb(np.asarray(image.convert("RGBA")), name)
+    return np.asarray(image.convert("RGB"))
+
+
+def _array_to_rgb(array: np.ndarray, name: str) -> np.ndarray:
+    if array.dtype != np.uint8:
+        raise ImageError(f"{name} has dtype {array.dtype}; pass an RGB uint8 array (0..255), e.g. np.asarray(PIL image)")
+    if array.ndim == 2:
+        return np.repeat(array[..., None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise ImageError(f"{name} has shape {array.shape}; expected (H, W), (H, W, 3) RGB or (H, W, 4) RGBA")
+    if array.shape[2] == 1:
+        return np.repeat(array, 3, axis=2)
+    if array.shape[2] == 4:  # composite transparent parts over white
+        alpha = array[..., 3:4].astype(np.float32) / 255.0
+        rgb = array[..., :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)
+        return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(array)
+
+
+def _open(path: Path) -> Image.Image:
+    if not path.is_file():
+        raise ImageError(f"photo {path} does not exist or is not a file")
+    try:
+        image = Image.open(path)
+        image.load()
+        return ImageOps.exif_transpose(image)
+    except UnidentifiedImageError as exc:
+        raise ImageError(f"{path} is not an image file that PIL can read (use PNG, JPEG or WebP)") from exc
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ImageError(f"{path} could not be decoded ({exc}); the file may be truncated or corrupt") from exc
+
+
+def load_photo(photo: str | Path | np.ndarray | Image.Image) -> np.ndarray:
+    """The photo as an RGB uint8 array (H, W, 3): EXIF orientation applied, greyscale expanded,
+    transparency composited over white, more than :data:`MAX_SIDE` px downscaled (warning).
+
+    Raises :class:`ImageError` (naming the file) for unreadable files and photos under
+    :data:`MIN_SIDE` px on a side.
+    """
+    name = _name_of(photo)
+    if isinstance(photo, (str, Path)):
+        rgb = _pil_to_rgb(_open(Path(photo).expanduser()), name)
+    elif isinstance(photo, Image.Image):
+        try:
+            rgb = _pil_to_rgb(ImageOps.exif_transpose(photo), name)
+        except (OSError, ValueError) as exc:
+            raise ImageError(f"{name} could not be decoded ({exc})") from exc
+    elif isinstance(photo, np.ndarray):
+        rgb = _array_to_rgb(photo, name)
+    else:
+        raise ImageError(f"unsupported photo {name}: pass a file path, a PIL image or an RGB uint8 array")
+    height, width = rgb.shape[:2]
+    if min(height, width) < MIN_SIDE:
+        raise ImageError(f"{name} is {width}x{height} px; face analysis needs at least {MIN_SIDE} px on each side")
+    if max(height, width) > MAX_SIDE:
+        scale = MAX_SIDE / max(height, width)
+        size = (max(MIN_SIDE, round(width * scale)), max(MIN_SIDE, round(height * scale)))
+        logger.warning("%s is %dx%d px; downscaling to %dx%d for face analysis", name, width, height, *size)
+        rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.LANCZOS))
+    return rgb
+
+
+def _check_rgb(photo_rgb: np.ndarray) -> np.ndarray:
+    if not isinstance(photo_rgb, np.ndarray) or photo_rgb.dtype != np.uint8 or photo_rgb.ndim != 3 or photo_rgb.shape[2] != 3:
+        shape = getattr(photo_rgb, "shape", None)
+        raise ImageError(f"expected an RGB uint8 array (H, W, 3), got {type(photo_rgb).__name__} {shape}; use load_photo()")
+    return photo_rgb
+
+
+@dataclass
+class DetectedFace:
+    """One face of a photo, in the photo's pixels."""
+
+    bbox: tuple[float, float, float, float]  # x0, y0, x1, y1
+    score: float
+    kps: np.ndarray  # (5, 2) eyes, nose, mouth corners
+    embedding: np.ndarray  # (512,) float32, L2-normalised ArcFace embedding
+    landmarks_106: np.ndarray  # (106, 2)
+    pose: np.ndarray  # (3,) as insightface returns it: pitch, yaw, roll in degrees
+
+    @property
+    def area(self) -> float:
+        x0, y0, x1, y1 = self.bbox
+        return max(0.0, x1 - x0) * max(0.0, y1 - y0)
+
+
+def default_providers() -> list[str]:
+    """CUDA first when onnxruntime offers it, then CPU."""
+    import onnxruntime
+
+    available = onnxruntime.get_available_providers()
+    return (["CUDAExecutionProvider"] if "CUDAExecutionProvider" in available else []) + ["CPUExecutionProvider"]
+
+
+def _provider_name(provider: str | tuple) -> str:
+    return str(provider[0]) if isinstance(provider, (list, tuple)) else str(provider)
+
+
+class FaceAnalyzer:
+    """The four buffalo_l models of ``pack_dir`` run through insightface (SPEC §1.2).
+
+    ``rgb_quirk=True`` follows the release: the recognition and 3D-landmark (pose) models get the
+    RGB array where insightface expects BGR, the 106 landmarks get BGR. ``False`` gives BGR to all.
+    Detection always runs once on BGR and its boxes/keypoints feed every model, so the faces of
+    one photo are the same for all outputs.
+    """
+
+    def __init__(self, pack_dir: Path, providers: list[str] | None = None, det_size: int = 512, rgb_quirk: bool = True) -> None:
+        self.pack_dir = Path(pack_dir).expanduser()
+        if det_size < 32 or det_size % 32:
+            raise RequestError(f"det_size {det_size} must be a positive multiple of 32 (insightface uses 640; the release 512)")
+        if not self.pack_dir.is_dir():
+            raise ModelFolderError(f"insightface pack folder {self.pack_dir} does not exist; it must hold the buffalo_l models "
+                                   f"{', '.join(PACK_FILES.values())}")
+        missing = [name for name in PACK_FILES.values() if not (self.pack_dir / name).is_file()]
+        if missing:
+            raise ModelFolderError(f"insightface pack {self.pack_dir} lacks {', '.join(missing)}; copy the buffalo_l "
+                                   "pack's .onnx files there (they are never downloaded)")
+        self.providers = list(providers) if providers else default_providers()
+        self.det_size = det_size
+        self.rgb_quirk = rgb_quirk
+        from insightface.model_zoo import model_zoo
+
+        self._models = {}
+        for task, name in PACK_FILES.items():
+            path = self.pack_dir / name
+            try:
+                model = model_zoo.get_model(str(path), providers=self.providers)
+            except Exception as exc:  # onnxruntime/onnx raise assorted types for malformed files
+                raise ModelFolderError(f"{path} could not be loaded by insightface/onnxruntime: {exc}") from exc
+            found = getattr(model, "taskname", None)
+            if found != task:
+                raise ModelFolderError(f"{path} should be the {task} model but insightface reads it as {found or 'unknown'}; "
+                                       "is the buffalo_l pack complete and unmodified?")
+            self._models[task] = model
+        ctx_id = 0 if any(_provider_name(p) == "CUDAExecutionProvider" for p in self.providers) else -1
+        for task, model in self._models.items():
+            if task == "detection":
+                model.prepare(ctx_id, input_size=(det_size, det_size), det_thresh=DET_THRESHOLD)
+            else:
+                model.prepare(ctx_id)
+        logger.info("face analysis: %s with %s (rgb_quirk=%s)", self.pack_dir, ", ".join(map(_provider_name, self.providers)), rgb_quirk)
+
+    def _detect_raw(self, bgr: np.ndarray) -> list:
+        from insightface.app.common import Face
+
+        boxes, kpss = self._models["detection"].detect(bgr, max_num=0)
+        return [Face(bbox=boxes[i, :4], kps=kpss[i], det_score=boxes[i, 4]) for i in range(boxes.shape[0])]
+
+    def detect(self, photo_rgb: np.ndarray) -> list[DetectedFace]:
+        """Every face of the photo (insightface's order: by detection score)."""
+        rgb = _check_rgb(photo_rgb)
+        bgr = np.ascontiguousarray(rgb[..., ::-1])
+        seen = rgb if self.rgb_quirk else bgr  # release quirk: RGB where insightface wants BGR
+        out = []
+        for face in self._detect_raw(bgr):
+            self._models["recognition"].get(seen, face)
+            self._models["landmark_3d_68"].get(seen, face)
+            self._models["landmark_2d_106"].get(bgr, face)
+            embedding = np.asarray(face.embedding, dtype=np.float32)
+            norm = float(np.linalg.norm(embedding))
+            if not np.isfinite(norm) or norm == 0.0:
+                raise NumericalError(f"the recognition model gave a {'zero' if norm == 0 else 'non-finite'} embedding; "
+                                     f"check the model files in {self.pack_dir}")
+            out.append(DetectedFace(
+                bbox=tuple(float(v) for v in face.bbox),
+                score=float(face.det_score),
+                kps=np.asarray(face.kps, dtype=np.float32),
+                embedding=embedding / norm,
+                landmarks_106=np.asarray(face.landmark_2d_106, dtype=np.float32),
+                pose=np.asarray(face.pose, dtype=np.float32),
+            ))
+        return out
+
+    @staticmethod
+    def choose_face(faces: Sequence[DetectedFace]) -> int:
+        """Index of the face with the largest box (ties: highest score). No face: NoFaceError."""
+        if not faces:
+            raise NoFaceError("no face was found in the photo; use a photo with a clearly visible, unobstructed face")
+        return max(range(len(faces)), key=lambda i: (faces[i].area, faces[i].score))
+
+    def landmark_raster(self, photo_rgb: np.ndarray) -> np.ndarray:
+        """SPEC §1.4 raster (96, 96) float32 in [-1, 1] of the largest face's 106 landmarks, found
+        on the photo resized to 512x512 and handed to insightface as BGR."""
+        rgb = _check_rgb(photo_rgb)
+        size = (LANDMARK_PHOTO_SIZE, LANDMARK_PHOTO_SIZE)
+        resized = np.asarray(Image.fromarray(rgb).resize(size, _RESAMPLE))
+        bgr = np.ascontiguousarray(resized[..., ::-1])
+        faces = self._detect_raw(bgr)
+        if not faces:
+            raise NoFaceError("no face was found for the landmark raster; use a photo with a clearly visible face")
+
+        def rank(face) -> tuple[float, float]:
+            x0, y0, x1, y1 = (float(v) for v in face.bbox)
+            return max(0.0, x1 - x0) * max(0.0, y1 - y0), float(face.det_score)
+
+        largest = max(faces, key=rank)
+        return raster_from_landmarks(self._models["landmark_2d_106"].get(bgr, largest))
+
+    @staticmethod
+    def raster_from_landmarks(landmarks_106_in_512px: np.ndarray) -> np.ndarray:
+        """The §1.4 raster of given landmarks (pixels of a 512x512 photo), e.g. a drawn set."""
+        return raster_from_landmarks(landmarks_106_in_512px)
+
+
+def raster_from_landmarks(landmarks_106_in_512px: np.ndarray) -> np.ndarray:
+    """(96, 96) float32 in [-1, 1]: points scaled by 96/512; pixel (int(y), int(x)) is 255 for
+    0 < x < 96 and 0 < y < 96, the rest 0; then /127.5 - 1 (SPEC §1.4)."""
+    points = np.asarray(landmarks_106_in_512px, dtype=np.float64)
+    if points.ndim != 2 or points.shape[1] != 2 or len(points) == 0:
+        raise RequestError(f"landmarks must be an (N, 2) array of x, y pixels in a 512x512 photo, got shape {points.shape}")
+    if not np.isfinite(points).all():
+        raise RequestError("landmarks contain NaN or infinite values")
+    size = LANDMARK_RASTER_SIZE
+    scaled = points * size / LANDMARK_PHOTO_SIZE
+    x, y = scaled[:, 0], scaled[:, 1]
+    inside = (x > 0) & (x < size) & (y > 0) & (y < size)
+    raster = np.zeros((size, size), dtype=np.float32)
+    raster[y[inside].astype(np.int64), x[inside].astype(np.int64)] = 255.0
+    return raster / np.float32(127.5) - np.float32(1.0)
+
+
+def source_face_prompt(pose: Sequence[float] | np.ndarray, emotion: str = "neutral") -> str:
+    """The release's automatic source face prompt (SPEC §1.4) from insightface's pose."""
+    values = np.asarray(pose, dtype=np.float64).ravel()
+    if values.size < 2 or not np.isfinite(values[:2]).all():
+        raise RequestError(f"pose must hold finite pitch and yaw (insightface's [p0, p1, p2]), got {pose!r}")
+    if not isinstance(emotion, str) or not emotion.strip():
+        raise RequestError("emotion must be a non-empty word such as 'neutral' or 'happy'")
+    pitch, yaw = float(values[0]), float(values[1])
+    facing = "facing up" if pitch > 10 else "facing down" if pitch < -10 else ""
+    view = "in front view" if abs(yaw) < 10 else "in side view"
+    return f"in a {emotion} expression, {facing + ', ' if facing else ''}{view}"
+
+
+def _check_box(bbox: Sequence[float]) -> tuple[float, float, float, float]:
+    x0, y0, x1, y1 = (float(v) for v in bbox)
+    if not (np.isfinite([x0, y0, x1, y1]).all() and x1 > x0 and y1 > y0):
+        raise RequestError(f"face box {tuple(bbox)} must be finite (x0, y0, x1, y1) with x1 > x0 and y1 > y0")
+    return x0, y0, x1, y1
+
+
+def face_crop(photo_rgb: np.ndarray, bbox: Sequence[float], scale: float = 2.0) -> np.ndarray:
+    """Square crop centred on the face, ``scale`` times the box's longer side; parts beyond the
+    photo repeat its edge pixels (for the optional face-centred CLIP input)."""
+    rgb = _check_rgb(photo_rgb)
+    if not scale > 0:
+        raise RequestError(f"crop scale must be positive, got {scale}")
+    x0, y0, x1, y1 = _check_box(bbox)
+    side = max(1, int(round(scale * max(x1 - x0, y1 - y0))))
+    left = int(round((x0 + x1) / 2 - side / 2))
+    top = int(round((y0 + y1) / 2 - side / 2))
+    height, width = rgb.shape[:2]
+    # Clamp to the photo, then pad what lies outside with the edge pixels.
+    cx0, cy0 = min(max(left, 0), width - 1), min(max(top, 0), height - 1)
+    cx1, cy1 = max(min(left + side, width), cx0 + 1), max(min(top + side, height), cy0 + 1)
+    inner = rgb[cy0:cy1, cx0:cx1]
+    pads = ((cy0 - top, top + side - cy1), (cx0 - left, left + side - cx1), (0, 0))
+    return np.pad(inner, [(max(0, a), max(0, b)) for a, b in pads], mode="edge")[:side, :side]
+
+
+def face_thumbnail(photo_rgb: np.ndarray, bbox: Sequence[float], size: int = 128) -> np.ndarray:
+    """A (size, size, 3) uint8 picture of the face with some margin, for lists and logs."""
+    if size < 1:
+        raise RequestError(f"thumbnail size must be positive, got {size}")
+    crop = face_crop(photo_rgb, bbox, scale=1.5)
+    return np.asarray(Image.fromarray(crop).resize((size, size), Image.Resampling.LANCZOS))

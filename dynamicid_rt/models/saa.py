@@ -1,0 +1,351 @@
+"""The SD1.5 UNet with Semantic-Activated Attention (SPEC §1.5, engine ``unet`` of §4).
+
+``install_saa`` merges the rank-r LoRA of every attention layer into the base weights once and
+installs the attention processors in one place (``unet.set_attn_processor`` with a dict keyed by
+module path). Self-attention then is plain fused attention; cross-attention runs the SAA processor,
+which adds the identity branch to the text branch while sharing the query.
+
+Per-call inputs never live on the processors: :class:`SAAUNet` computes everything shared by the
+layers once per call (region masks and box coverage per resolution, the token mixing weights, the
+gating flag) and hands it down through diffusers' ``cross_attention_kwargs``. Sizes are computed
+with tensor operations only, so one traced ONNX graph serves every batch, latent size, identity
+count, box count and gating setting.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..checkpoints import check_keys, read_saa_checkpoint
+from ..errors import ModelFolderError
+
+if TYPE_CHECKING:
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.attention_processor import Attention
+
+log = logging.getLogger(__name__)
+
+TOKENS_PER_ID = 4
+GATE_THRESHOLD = 0.3  # normalised activations below this are zeroed (SPEC §1.5 step 3)
+_NORM_EPS = 1e-12  # guards the min-max division when every position has the same activation
+_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out")
+
+
+@dataclass
+class SAAInputs:
+    """What every SAA layer of one UNet call shares (built once in :meth:`SAAUNet.forward`).
+
+    ``levels`` maps a resolution level (0 = full latent size) to ``(masked, inside)``:
+    ``masked`` (L, 4N) bool, True where a token's logit is −∞ (gating already folded in);
+    ``inside`` (L,) bool, True at positions inside any box.
+    """
+
+    tokens: torch.Tensor  # (B, 4N, C) in the model dtype
+    scale: torch.Tensor  # (1,) fp32
+    boost: torch.Tensor  # (1,) fp32
+    gate: torch.Tensor  # (1,) bool
+    token_mix: torch.Tensor  # (4N,) fp32 logit multipliers (all ones unless mixing)
+    levels: dict[int, tuple[torch.Tensor, torch.Tensor]]
+
+
+def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    b, n, width = x.shape
+    return x.view(b, n, heads, width // heads).transpose(1, 2)
+
+
+def _text_attention(attn: "Attention", hidden: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Standard attention with the merged projections: returns (q, O) in (B, heads, L, d)."""
+    q = _split_heads(attn.to_q(hidden), attn.heads)
+    k = _split_heads(attn.to_k(context), attn.heads)
+    v = _split_heads(attn.to_v(context), attn.heads)
+    return q, F.scaled_dot_product_attention(q, k, v)
+
+
+def _project_out(attn: "Attention", out: torch.Tensor) -> torch.Tensor:
+    b, heads, n, d = out.shape
+    out = out.transpose(1, 2).reshape(b, n, heads * d)
+    return attn.to_out[1](attn.to_out[0](out))
+
+
+class SelfAttnProcessor:
+    """Self-attention (attn1): fused attention on the LoRA-merged weights.
+
+    ``saa`` is accepted (and unused) so diffusers passes the shared kwargs without warning.
+    """
+
+    def __call__(
+        self,
+        attn: "Attention",
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        saa: SAAInputs | None = None,
+    ) -> torch.Tensor:
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        return _project_out(attn, _text_attention(attn, hidden_states, context)[1])
+
+
+class SAAAttnProcessor(nn.Module):
+    """Cross-attention (attn2) with the identity branch of SPEC §1.5.
+
+    Holds only weights and the layer's resolution level (static structure); the per-call inputs
+    arrive as ``saa``. Without ``saa`` (the bare diffusers UNet called directly) it is plain
+    text cross-attention.
+    """
+
+    def __init__(self, width: int, context_dim: int, level: int) -> None:
+        super().__init__()
+        self.to_k_ip = nn.Linear(context_dim, width, bias=False)
+        self.to_v_ip = nn.Linear(context_dim, width, bias=False)
+        self.level = level
+
+    def __call__(
+        self,
+        attn: "Attention",
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        saa: SAAInputs | None = None,
+    ) -> torch.Tensor:
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        q, out = _text_attention(attn, hidden_states, context)
+        if saa is not None:
+            out = out + self._identity_branch(q, saa).to(out.dtype)
+        return _project_out(attn, out)
+
+    def _identity_branch(self, q: torch.Tensor, saa: SAAInputs) -> torch.Tensor:
+        heads, d = q.shape[1], q.shape[3]
+        k_z = _split_heads(self.to_k_ip(saa.tokens), heads)
+        v_z = _split_heads(self.to_v_ip(saa.tokens), heads)
+        # (B, heads, L, 4N): tiny next to the text logits, so everything below runs in fp32.
+        logits = torch.matmul(q, k_z.transpose(-1, -2)).float() * (d**-0.5)
+        masked, inside = saa.levels[self.level]
+
+        act = logits.sum(dim=(1, 3))  # unmasked logits summed over heads and tokens: (B, L)
+        lo = act.amin(dim=-1, keepdim=True)
+        hi = act.amax(dim=-1, keepdim=True)
+        act = (act - lo) / (hi - lo + _NORM_EPS)
+        act = torch.where(act < GATE_THRESHOLD, torch.zeros_like(act), act)
+        act = torch.where(inside, act + saa.boost, act / (saa.boost + 1.0))
+        act = torch.where(saa.gate, act, torch.ones_like(act))
+
+        # Mix before masking: masks are empty whenever mixing is on (one box), and 0·(−∞) would be NaN.
+        logits = (logits * saa.token_mix).masked_fill(masked, float("-inf"))
+        out = torch.matmul(torch.softmax(logits, dim=-1), v_z.float())
+        return saa.scale * act[:, None, :, None] * out
+
+
+def _as_size(value: int | torch.Tensor) -> torch.Tensor:
+    """A size as an int64 tensor, so arithmetic on it stays in the graph (sizes are already
+    tensors while tracing)."""
+    return value if isinstance(value, torch.Tensor) else torch.tensor(value, dtype=torch.int64)
+
+
+def _region_masks(
+    boxes: torch.Tensor,
+    latent_hw: tuple[torch.Tensor, torch.Tensor],
+    layer_hw: tuple[torch.Tensor, torch.Tensor],
+    block: torch.Tensor,
+    block_has_box: torch.Tensor,
+    gate: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(masked (L, 4N), inside (L,))`` for a layer of ``layer_hw`` positions (SPEC §1.5 box grid)."""
+    lat_h, lat_w = latent_hw
+    n_pos = layer_hw[0] * layer_hw[1]
+    # k = int(sqrt(H·W // L)), w' = W // k, h' = H // k; position p sits at row p // w', column p % w'.
+    k = torch.floor(torch.sqrt((lat_h * lat_w // n_pos).to(torch.float32))).to(torch.int64)
+    grid_h, grid_w = lat_h // k, lat_w // k
+    pos = torch.arange(n_pos, device=boxes.device)
+    row = pos // grid_w
+    col = pos - row * grid_w  # p % w', written without Mod for TensorRT's parser
+    row, col = row.to(torch.float32)[None, :], col.to(torch.float32)[None, :]
+    y0 = torch.floor(boxes[:, 0:1] * grid_h.to(torch.float32))
+    x0 = torch.floor(boxes[:, 1:2] * grid_w.to(torch.float32))
+    y1 = torch.floor(boxes[:, 2:3] * grid_h.to(torch.float32))
+    x1 = torch.floor(boxes[:, 3:4] * grid_w.to(torch.float32))
+    in_box = ((row >= y0) & (row < y1) & (col >= x0) & (col < x1)).to(torch.float32)  # (M, L)
+    inside = in_box.amax(dim=0) > 0.5
+    # Token block j (identity j) is masked where some box covers p but box j does not; blocks
+    # without a box of their own (mixing: one box, several identities) are never masked.
+    own = in_box.index_select(0, block) > 0.5  # (4N, L)
+    masked = inside[None, :] & ~own & block_has_box[:, None] & gate
+    return masked.transpose(0, 1), inside
+
+
+class SAAUNet(nn.Module):
+    """The ``unet`` engine of SPEC §4: SD1.5 UNet with merged LoRA and SAA cross-attention."""
+
+    def __init__(self, unet: "UNet2DConditionModel") -> None:
+        super().__init__()
+        self.unet = unet
+        self._levels = tuple(
+            sorted({p.level for p in unet.attn_processors.values() if isinstance(p, SAAAttnProcessor)})
+        )
+
+    @property
+    def config(self):
+        return self.unet.config
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        id_tokens: torch.Tensor,
+        id_boxes: torch.Tensor,
+        id_scale: torch.Tensor,
+        id_boost: torch.Tensor,
+        id_gating: torch.Tensor,
+        id_mix: torch.Tensor,
+    ) -> torch.Tensor:
+        """Noise prediction (B, 4, h, w); shapes as in the engine table, SPEC §4."""
+        lat_h, lat_w = _as_size(sample.shape[-2]), _as_size(sample.shape[-1])
+        n_tokens = _as_size(id_tokens.shape[1])
+        n_boxes = _as_size(id_boxes.shape[0])
+        boxes = id_boxes.to(torch.float32)
+        gate = id_gating.to(torch.float32) > 0.5
+        mix = id_mix.to(torch.float32)
+
+        token = torch.arange(id_tokens.shape[1], device=sample.device)
+        block = token // TOKENS_PER_ID
+        block_has_box = block < n_boxes
+        mixing = gate & (n_boxes == 1) & (n_tokens > TOKENS_PER_ID)
+        token_mix = torch.where(
+            mixing, torch.where(token < TOKENS_PER_ID, mix, 1.0 - mix), torch.ones_like(mix)
+        )
+        box_of_block = torch.minimum(block, n_boxes - 1)  # any valid row for blocks without a box
+
+        levels = {}
+        size = (lat_h, lat_w)
+        for level in range(max(self._levels, default=-1) + 1):
+            if level in self._levels:
+                levels[level] = _region_masks(boxes, (lat_h, lat_w), size, box_of_block, block_has_box, gate)
+            # Each downsampler is a stride-2 3x3 conv with padding 1: ceil(n / 2).
+            size = ((size[0] - 1) // 2 + 1, (size[1] - 1) // 2 + 1)
+
+        saa = SAAInputs(
+            tokens=id_tokens.to(self.dtype),
+            scale=id_scale.to(torch.float32),
+            boost=id_boost.to(torch.float32),
+            gate=gate,
+            token_mix=token_mix,
+            levels=levels,
+        )
+        return self.unet(
+            sample, timestep, encoder_hidden_states, cross_attention_kwargs={"saa": saa}, return_dict=False
+        )[0]
+
+
+def _layer_level(name: str, n_levels: int) -> int:
+    """Resolution level of an attention layer from its module path (diffusers UNet2DConditionModel)."""
+    parts = name.split(".")
+    if parts[0] == "down_blocks":
+        return int(parts[1])
+    if parts[0] == "mid_block":
+        return n_levels - 1
+    if parts[0] == "up_blocks":
+        return n_levels - 1 - int(parts[1])
+    raise ModelFolderError(
+        f"unsupported UNet layout: attention layer {name!r} is outside down_blocks/mid_block/up_blocks; "
+        "the base must be an SD1.5 UNet2DConditionModel"
+    )
+
+
+def _lora_linear(attn: "Attention", target: str) -> nn.Linear:
+    return attn.to_out[0] if target == "to_out" else getattr(attn, target)
+
+
+def install_saa(
+    unet: "UNet2DConditionModel", processors: Mapping[str, torch.Tensor], source: str | Path = "<memory>"
+) -> SAAUNet:
+    """Merge the SAA LoRA into ``unet`` (in place) and install the SAA processors.
+
+    ``processors`` holds ``"{i}.{param}"`` keys, i the layer's position in ``unet.attn_processors``
+    (SPEC §2); the LoRA rank is read from the shapes. Raises CheckpointError naming missing,
+    unexpected and mis-shaped keys.
+    """
+    names = list(unet.attn_processors)
+    layers = {name: unet.get_submodule(name.rsplit(".", 1)[0]) for name in names}
+    rank = next(
+        (int(v.shape[0]) for k, v in processors.items() if k.endswith("_lora.down.weight") and hasattr(v, "shape")),
+        0,
+    )
+    n_levels = len(unet.config.block_out_channels)
+    levels = {name: _layer_level(name, n_levels) for name in names if layers[name].is_cross_attention}
+    expected: dict[str, tuple[int, ...]] = {}
+    for i, name in enumerate(names):
+        attn = layers[name]
+        for target in _LORA_TARGETS:
+            lin = _lora_linear(attn, target)
+            expected[f"{i}.{target}_lora.down.weight"] = (rank, lin.in_features)
+            expected[f"{i}.{target}_lora.up.weight"] = (lin.out_features, rank)
+        if attn.is_cross_attention:
+            ip_shape = (attn.to_k.out_features, attn.to_k.in_features)
+            expected[f"{i}.to_k_ip.weight"] = ip_shape
+            expected[f"{i}.to_v_ip.weight"] = ip_shape
+    check_keys(processors, expected, "SAA processor", source)
+
+    installed: dict[str, object] = {}
+    with torch.no_grad():
+        for i, name in enumerate(names):
+            attn = layers[name]
+            for target in _LORA_TARGETS:
+                weight = _lora_linear(attn, target).weight
+                down = processors[f"{i}.{target}_lora.down.weight"].to(weight.device, torch.float32)
+                up = processors[f"{i}.{target}_lora.up.weight"].to(weight.device, torch.float32)
+                weight.copy_(weight.float() + up @ down)  # W' = W + up·down, merged in fp32
+            if attn.is_cross_attention:
+                proc = SAAAttnProcessor(attn.to_k.out_features, attn.to_k.in_features, levels[name])
+                proc.to_k_ip.weight.copy_(processors[f"{i}.to_k_ip.weight"])
+                proc.to_v_ip.weight.copy_(processors[f"{i}.to_v_ip.weight"])
+                installed[name] = proc.to(device=attn.to_k.weight.device, dtype=attn.to_k.weight.dtype)
+            else:
+                installed[name] = SelfAttnProcessor()
+    unet.set_attn_processor(installed)  # diffusers empties the dict it is given
+    log.info("SAA from %s: LoRA rank %d merged into %d attention layers, %d with SAA", source, rank, len(names), len(levels))
+    return SAAUNet(unet)
+
+
+def _resolve_unet_folder(base: Path) -> Path:
+    for folder in (base / "unet", base):
+        if (folder / "config.json").is_file():
+            return folder
+    raise ModelFolderError(
+        f"{base} is neither an SD1.5 diffusers folder (with unet/config.json) nor a UNet folder "
+        "(with config.json); point the base model at the SD1.5 folder"
+    )
+
+
+def load_unet(
+    base: "str | Path | UNet2DConditionModel",
+    saa_checkpoint: str | Path,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> SAAUNet:
+    """The ``unet`` engine module: SD1.5 UNet (folder, its ``unet/`` folder, or a built module,
+    which is modified in place) with the SAA checkpoint merged and installed."""
+    if isinstance(base, (str, Path)):
+        from diffusers import UNet2DConditionModel
+
+        folder = _resolve_unet_folder(Path(base).expanduser())
+        # fp32 first so the LoRA merge is exact; cast afterwards.
+        unet = UNet2DConditionModel.from_pretrained(str(folder), torch_dtype=torch.float32)
+    else:
+        unet = base
+    ckpt = read_saa_checkpoint(saa_checkpoint)
+    model = install_saa(unet, ckpt.processors, ckpt.path)
+    model.to(device=device, dtype=dtype)
+    model.eval().requires_grad_(False)
+    return model

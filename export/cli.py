@@ -1,0 +1,56 @@
+"""`dynamicid-rt build-engines`: export the contract engines to ONNX into the engine cache."""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from dynamicid_rt.contract import ENGINES
+
+from .cache import PRECISIONS
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParser:
+    """Add the ``build-engines`` sub-command; its handler is stored as ``func``."""
+    parser = subparsers.add_parser(
+        "build-engines",
+        help="export the model's engines to ONNX (reuses valid cached engines)",
+        description="Export every engine of the model folder to ONNX in the engine cache. Valid cached "
+        "engines are reused; stale or corrupt ones are rebuilt.",
+    )
+    parser.add_argument("--models", type=Path, required=True, help="model folder (SPEC §3 layout)")
+    parser.add_argument("--engine-dir", type=Path, default=None, help="engine cache folder (default: the user cache)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="fp16 graphs are for GPUs")
+    parser.add_argument(
+        "--engines", nargs="+", choices=list(ENGINES), default=None, metavar="ENGINE",
+        help=f"engines to build (default: all the model provides): {', '.join(ENGINES)}",
+    )
+    parser.add_argument("--force", action="store_true", help="rebuild even valid engines")
+    parser.set_defaults(func=run_build_engines)
+    return parser
+
+
+def run_build_engines(args: argparse.Namespace) -> int:
+    """Handler of ``build-engines``; prints one line per engine and returns the exit status."""
+    from tqdm import tqdm
+
+    from dynamicid_rt.paths import ModelPaths
+
+    from .cache import build_engines, default_engine_dir, default_engines
+
+    paths = ModelPaths.from_folder(args.models)
+    names = args.engines or default_engines(paths)
+    engine_dir = args.engine_dir or default_engine_dir(paths)
+    with tqdm(total=len(names), unit="engine", desc="build-engines") as bar:
+
+        def progress(engine: str, index: int, total: int, status: str) -> None:
+            bar.set_postfix_str(f"{engine}: {status}")
+            if status in ("reused", "built"):
+                bar.update(1)
+
+        entries = build_engines(paths, engine_dir, args.precision, names, progress=progress, force=args.force)
+    for entry in entries:
+        tqdm.write(f"{entry.engine:<15} {'reused' if entry.reused else 'built':<7} {entry.onnx}")
+    return 0

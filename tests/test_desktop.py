@@ -1,0 +1,400 @@
+"""The desktop app on the tiny bundle (offscreen Qt): people, boxes, expressions, generation with
+progress and preview, cancel, errors, save and restore, settings — with the real Pipeline, wrapped
+only to record in which thread each model call runs."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before Qt is imported
+
+import threading  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+pytest.importorskip("PySide6", reason="the desktop app needs PySide6 (pip install 'dynamicid-rt[desktop]')")
+pytest.importorskip("pytestqt", reason="the desktop tests need pytest-qt")
+
+from PySide6.QtCore import QMimeData, QPointF, QSettings, Qt, QUrl  # noqa: E402
+from PySide6.QtGui import QDropEvent  # noqa: E402
+
+from dynamicid_rt.desktop.app import NO_MAPS, MainWindow, overlay_activation_maps  # noqa: E402
+from dynamicid_rt.desktop.people import Role, Status, build_face_prompt  # noqa: E402
+from dynamicid_rt.desktop.settings import AppSettings  # noqa: E402
+from dynamicid_rt.desktop.worker import ModelSpec  # noqa: E402
+from dynamicid_rt.pngmeta import read_parameters  # noqa: E402
+
+GUI_THREAD = threading.get_ident()  # pytest (and Qt's GUI thread) run in the main thread
+
+
+class RecordingPipeline:
+    """The real pipeline plus a log of (method, thread) for every call; optionally slows each step
+    (so a cancel lands mid-run) or fails (so the error path runs) or attaches activation maps."""
+
+    def __init__(self, pipe) -> None:
+        self._pipe = pipe
+        self.calls: list[tuple[str, int]] = []
+        self.step_delay = 0.0
+        self.fail_with: Exception | None = None
+        self.steps_run: list[int] = []
+        self.cancel_seen_after: int | None = None  # steps done when the cancel flag was first seen
+        self.maps = False
+
+    @property
+    def is_tiny(self) -> bool:
+        return self._pipe.is_tiny
+
+    @property
+    def has_imr(self) -> bool:
+        return self._pipe.has_imr
+
+    def encode_identity(self, *args, **kwargs):
+        self.calls.append(("encode_identity", threading.get_ident()))
+        return self._pipe.encode_identity(*args, **kwargs)
+
+    def detect_faces(self, *args, **kwargs):
+        self.calls.append(("detect_faces", threading.get_ident()))
+        return self._pipe.detect_faces(*args, **kwargs)
+
+    def generate(self, request, progress=None, cancel=None):
+        self.calls.append(("generate", threading.get_ident()))
+        self.steps_run = []
+        self.cancel_seen_after = None
+        if self.fail_with is not None:
+            raise self.fail_with
+
+        def on_step(info):
+            self.steps_run.append(info.step)
+            progress(info)
+            time.sleep(self.step_delay)
+            if cancel.is_set() and self.cancel_seen_after is None:
+                self.cancel_seen_after = info.step
+
+        result = self._pipe.generate(request, progress=on_step, cancel=cancel)
+        if self.maps:
+            n = len(request.identities)
+            # Person k lights up the k-th vertical strip: a map the overlay test can predict.
+            maps = np.zeros((n, 8, 8), np.float32)
+            for k in range(n):
+                maps[k, :, k * 8 // n : (k + 1) * 8 // n] = 1.0
+            result.activation_maps = [maps for _ in result.images]
+        return result
+
+    def close(self) -> None:
+        self.calls.append(("close", threading.get_ident()))  # the shared pipeline stays open
+
+
+@pytest.fixture(scope="module")
+def recorder(tiny_bundle, tmp_path_factory):
+    from dynamicid_rt import Pipeline
+
+    pipe = Pipeline.load(tiny_bundle, backend="torch", device="cpu", cache_dir=tmp_path_factory.mktemp("desktop-cache"))
+    yield RecordingPipeline(pipe)
+    pipe.close()
+
+
+@pytest.fixture
+def store(tmp_path) -> QSettings:
+    s = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+    s.setValue("output/folder", str(tmp_path / "out"))
+    return s
+
+
+@pytest.fixture
+def window(qtbot, recorder, store, tiny_bundle):
+    recorder.step_delay, recorder.fail_with, recorder.maps = 0.0, None, False
+    loads: list[int] = []
+
+    def factory(spec):
+        loads.append(threading.get_ident())
+        return recorder
+
+    win = MainWindow(store=store, pipeline_factory=factory, spec_override=ModelSpec(tiny_bundle, "torch"))
+    qtbot.addWidget(win)
+    win.show()
+    qtbot.waitUntil(lambda: win.loaded_info is not None, timeout=10000)
+    yield win
+    win.close()
+    assert loads and all(t != GUI_THREAD for t in loads)
+    assert recorder.calls and all(t != GUI_THREAD for _, t in recorder.calls), "model code ran in the GUI thread"
+
+
+def _wait_people(qtbot, win, n: int) -> None:
+    def done():
+        people = win.people.people()
+        return len(people) == n and all(p.status is not Status.ENCODING for p in people)
+
+    qtbot.waitUntil(done, timeout=20000)
+
+
+def _small(win, steps: int = 2) -> None:
+    win.width_spin.setValue(256)
+    win.height_spin.setValue(256)
+    win.steps_spin.setValue(steps)
+    win.random_seed_check.setChecked(False)
+    win.seed_edit.setText("11")
+    win.prompt_edit.setPlainText("two people in a park")
+
+
+def _drag(qtbot, widget, start: QPointF, end: QPointF) -> None:
+    qtbot.mousePress(widget, Qt.MouseButton.LeftButton, pos=start.toPoint())
+    qtbot.mouseMove(widget, pos=((start + end) / 2).toPoint())
+    qtbot.mouseMove(widget, pos=end.toPoint())
+    qtbot.mouseRelease(widget, Qt.MouseButton.LeftButton, pos=end.toPoint())
+
+
+def _drop(widget, paths) -> None:
+    """Hand the widget a file drop event, as Qt does at the end of a drag."""
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(p)) for p in paths])
+    pos = QPointF(widget.width() / 2, widget.height() / 2)
+    event = QDropEvent(pos, Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
+    widget.dropEvent(event)
+    assert event.isAccepted()
+
+
+def test_people_boxes_and_expression(qtbot, window, samples):
+    win = window
+    _drop(win.people_panel, [samples / "person_a.png", samples / "person_b.png"])
+    win.people_panel.add_photos([samples / "no_face.png"])
+    _wait_people(qtbot, win, 3)
+    statuses = [p.status for p in win.people.people()]
+    assert statuses == [Status.READY, Status.READY, Status.ERROR]
+    bad = win.people.index(2)
+    assert "no face" in bad.data(Role.ERROR).lower()
+    win.people_panel.list.setCurrentIndex(bad)
+    assert "no face" in win.people_panel.error_label.text().lower() and win.people_panel.retry_button.isEnabled()
+    good = win.people.people()[0].identity
+    assert good.thumbnail.ndim == 3 and good.source_prompt in win.people.index(0).data(Qt.ItemDataRole.DisplayRole)
+
+    # Removing the face-less photo leaves two equal vertical strips (the release's default).
+    win.people.remove(2)
+    assert [win.people.index(r).data(Role.BOX) for r in range(2)] == [(0.0, 0.0, 1.0, 0.5), (0.0, 0.5, 1.0, 1.0)]
+
+    # Move box 1 left by 40 px: same size, shifted by 40 px / frame width.
+    canvas = win.canvas
+    frame = canvas.frame_rect()
+    start = canvas.box_rect(0).center()
+    _drag(qtbot, canvas, start, start + QPointF(40, 30))
+    y0, x0, y1, x1 = win.people.index(0).data(Role.BOX)
+    # A full-height box cannot move down: it stays put vertically; sideways it moves by 40 px.
+    assert (y0, y1) == (0.0, 1.0)
+    assert x0 == pytest.approx(40 / frame.width(), abs=1.5 / frame.width())
+    assert x1 - x0 == pytest.approx(0.5, abs=1e-6)
+    # Dragging far past the right edge stops at the frame.
+    start = canvas.box_rect(0).center()
+    _drag(qtbot, canvas, start, start + QPointF(5 * frame.width(), 0))
+    assert win.people.index(0).data(Role.BOX)[3] == pytest.approx(1.0)
+
+    # Resize box 2 from its bottom-right corner: 50 px up and 30 px left.
+    r = canvas.box_rect(1)
+    corner = QPointF(r.right() - 2, r.bottom() - 2)
+    _drag(qtbot, canvas, corner, corner + QPointF(-30, -50))
+    y0, x0, y1, x1 = win.people.index(1).data(Role.BOX)
+    assert (y0, x0) == (0.0, 0.5)
+    assert y1 == pytest.approx(1.0 - 50 / frame.height(), abs=1.5 / frame.height())
+    assert x1 == pytest.approx(1.0 - 30 / frame.width(), abs=1.5 / frame.width())
+    # Dragging the left edge past the right one stops at the minimum box (64 px of the 256 px output).
+    win.width_spin.setValue(256)
+    r = canvas.box_rect(1)
+    edge = QPointF(r.left() + 1, r.center().y())
+    _drag(qtbot, canvas, edge, edge + QPointF(frame.width(), 0))
+    y0, x0, y1, x1 = win.people.index(1).data(Role.BOX)
+    assert x1 == pytest.approx(1.0 - 30 / frame.width(), abs=1.5 / frame.width())
+    assert x1 - x0 == pytest.approx(64 / 256, abs=1e-3)
+
+    # Expression preset through the panel: the model holds the release-worded prompt and re-encodes.
+    win.people_panel.list.setCurrentIndex(win.people.index(0))
+    combo = win.people_panel.expression_combo
+    combo.setCurrentText("happy")
+    combo.activated.emit(combo.currentIndex())
+    pose_part = good.source_prompt.split(" expression, ", 1)[1]
+    expected = f"in a happy expression, {pose_part}"
+    assert win.people.index(0).data(Role.FACE_PROMPT) == expected
+    _wait_people(qtbot, win, 2)
+    edited = win.people.people()[0].identity
+    assert edited.face_prompt == expected and not np.allclose(edited.tokens, edited.base_tokens)
+    assert win.people_panel.face_prompt_edit.text() == expected
+
+    # The request carries the boxes as they are on the canvas.
+    _small(win)
+    req = win.build_request()
+    assert [tuple(b) for b in req.boxes] == [win.people.index(r).data(Role.BOX) for r in range(2)]
+    win.people.set_mix(True)
+    win.mix_slider.setValue(30)
+    req = win.build_request()
+    assert len(req.boxes) == 1 and req.mix == pytest.approx(0.3) and len(req.identities) == 2
+
+
+def test_face_prompt_wording():
+    assert build_face_prompt("unchanged", "unchanged", "in a neutral expression, in front view") is None
+    assert build_face_prompt("sad", "unchanged", "in a neutral expression, facing up, in side view") == (
+        "in a sad expression, facing up, in side view"
+    )
+    assert build_face_prompt("unchanged", "facing down", "in a happy expression, in front view") == (
+        "in a happy expression, facing down, in front view"
+    )
+    assert build_face_prompt("angry", "side view", "") == "in a angry expression, in side view"
+
+
+def test_several_faces_pick_one(qtbot, window, samples):
+    win = window
+    win.people_panel.add_photos([samples / "two_faces.png"])
+    _wait_people(qtbot, win, 1)
+    index = win.people.index(0)
+    identity = index.data(Role.IDENTITY)
+    assert identity.num_faces == 2 and win.people_panel.warning_label.text()
+    assert win.people_panel.face_combo.isEnabled() and win.people_panel.face_combo.count() == 2
+    other = 1 - identity.face_index
+    win.people_panel.face_combo.setCurrentIndex(other)
+    win.people_panel.face_combo.activated.emit(other)
+    _wait_people(qtbot, win, 1)
+    assert win.people.index(0).data(Role.IDENTITY).face_index == other
+
+
+def test_generate_progress_preview_gallery_save_restore(qtbot, window, samples, tmp_path):
+    win = window
+    win.people_panel.add_photos([samples / "person_a.png", samples / "person_b.png"])
+    _wait_people(qtbot, win, 2)
+    _small(win, steps=3)
+    win.negative_edit.setPlainText("blurry")
+    win.guidance_spin.setValue(4.5)
+    win.sampler_combo.setCurrentText("ddim")  # one UNet call per step (PNDM makes one more)
+    steps_seen = []
+    win.pipeline.worker.progressed.connect(lambda step, total, left, preview: steps_seen.append((step, total, preview.shape)))
+    with qtbot.waitSignal(win.runEnded, timeout=60000):
+        qtbot.keyClick(win, Qt.Key.Key_Return, Qt.KeyboardModifier.ControlModifier)
+    assert [s[:2] for s in steps_seen] == [(1, 3), (2, 3), (3, 3)]
+    assert all(shape == (32, 32, 3) for _, _, shape in steps_seen)  # 256 px / 8
+    assert win.preview_label.has_image()
+    assert len(win.results) == 1 and win.gallery.count() == 1
+    assert win.results[0].image.size == (256, 256) and win.results[0].result.seeds == [11]
+    assert "Seed: 11" in win.params_view.toPlainText() and "Sampler: DDIM" in win.params_view.toPlainText()
+    assert win.progress_bar.value() == 3 and win.generate_button.isEnabled()
+    assert win.maps_label.text() == NO_MAPS
+
+    qtbot.keyClick(win, Qt.Key.Key_S, Qt.KeyboardModifier.ControlModifier)
+    saved = win.results[0].saved
+    assert saved is not None and saved.parent == tmp_path / "out"
+    text = read_parameters(saved)
+    assert text.startswith("two people in a park") and "Seed: 11" in text and "Steps: 3" in text
+
+    # Change the form, then drop the saved PNG: its settings come back.
+    win.prompt_edit.setPlainText("something else")
+    win.steps_spin.setValue(20)
+    win.random_seed_check.setChecked(True)
+    win.guidance_spin.setValue(9.0)
+    win.width_spin.setValue(512)
+    win.sampler_combo.setCurrentText("euler")
+    _drop(win, [saved])
+    assert win.prompt_edit.toPlainText() == "two people in a park"
+    assert win.negative_edit.toPlainText() == "blurry"
+    assert win.steps_spin.value() == 3 and win.guidance_spin.value() == pytest.approx(4.5)
+    assert win.sampler_combo.currentText() == "ddim"
+    assert not win.random_seed_check.isChecked() and win.seed_edit.text() == "11"
+    assert (win.width_spin.value(), win.height_spin.value()) == (256, 256)
+    assert win.people.index(0).data(Role.BOX) == (0.0, 0.0, 1.0, 0.5)
+
+    # A second run adds to the gallery.
+    with qtbot.waitSignal(win.runEnded, timeout=60000):
+        assert win.generate()
+    assert len(win.results) == 2 and win.gallery.count() == 2
+    assert np.array_equal(np.asarray(win.results[0].image), np.asarray(win.results[1].image))  # same seed
+
+
+def test_cancel_stops_within_one_step(qtbot, window, recorder):
+    win = window
+    _small(win, steps=12)
+    recorder.step_delay = 0.25
+    first_step = []
+    win.pipeline.worker.progressed.connect(lambda step, *_: first_step.append(step))
+    with qtbot.waitSignal(win.runEnded, timeout=30000):
+        assert win.generate()
+        qtbot.waitUntil(lambda: bool(first_step), timeout=20000)
+        qtbot.keyClick(win, Qt.Key.Key_Escape)
+    assert recorder.cancel_seen_after is not None and recorder.cancel_seen_after < 12
+    # The run stops at the first check after the flag was seen: no further step.
+    assert recorder.steps_run[-1] == recorder.cancel_seen_after
+    assert not win.results and win.generate_button.isEnabled() and not win.running
+    assert win.progress_bar.format() == "cancelled"
+
+
+def test_errors_show_in_the_window(qtbot, window, recorder):
+    win = window
+    _small(win)
+    recorder.fail_with = RuntimeError("backend exploded")
+    with qtbot.waitSignal(win.runEnded, timeout=20000):
+        assert win.generate()
+    assert "backend exploded" in win.error_label.text() and win.generate_button.isEnabled()
+    # A form the request rejects never reaches the pipeline.
+    recorder.fail_with = None
+    win.seed_edit.setText("not a number")
+    assert not win.generate() and "seed" in win.error_label.text()
+
+
+def test_activation_maps_overlay(qtbot, window, recorder, samples):
+    win = window
+    recorder.maps = True
+    win.people_panel.add_photos([samples / "person_a.png", samples / "person_b.png"])
+    _wait_people(qtbot, win, 2)
+    _small(win)
+    with qtbot.waitSignal(win.runEnded, timeout=60000):
+        assert win.generate()
+    assert win.maps_label.has_image()
+    entry = win.results[0]
+    colors = entry.colors
+    assert len(colors) == 2
+    # The overlay against a blend written here: left half towards colour 1, right half colour 2.
+    image = np.full((16, 16, 3), 100, np.uint8)
+    maps = np.zeros((2, 4, 4), np.float32)
+    maps[0, :, :2] = 1.0
+    maps[1, :, 2:] = 1.0
+    out = overlay_activation_maps(image, maps, colors, alpha=0.5)
+    assert np.allclose(out[8, 1], 0.5 * 100 + 0.5 * np.array(colors[0]), atol=1)
+    assert np.allclose(out[8, 14], 0.5 * 100 + 0.5 * np.array(colors[1]), atol=1)
+
+
+def test_settings_persist_and_demo_notice(qtbot, recorder, store, tmp_path):
+    # Nothing configured: the window opens on the tiny demo bundle and says so.
+    specs = []
+
+    def factory(spec):
+        specs.append(spec)
+        return recorder
+
+    win = MainWindow(store=store, pipeline_factory=factory)
+    qtbot.addWidget(win)
+    win.show()
+    qtbot.waitUntil(lambda: win.loaded_info is not None, timeout=10000)
+    assert specs == [ModelSpec(None, "torch")]
+    assert win.notice_label.isVisible() and "demo" in win.notice_label.text()
+    win.set_models(tmp_path / "my-models", "onnxruntime")
+    qtbot.waitUntil(lambda: len(specs) == 2 and win.loaded_info is not None, timeout=10000)
+    assert specs[1] == ModelSpec(tmp_path / "my-models", "onnxruntime")
+    win.close()
+    again = AppSettings.load(QSettings(store.fileName(), QSettings.Format.IniFormat))
+    assert again.model_dir == tmp_path / "my-models" and again.backend == "onnxruntime"
+
+
+def test_window_usable_while_models_load(qtbot, recorder, store):
+    release = threading.Event()
+
+    def slow_factory(spec):
+        release.wait(10)  # a model load that takes long
+        return recorder
+
+    t = time.perf_counter()
+    win = MainWindow(store=store, pipeline_factory=slow_factory)
+    qtbot.addWidget(win)
+    win.show()
+    qtbot.wait(50)
+    assert time.perf_counter() - t < 2.0
+    assert win.load_bar.isVisible() and not win.generate_button.isEnabled()
+    # The GUI keeps working meanwhile: typing reaches the prompt box.
+    qtbot.keyClicks(win.prompt_edit, "hello")
+    assert win.prompt_edit.toPlainText() == "hello"
+    release.set()
+    qtbot.waitUntil(lambda: win.loaded_info is not None, timeout=10000)
+    assert win.generate_button.isEnabled() and not win.load_bar.isVisible()
+    win.close()

@@ -1,0 +1,161 @@
+"""A real window on a real X server (Xvfb): generate on the tiny bundle, capture the screen through
+X, and check that the capture shows the window's main widgets and a non-uniform image.
+
+The capture runs in a child process (this file run as a script) because a process can hold only
+one Qt platform, and the other desktop tests use ``offscreen``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+WIDGETS = ("generate_button", "progress_bar", "result_label", "gallery", "prompt_edit", "people_panel")
+SCREEN = (1400, 900)
+
+
+def _capture(models: Path, cache: Path, out: Path) -> int:
+    """Child process: open the window, add two people, generate, capture the X screen."""
+    from PySide6.QtCore import QEventLoop, QSettings, QTimer
+    from PySide6.QtWidgets import QApplication
+
+    from dynamicid_rt import Pipeline
+    from dynamicid_rt.desktop.app import MainWindow
+    from dynamicid_rt.desktop.people import Status
+    from dynamicid_rt.desktop.worker import ModelSpec
+
+    app = QApplication(["dynamicid-rt"])
+    store = QSettings(str(out / "settings.ini"), QSettings.Format.IniFormat)
+    store.setValue("output/folder", str(out / "images"))
+    win = MainWindow(
+        store=store,
+        pipeline_factory=lambda spec: Pipeline.load(spec.folder, backend=spec.backend, device="cpu", cache_dir=cache),
+        spec_override=ModelSpec(models, "torch"),
+    )
+    win.move(0, 0)
+    win.resize(1280, 820)
+    win.show()
+
+    def wait_for(condition, seconds: float) -> None:
+        loop = QEventLoop()
+        timer = QTimer()
+        timer.timeout.connect(lambda: loop.quit() if condition() else None)
+        timer.start(50)
+        QTimer.singleShot(int(seconds * 1000), loop.quit)
+        loop.exec()
+        timer.stop()
+        if not condition():
+            raise TimeoutError("the window did not reach the expected state in time")
+
+    wait_for(lambda: win.loaded_info is not None, 120)
+    samples = models / "samples"
+    win.people_panel.add_photos([samples / "person_a.png", samples / "person_b.png"])
+    wait_for(lambda: all(p.status is Status.READY for p in win.people.people()), 60)
+    win.prompt_edit.setPlainText("two friends at the beach, photo")
+    for spin, value in ((win.width_spin, 256), (win.height_spin, 256), (win.steps_spin, 2)):
+        spin.setValue(value)
+    win.sampler_combo.setCurrentText("ddim")
+    outcome: list[str] = []
+    win.runEnded.connect(outcome.append)
+    win.generate()
+    wait_for(lambda: bool(outcome), 120)
+    wait_for(lambda: True, 0.5)  # let the window repaint
+    app.processEvents()
+
+    shot = app.primaryScreen().grabWindow(0)  # the whole X screen, as the server has it
+    shot.save(str(out / "capture.png"))
+    facts = {"outcome": outcome[0], "platform": app.platformName(), "widgets": {}}
+    for name in WIDGETS:
+        widget = getattr(win, name)
+        top_left = widget.mapToGlobal(widget.rect().topLeft())
+        facts["widgets"][name] = {
+            "rect": [top_left.x(), top_left.y(), widget.width(), widget.height()],
+            "visible": widget.isVisible(),
+        }
+        widget.grab().save(str(out / f"{name}.png"))  # what the widget itself paints
+    shown = win.result_label.image_rect()
+    corner = win.result_label.mapToGlobal(shown.topLeft())
+    facts["result_image_rect"] = [corner.x(), corner.y(), shown.width(), shown.height()]
+    win.results[0].image.save(out / "result.png")
+    (out / "facts.json").write_text(json.dumps(facts))
+    win.close()
+    return 0
+
+
+def _start_xvfb() -> tuple[subprocess.Popen, str]:
+    read_fd, write_fd = os.pipe()
+    proc = subprocess.Popen(
+        ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", f"{SCREEN[0]}x{SCREEN[1]}x24", "-nolisten", "tcp"],
+        pass_fds=(write_fd,),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    os.close(write_fd)
+    with os.fdopen(read_fd) as f:
+        display = f.readline().strip()  # Xvfb writes the display number once it accepts clients
+    if not display:
+        proc.kill()
+        raise RuntimeError("Xvfb did not start")
+    return proc, f":{display}"
+
+
+@pytest.mark.skipif(shutil.which("Xvfb") is None, reason="Xvfb is not installed (apt-get install xvfb): no X server for a real window")
+def test_real_window_capture(tiny_bundle, tmp_path):
+    pytest.importorskip("PySide6", reason="the desktop app needs PySide6")
+    from PIL import Image
+
+    xvfb, display = _start_xvfb()
+    try:
+        env = {**os.environ, "DISPLAY": display, "QT_QPA_PLATFORM": "xcb"}
+        child = subprocess.run(
+            [sys.executable, __file__, str(tiny_bundle), str(tmp_path / "cache"), str(tmp_path)],
+            env=env, capture_output=True, text=True, timeout=300,
+        )
+    finally:
+        xvfb.terminate()
+        xvfb.wait(10)
+    if child.returncode != 0 and 'Could not load the Qt platform plugin "xcb"' in child.stderr:
+        pytest.skip("Qt's xcb plugin cannot load (install libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 "
+                    "libxkbcommon-x11-0): " + child.stderr.strip().splitlines()[0])
+    assert child.returncode == 0, child.stderr[-3000:]
+
+    facts = json.loads((tmp_path / "facts.json").read_text())
+    assert facts["outcome"] == "done" and facts["platform"] == "xcb"
+    capture = np.asarray(Image.open(tmp_path / "capture.png").convert("RGB")).astype(np.int16)
+    assert capture.shape[:2] == (SCREEN[1], SCREEN[0])
+    assert capture.std() > 10  # not a blank screen
+
+    for name, info in facts["widgets"].items():
+        x, y, w, h = info["rect"]
+        assert info["visible"], f"{name} is not visible"
+        assert 0 <= x and 0 <= y and x + w <= SCREEN[0] and y + h <= SCREEN[1], f"{name} lies off screen"
+        crop = capture[y : y + h, x : x + w]
+        own = np.asarray(Image.open(tmp_path / f"{name}.png").convert("RGB").resize((w, h))).astype(np.int16)
+        # The X server's pixels are the widget's own painting: the capture really holds the widget.
+        assert np.abs(crop - own).mean() < 12, f"{name}: the capture differs from the widget's own rendering"
+        assert crop.std() > 3, f"{name} is a uniform area in the capture"
+
+    # The result view shows the generated image: non-uniform, and close to the image rescaled.
+    x, y, w, h = facts["result_image_rect"]
+    result = Image.open(tmp_path / "result.png").convert("RGB")
+    assert w > 0 and abs(w / h - result.width / result.height) < 0.02  # aspect ratio kept
+    shown = capture[y : y + h, x : x + w]
+    scaled = np.asarray(result.resize((w, h), Image.Resampling.BILINEAR)).astype(np.int16)
+    # Smoothing both sides makes the check robust to the two scalers' small differences.
+    def blur(a):
+        k = 8
+        s = a[: a.shape[0] // k * k, : a.shape[1] // k * k]
+        return s.reshape(s.shape[0] // k, k, s.shape[1] // k, k, 3).mean(axis=(1, 3))
+
+    corr = np.corrcoef(blur(shown).ravel(), blur(scaled).ravel())[0, 1]
+    assert shown.std() > 5 and corr > 0.8, f"the result view does not show the generated image (corr {corr:.2f})"
+
+
+if __name__ == "__main__":
+    raise SystemExit(_capture(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])))

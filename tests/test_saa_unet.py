@@ -1,0 +1,222 @@
+"""SAAUNet (fused, LoRA merged) against the unfused reference of SPEC §1.5 on a tiny random UNet."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from dynamicid_rt.contract import UNET
+from dynamicid_rt.errors import CheckpointError, ModelFolderError
+from dynamicid_rt.models.saa import SAAUNet, install_saa, load_unet
+from saa_reference import TARGETS, reference_unet
+
+diffusers = pytest.importorskip("diffusers")
+
+RANK = 4
+CONTEXT = 64
+TOL = 1e-4
+
+
+def tiny_unet() -> "diffusers.UNet2DConditionModel":
+    torch.manual_seed(0)
+    return diffusers.UNet2DConditionModel(
+        sample_size=16,
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        layers_per_block=1,
+        cross_attention_dim=CONTEXT,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    ).eval()
+
+
+def random_processors(unet) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    sd = {}
+    for i, name in enumerate(unet.attn_processors):
+        attn = unet.get_submodule(name.rsplit(".", 1)[0])
+        for target, path in TARGETS.items():
+            lin = attn.get_submodule(path)
+            sd[f"{i}.{target}_lora.down.weight"] = torch.randn(RANK, lin.in_features, generator=gen) * 0.2
+            sd[f"{i}.{target}_lora.up.weight"] = torch.randn(lin.out_features, RANK, generator=gen) * 0.2
+        if name.endswith("attn2.processor"):
+            for p in ("to_k_ip", "to_v_ip"):
+                sd[f"{i}.{p}.weight"] = torch.randn(attn.to_k.out_features, CONTEXT, generator=gen) / CONTEXT**0.5
+    return sd
+
+
+@pytest.fixture(scope="module")
+def models():
+    base = tiny_unet()
+    sd = random_processors(base)
+    fused = install_saa(copy.deepcopy(base), sd).eval()
+    reference = copy.deepcopy(base)  # unmerged base weights, fp32 like the fused model
+    return base, sd, fused, reference
+
+
+def strips(n: int) -> torch.Tensor:
+    edges = np.linspace(0, 1, n + 1)
+    return torch.tensor([[0.0, edges[i], 1.0, edges[i + 1]] for i in range(n)], dtype=torch.float32)
+
+
+def make_inputs(batch=2, h=16, w=16, n_ids=2, boxes=None, scale=1.0, boost=4.0, gating=1.0, mix=0.5, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return dict(
+        sample=torch.randn(batch, 4, h, w, generator=gen),
+        timestep=torch.full((batch,), 500.0),
+        encoder_hidden_states=torch.randn(batch, 77, CONTEXT, generator=gen),
+        id_tokens=torch.randn(batch, 4 * n_ids, CONTEXT, generator=gen),
+        id_boxes=strips(n_ids) if boxes is None else torch.tensor(boxes, dtype=torch.float32),
+        id_scale=torch.tensor([scale]),
+        id_boost=torch.tensor([boost]),
+        id_gating=torch.tensor([gating]),
+        id_mix=torch.tensor([mix]),
+    )
+
+
+def run_fused(model: SAAUNet, inputs) -> torch.Tensor:
+    with torch.no_grad():
+        return model(*inputs.values())
+
+
+def run_reference(reference, sd, inputs) -> torch.Tensor:
+    x = inputs
+    return reference_unet(
+        reference, sd, x["sample"], x["timestep"], x["encoder_hidden_states"], x["id_tokens"], x["id_boxes"],
+        x["id_scale"], x["id_boost"], x["id_gating"], x["id_mix"],
+    )
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+def check(models, **kw) -> torch.Tensor:
+    _, sd, fused, reference = models
+    inputs = make_inputs(**kw)
+    out = run_fused(fused, inputs)
+    ref = run_reference(reference, sd, inputs)
+    assert out.shape == inputs["sample"].shape
+    assert rel_err(out, ref) <= TOL, rel_err(out, ref)
+    return out
+
+
+def test_single_id_gating_off(models):
+    out = check(models, n_ids=1, gating=0.0, boost=4.0)
+    # Gating off ignores the boost entirely.
+    assert torch.allclose(out, run_fused(models[2], make_inputs(n_ids=1, gating=0.0, boost=0.0)), atol=1e-6)
+
+
+@pytest.mark.parametrize("n_ids", [2, 3, 4])
+@pytest.mark.parametrize("boost", [0.0, 4.0])
+def test_multi_id_gating(models, n_ids, boost):
+    out = check(models, n_ids=n_ids, boost=boost)
+    # The gating path really changes the result (masks, activation map).
+    ungated = run_fused(models[2], make_inputs(n_ids=n_ids, boost=boost, gating=0.0))
+    assert rel_err(out, ungated) > 1e-3
+
+
+def test_non_square_latent(models):
+    check(models, batch=1, h=32, w=48, n_ids=2, boxes=[[0.1, 0.0, 0.9, 0.55], [0.2, 0.45, 1.0, 1.0]])
+
+
+def test_mixing_one_box_two_ids(models):
+    box = [[0.1, 0.2, 0.9, 0.8]]
+    a = check(models, n_ids=2, boxes=box, mix=0.3)
+    b = check(models, n_ids=2, boxes=box, mix=0.8)
+    assert rel_err(a, b) > 1e-4
+
+
+def test_overlapping_boxes(models):
+    check(models, n_ids=3, boxes=[[0.0, 0.0, 0.8, 0.6], [0.2, 0.4, 1.0, 1.0], [0.3, 0.1, 0.7, 0.9]])
+
+
+def test_more_ids_than_boxes_without_mixing(models):
+    # Two boxes, three identities: block 2 is never masked, no mixing (more than one box).
+    check(models, n_ids=3, boxes=[[0.0, 0.0, 1.0, 0.5], [0.0, 0.5, 1.0, 1.0]])
+
+
+def test_id_scale_zero_is_plain_merged_unet(models):
+    base, sd, fused, _ = models
+    plain = copy.deepcopy(base)
+    with torch.no_grad():
+        for i, name in enumerate(plain.attn_processors):
+            attn = plain.get_submodule(name.rsplit(".", 1)[0])
+            for target, path in TARGETS.items():
+                lin = attn.get_submodule(path)
+                lin.weight += sd[f"{i}.{target}_lora.up.weight"] @ sd[f"{i}.{target}_lora.down.weight"]
+    inputs = make_inputs(n_ids=2, scale=0.0)
+    with torch.no_grad():
+        expected = plain(inputs["sample"], inputs["timestep"], inputs["encoder_hidden_states"]).sample
+        bare = fused.unet(inputs["sample"], inputs["timestep"], inputs["encoder_hidden_states"]).sample
+        unmerged = base(inputs["sample"], inputs["timestep"], inputs["encoder_hidden_states"]).sample
+    out = run_fused(fused, inputs)
+    assert rel_err(out, expected) <= TOL
+    assert rel_err(bare, expected) <= TOL
+    assert rel_err(out, unmerged) > 1e-3  # the LoRA is really there
+
+
+def test_bad_checkpoint_names_keys(models):
+    base, sd, _, _ = models
+    bad = dict(sd)
+    del bad["3.to_k_ip.weight"]
+    bad["99.to_q_lora.down.weight"] = torch.zeros(RANK, 32)
+    bad["0.to_v_lora.up.weight"] = torch.zeros(7, RANK)
+    with pytest.raises(CheckpointError) as err:
+        install_saa(copy.deepcopy(base), bad, "bad.bin")
+    msg = str(err.value)
+    for key in ("3.to_k_ip.weight", "99.to_q_lora.down.weight", "0.to_v_lora.up.weight", "bad.bin"):
+        assert key in msg
+    # Self-attention layers carry no ip weights: one there is unexpected.
+    extra = dict(sd, **{"0.to_k_ip.weight": torch.zeros(32, CONTEXT)})
+    with pytest.raises(CheckpointError, match=r"unexpected .*0\.to_k_ip\.weight"):
+        install_saa(copy.deepcopy(base), extra)
+
+
+def test_load_unet_from_folders(models, tmp_path):
+    base, sd, fused, _ = models
+    base.save_pretrained(tmp_path / "sd" / "unet")
+    torch.save({"proj_module": {"proj.0.weight": torch.zeros(2, 2)}, "SAA_module": sd}, tmp_path / "SAA.bin")
+    inputs = make_inputs(n_ids=2)
+    expected = run_fused(fused, inputs)
+    for folder in (tmp_path / "sd", tmp_path / "sd" / "unet"):
+        model = load_unet(folder, tmp_path / "SAA.bin")
+        assert model.dtype == torch.float32 and model.config.cross_attention_dim == CONTEXT
+        assert rel_err(run_fused(model, inputs), expected) <= 1e-6
+    with pytest.raises(ModelFolderError, match="neither"):
+        load_unet(tmp_path, tmp_path / "SAA.bin")
+
+
+def test_fp16_close_to_fp32(models):
+    _, _, fused, _ = models
+    half = copy.deepcopy(fused).half()
+    inputs = make_inputs(n_ids=3, boxes=[[0.0, 0.0, 0.8, 0.6], [0.2, 0.4, 1.0, 1.0], [0.3, 0.1, 0.7, 0.9]])
+    out = run_fused(half, {k: (v.half() if k != "id_boxes" else v) for k, v in inputs.items()})
+    assert out.dtype == torch.float16 and torch.isfinite(out).all()
+    assert rel_err(out, run_fused(fused, inputs)) < 2e-2
+
+
+def test_onnx_export_dynamic(models, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    _, _, fused, _ = models
+    sample = make_inputs(batch=2, h=16, w=16, n_ids=2)
+    path = tmp_path / "unet.onnx"
+    with torch.no_grad():
+        torch.onnx.export(
+            fused, tuple(sample.values()), str(path), input_names=UNET.input_names, output_names=UNET.output_names,
+            dynamic_axes=UNET.dynamic_axes(), opset_version=17, dynamo=False,
+        )
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    cases = [
+        dict(batch=1, h=24, w=32, n_ids=3, boost=0.0),  # 3 ids, 3 boxes, no boost
+        dict(batch=3, h=32, w=16, n_ids=2, boxes=[[0.1, 0.2, 0.9, 0.8]], mix=0.3),  # mixing
+        dict(batch=2, h=16, w=24, n_ids=1, gating=0.0),  # gating off
+        dict(batch=1, h=16, w=16, n_ids=4, boxes=[[0.0, 0.0, 0.8, 0.6], [0.2, 0.4, 1.0, 1.0]]),
+    ]
+    for kw in cases:
+        inputs = make_inputs(**kw)
+        got = session.run(None, {k: v.numpy() for k, v in inputs.items()})[0]
+        assert rel_err(torch.from_numpy(got), run_fused(fused, inputs)) <= TOL, kw
