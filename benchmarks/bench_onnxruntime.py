@@ -32,7 +32,7 @@ def build_modules():
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from dynamicid_rt.models import install_saa
+    from dynamicid_rt.models.saa import install_saa
     from dynamicid_rt.models.encoders import VAEDecoder
 
     torch.manual_seed(SEED)

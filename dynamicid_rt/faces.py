@@ -154,10 +154,11 @@ def _provider_name(provider: str | tuple) -> str:
 class FaceAnalyzer:
     """The four buffalo_l models of ``pack_dir`` run through insightface (SPEC §1.2).
 
-    ``rgb_quirk=True`` follows the release: the recognition and 3D-landmark (pose) models get the
-    RGB array where insightface expects BGR, the 106 landmarks get BGR. ``False`` gives BGR to all.
-    Detection always runs once on BGR and its boxes/keypoints feed every model, so the faces of
-    one photo are the same for all outputs.
+    ``rgb_quirk=True`` follows the release, which hands insightface's ``app.get`` the RGB array
+    where it expects BGR: detection, recognition and the 3D landmarks (pose) all see RGB; only the
+    106 landmarks get BGR (the release converts for them). ``False`` gives BGR to all. The 106
+    landmarks are found in the boxes of that same detection, so one photo's faces agree across
+    all outputs.
     """
 
     def __init__(self, pack_dir: Path, providers: list[str] | None = None, det_size: int = 512, rgb_quirk: bool = True) -> None:
@@ -196,10 +197,11 @@ class FaceAnalyzer:
                 model.prepare(ctx_id)
         logger.info("face analysis: %s with %s (rgb_quirk=%s)", self.pack_dir, ", ".join(map(_provider_name, self.providers)), rgb_quirk)
 
-    def _detect_raw(self, bgr: np.ndarray) -> list:
+    def _detect_raw(self, image: np.ndarray) -> list:
+        """Faces of ``image`` (the array as handed to insightface, which takes it for BGR)."""
         from insightface.app.common import Face
 
-        boxes, kpss = self._models["detection"].detect(bgr, max_num=0)
+        boxes, kpss = self._models["detection"].detect(image, max_num=0)
         return [Face(bbox=boxes[i, :4], kps=kpss[i], det_score=boxes[i, 4]) for i in range(boxes.shape[0])]
 
     def detect(self, photo_rgb: np.ndarray) -> list[DetectedFace]:
@@ -208,7 +210,7 @@ class FaceAnalyzer:
         bgr = np.ascontiguousarray(rgb[..., ::-1])
         seen = rgb if self.rgb_quirk else bgr  # release quirk: RGB where insightface wants BGR
         out = []
-        for face in self._detect_raw(bgr):
+        for face in self._detect_raw(seen):
             self._models["recognition"].get(seen, face)
             self._models["landmark_3d_68"].get(seen, face)
             self._models["landmark_2d_106"].get(bgr, face)

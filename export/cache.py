@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from dynamicid_rt.contract import ENGINES, ModelDims
-from dynamicid_rt.errors import ModelFolderError
+from dynamicid_rt.errors import DynamicIDError, ModelFolderError
 from dynamicid_rt.paths import ModelPaths
 
 log = logging.getLogger(__name__)
@@ -176,8 +176,9 @@ def entry_dir(engine_dir: Path, engine: str, precision: str) -> Path:
     return Path(engine_dir) / f"{engine}-{precision}"
 
 
-def check_entry(folder: Path, expected: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
-    """``(manifest, "")`` when the entry in ``folder`` is valid, else ``(None, why)``."""
+def check_entry(folder: Path, expected: dict[str, Any], verify: bool = False) -> tuple[dict[str, Any] | None, str]:
+    """``(manifest, "")`` when the entry in ``folder`` is valid, else ``(None, why)``. ``verify``
+    hashes every file even when its size and modification time match the manifest."""
     manifest_path = folder / MANIFEST
     if not manifest_path.is_file():
         return None, "not built yet" if not folder.exists() else "no manifest (an earlier build did not finish)"
@@ -202,9 +203,12 @@ def check_entry(folder: Path, expected: dict[str, Any]) -> tuple[dict[str, Any] 
         path = folder / name
         if not path.is_file():
             return None, f"{name} is missing"
-        if path.stat().st_size != info["size"]:
-            return None, f"{name} has {path.stat().st_size} bytes, the manifest says {info['size']} (truncated or corrupt)"
-        if _sha256(path) != info["sha256"]:
+        stat = path.stat()
+        if stat.st_size != info["size"]:
+            return None, f"{name} has {stat.st_size} bytes, the manifest says {info['size']} (truncated or corrupt)"
+        # Hashing gigabytes on every start is slow: a file untouched since the build (same size and
+        # modification time) is trusted; any other is hashed in full.
+        if (verify or stat.st_mtime_ns != info.get("mtime_ns")) and _sha256(path) != info["sha256"]:
             return None, f"{name} does not match its SHA-256 in the manifest (corrupt)"
     return manifest, ""
 
@@ -227,14 +231,15 @@ def build_engines(
     engines: Sequence[str] | None = None,
     progress: Progress | None = None,
     force: bool = False,
-    exporter: str = "torchscript",
+    verify: bool = False,
 ) -> list[CacheEntry]:
     """Make sure every engine in ``engines`` (default: all this model folder provides) has a valid
     cache entry at ``precision`` and return the entries, in that order. Valid entries are reused
     without loading any model; stale or corrupt ones are rebuilt and the reason logged. ``force``
-    rebuilds everything."""
+    rebuilds everything; ``verify`` re-hashes every cached file (otherwise only files whose size or
+    modification time changed since the build)."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        raise DynamicIDError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     names = list(engines) if engines is not None else default_engines(paths)
     for name in names:
         if name not in ENGINES:
@@ -253,7 +258,7 @@ def build_engines(
         report(name, i, len(names), "checking")
         folder = entry_dir(engine_dir, name, precision)
         expected = expected_manifest(paths, name, precision)
-        manifest, why = (None, "--force") if force else check_entry(folder, expected)
+        manifest, why = (None, "--force") if force else check_entry(folder, expected, verify)
         if manifest is not None:
             out.append(CacheEntry(name, precision, folder, manifest, reused=True))
             report(name, i, len(names), "reused")
@@ -264,7 +269,7 @@ def build_engines(
             log.info("building %s (%s) in %s", name, precision, folder)
         report(name, i, len(names), "building")
         started = time.perf_counter()
-        manifest = _build_entry(paths, name, precision, engine_dir, expected, exporter)
+        manifest = _build_entry(paths, name, precision, engine_dir, expected, why)
         log.info("built %s (%s) in %.1f s", name, precision, time.perf_counter() - started)
         out.append(CacheEntry(name, precision, folder, manifest, reused=False))
         report(name, i, len(names), "built")
@@ -277,6 +282,8 @@ def _tmp_prefix(engine: str, precision: str) -> str:
 
 def _remove_abandoned_builds(engine_dir: Path) -> None:
     """Delete temporary folders of builds whose process is gone (killed, power loss)."""
+    for old in engine_dir.glob(".old-*"):  # replaced entries whose deletion was cut short
+        shutil.rmtree(old, ignore_errors=True)
     for tmp in engine_dir.glob(".building-*"):
         pid = tmp.name.rsplit("-", 2)[-2]
         if not pid.isdigit() or not _alive(int(pid)):
@@ -294,21 +301,22 @@ def _alive(pid: int) -> bool:
 
 
 def _build_entry(
-    paths: ModelPaths, engine: str, precision: str, engine_dir: Path, expected: dict[str, Any], exporter: str
+    paths: ModelPaths, engine: str, precision: str, engine_dir: Path, expected: dict[str, Any], why: str
 ) -> dict[str, Any]:
     tmp = engine_dir / f"{_tmp_prefix(engine, precision)}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        dims, tolerance = _export_into(paths, engine, precision, engine_dir, tmp, exporter)
+        dims, error = _export_into(paths, engine, precision, engine_dir, tmp, why)
         files = {
-            p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir()) if p.is_file()
+            p.name: {"size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns, "sha256": _sha256(p)}
+            for p in sorted(tmp.iterdir())
+            if p.is_file()
         }
         manifest = expected | {
             "dims": asdict(dims),
             "contract": _contract(engine, dims),
             "files": files,
-            "exporter_backend": exporter,
-            "parity_relative_error": tolerance,
+            "parity_relative_error": error,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         # The manifest is written last: without it the folder is never taken for a valid entry.
@@ -331,16 +339,23 @@ def _replace_dir(src: Path, dst: Path) -> None:
 
 
 def _export_into(
-    paths: ModelPaths, engine: str, precision: str, engine_dir: Path, tmp: Path, exporter: str
+    paths: ModelPaths, engine: str, precision: str, engine_dir: Path, tmp: Path, why: str
 ) -> tuple[ModelDims, float | None]:
     """Export ``engine`` into ``tmp/model.onnx``; returns the model sizes and, for fp32, the
     measured relative error against the PyTorch module."""
-    import torch
+    try:
+        import torch
 
-    from dynamicid_rt.models import load_engine_module
-    from dynamicid_rt.models.base import read_model_dims
+        from dynamicid_rt.models import load_engine_module
+        from dynamicid_rt.models.base import read_model_dims
 
-    from . import onnx_export
+        from . import onnx_export
+    except ModuleNotFoundError as exc:
+        raise DynamicIDError(
+            f"the {engine} engine must be built ({why}), which needs PyTorch ({exc}); install the torch extra "
+            "(pip install 'dynamicid-rt[torch]'), or run `dynamicid-rt build-engines` where it is installed and "
+            "copy the engine folder here"
+        ) from exc
 
     spec = ENGINES[engine]
     dims = read_model_dims(paths)
@@ -350,27 +365,16 @@ def _export_into(
         if fp32 is not None:
             source = fp32.onnx  # reuse the valid fp32 graph rather than exporting again
         else:
-            source = _export_fp32(paths, engine, dims, tmp / "fp32", exporter)
+            (tmp / "fp32").mkdir()
+            module = load_engine_module(paths, engine, torch.float32, "cpu")
+            source = onnx_export.export_engine(module, spec, dims, tmp / "fp32" / MODEL_FILE, OPSET)
         onnx_export.convert_fp16(source, target)
         shutil.rmtree(tmp / "fp32", ignore_errors=True)
         onnx_export.check_finite(target, spec, dims)
         return dims, None
     module = load_engine_module(paths, engine, torch.float32, "cpu")
-    onnx_export.export_engine(module, spec, dims, target, OPSET, exporter)
+    onnx_export.export_engine(module, spec, dims, target, OPSET)
     # Traced at the opt shapes, checked at the smallest ones: a tracer that froze a shape fails here.
     points = [{a.name: a.min for a in spec.axes}]
     error = onnx_export.compare_with_torch(target, module, spec, dims, points, BUILD_TOLERANCE)
     return dims, error
-
-
-def _export_fp32(paths: ModelPaths, engine: str, dims: ModelDims, folder: Path, exporter: str) -> Path:
-    import torch
-
-    from dynamicid_rt.models import load_engine_module
-
-    from . import onnx_export
-
-    folder.mkdir(exist_ok=True)
-    module = load_engine_module(paths, engine, torch.float32, "cpu")
-    return onnx_export.export_engine(module, ENGINES[engine], dims, folder / MODEL_FILE, OPSET, exporter)
-

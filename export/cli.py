@@ -2,25 +2,27 @@
 from __future__ import annotations
 
 import argparse
-import logging
+import os
 from pathlib import Path
 
 from dynamicid_rt.contract import ENGINES
+from dynamicid_rt.errors import ModelFolderError
 
 from .cache import PRECISIONS
 
-log = logging.getLogger(__name__)
-
 
 def register(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParser:
-    """Add the ``build-engines`` sub-command; its handler is stored as ``func``."""
+    """Add the ``build-engines`` sub-command; its handler is stored as ``handler``."""
     parser = subparsers.add_parser(
         "build-engines",
         help="export the model's engines to ONNX (reuses valid cached engines)",
         description="Export every engine of the model folder to ONNX in the engine cache. Valid cached "
         "engines are reused; stale or corrupt ones are rebuilt.",
     )
-    parser.add_argument("--models", type=Path, required=True, help="model folder (SPEC §3 layout)")
+    parser.add_argument(
+        "--models", type=Path, default=os.environ.get("DYNAMICID_MODELS"),
+        help="model folder (SPEC §3 layout; default: $DYNAMICID_MODELS)",
+    )
     parser.add_argument("--engine-dir", type=Path, default=None, help="engine cache folder (default: the user cache)")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="fp16 graphs are for GPUs")
     parser.add_argument(
@@ -28,7 +30,8 @@ def register(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParse
         help=f"engines to build (default: all the model provides): {', '.join(ENGINES)}",
     )
     parser.add_argument("--force", action="store_true", help="rebuild even valid engines")
-    parser.set_defaults(func=run_build_engines)
+    parser.add_argument("--verify", action="store_true", help="re-hash every cached file, even untouched ones")
+    parser.set_defaults(handler=run_build_engines)
     return parser
 
 
@@ -40,6 +43,8 @@ def run_build_engines(args: argparse.Namespace) -> int:
 
     from .cache import build_engines, default_engine_dir, default_engines
 
+    if args.models is None:
+        raise ModelFolderError("build-engines needs the model folder: pass --models DIR or set DYNAMICID_MODELS")
     paths = ModelPaths.from_folder(args.models)
     names = args.engines or default_engines(paths)
     engine_dir = args.engine_dir or default_engine_dir(paths)
@@ -50,7 +55,9 @@ def run_build_engines(args: argparse.Namespace) -> int:
             if status in ("reused", "built"):
                 bar.update(1)
 
-        entries = build_engines(paths, engine_dir, args.precision, names, progress=progress, force=args.force)
+        entries = build_engines(
+            paths, engine_dir, args.precision, names, progress=progress, force=args.force, verify=args.verify
+        )
     for entry in entries:
         tqdm.write(f"{entry.engine:<15} {'reused' if entry.reused else 'built':<7} {entry.onnx}")
     return 0

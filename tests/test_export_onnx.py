@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -150,10 +151,18 @@ def test_unet_has_no_data_dependent_output_shapes(entries):
         seen.add(name)
         return any(depends_on_values(i, seen) for i in node.input if i)
 
+    # Inputs that set an output shape: never computed from the values of the per-call inputs.
+    shape_inputs = {
+        "Reshape": [1], "Expand": [1], "ConstantOfShape": [0], "Tile": [1], "Resize": [2, 3], "Slice": [1, 2, 3, 4],
+        "Range": [0, 1, 2], "Pad": [1], "Split": [1], "Squeeze": [1], "Unsqueeze": [1], "OneHot": [1],
+    }
+    checked = 0
     for node in model.graph.node:
-        shape_input = {"Reshape": 1, "Expand": 1, "ConstantOfShape": 0, "Tile": 1, "Resize": 3, "Slice": 1}.get(node.op_type)
-        if shape_input is not None and len(node.input) > shape_input:
-            assert not depends_on_values(node.input[shape_input], set()), (node.name, node.op_type)
+        for i in shape_inputs.get(node.op_type, ()):
+            if i < len(node.input) and node.input[i]:
+                checked += 1
+                assert not depends_on_values(node.input[i], set()), (node.name, node.op_type)
+    assert checked > 0
 
 
 def test_build_reuses_valid_entries_quickly(tiny, engine_dir, entries):
@@ -177,15 +186,26 @@ def _copy_entry(engine_dir: Path, target: Path, engine: str) -> Path:
 def test_corrupt_entry_is_detected_and_rebuilt(tiny, engine_dir, entries, tmp_path, caplog):
     folder = _copy_entry(engine_dir, tmp_path, "face_projector")
     assert find_entry(tiny, "face_projector", "fp32", tmp_path) is not None
-    data = bytearray((folder / "model.onnx").read_bytes())
+    model = folder / "model.onnx"
+    stat = model.stat()
+    data = bytearray(model.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one flipped byte: same size, different content
-    (folder / "model.onnx").write_bytes(bytes(data))
+    model.write_bytes(bytes(data))
+    expected = cache.expected_manifest(tiny, "face_projector", "fp32")
+    # With its modification time put back the file is trusted on the fast path; verify hashes it.
+    os.utime(model, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert cache.check_entry(folder, expected)[0] is not None
+    manifest, why = cache.check_entry(folder, expected, verify=True)
+    assert manifest is None and "SHA-256" in why
+    os.utime(model)  # as after any ordinary write: hashed and found corrupt without verify
     assert find_entry(tiny, "face_projector", "fp32", tmp_path) is None
     with caplog.at_level(logging.INFO, logger="dynamicid_rt.export.cache"):
         (entry,) = build_engines(tiny, tmp_path, engines=["face_projector"])
     assert not entry.reused
     assert "SHA-256" in caplog.text and "rebuilding face_projector" in caplog.text
     assert find_entry(tiny, "face_projector", "fp32", tmp_path) is not None
+    (folder / "model.onnx").write_bytes(b"")  # truncated
+    assert "truncated" in cache.check_entry(folder, expected)[1]
 
 
 def test_stale_manifest_is_rebuilt_with_reason(tiny, engine_dir, entries, tmp_path, caplog):
@@ -246,7 +266,7 @@ def test_cli_build_engines(tiny, engine_dir, entries, capsys):
     args = parser.parse_args(
         ["build-engines", "--models", str(tiny.root), "--engine-dir", str(engine_dir), "--engines", "face_projector", "imr"]
     )
-    assert args.func(args) == 0
+    assert args.handler(args) == 0
     out = capsys.readouterr().out
     assert "face_projector" in out and "imr" in out and out.count("reused") == 2
     with pytest.raises(SystemExit):
@@ -258,7 +278,7 @@ def test_full_size_unet_exports_with_external_data(tmp_path):
     """SD1.5-width UNet with random weights (3.4 GB in fp32): external data, ORT CPU vs torch."""
     from diffusers import UNet2DConditionModel
 
-    from dynamicid_rt.models import install_saa
+    from dynamicid_rt.models.saa import install_saa
 
     unet = UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8)
     processors = _random_saa_processors(unet, rank=128, context=768)

@@ -46,6 +46,11 @@ def analyzer(pack) -> FaceAnalyzer:
 
 
 @pytest.fixture(scope="module")
+def bgr_analyzer(pack) -> FaceAnalyzer:
+    return FaceAnalyzer(pack, providers=CPU, rgb_quirk=False)
+
+
+@pytest.fixture(scope="module")
 def raw_models(pack) -> dict:
     """The same files loaded by insightface directly, for independent references."""
     from insightface.model_zoo import model_zoo
@@ -83,11 +88,12 @@ def test_portraits_are_deterministic(samples, tmp_path):
     assert load_truth(tmp_path) == load_truth(samples)
 
 
+@pytest.mark.parametrize("rgb_quirk", [True, False])
 @pytest.mark.parametrize("name", ["person_a.png", "person_b.png", "two_faces.png", "person_a_smiling.png", "no_face.png"])
-def test_detects_exactly_the_drawn_faces(analyzer, samples, name):
+def test_detects_exactly_the_drawn_faces(analyzer, bgr_analyzer, samples, name, rgb_quirk):
     truth = load_truth(samples)[name]
     photo = load_photo(samples / name)
-    faces = analyzer.detect(photo)
+    faces = (analyzer if rgb_quirk else bgr_analyzer).detect(photo)
     assert len(faces) == len(truth)
     for true in truth:
         best = max(faces, key=lambda f: iou(f.bbox, true["box"]))
@@ -138,12 +144,75 @@ def test_same_person_similar_different_people_not(analyzer, samples):
     assert cosine(a, b) < 0.5
 
 
-def test_rgb_quirk_changes_what_recognition_sees(pack, analyzer, raw_models, samples):
+@pytest.mark.parametrize("rgb_quirk", [True, False])
+def test_each_model_is_handed_the_array_of_the_setting(analyzer, bgr_analyzer, samples, monkeypatch, rgb_quirk):
+    """SPEC §1.2: under the quirk insightface gets the RGB array (detection, recognition, pose);
+    the 106 landmarks always get BGR."""
+    from insightface.model_zoo.arcface_onnx import ArcFaceONNX
+    from insightface.model_zoo.landmark import Landmark
+    from insightface.model_zoo.scrfd import SCRFD
+
+    handed: list[tuple[str, np.ndarray]] = []
+
+    def recording(cls, task_of):
+        original = getattr(cls, "detect" if cls is SCRFD else "get")
+
+        def wrapper(self, img, *args, **kwargs):
+            handed.append((task_of(self), img.copy()))
+            return original(self, img, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "detect" if cls is SCRFD else "get", wrapper)
+
+    recording(SCRFD, lambda m: "detection")
+    recording(ArcFaceONNX, lambda m: "recognition")
+    recording(Landmark, lambda m: m.taskname)
+    photo = load_photo(samples / "two_faces.png")
+    faces = (analyzer if rgb_quirk else bgr_analyzer).detect(photo)
+    assert len(faces) == 2
+    bgr = photo[..., ::-1]
+    expected = {"detection": photo if rgb_quirk else bgr, "recognition": photo if rgb_quirk else bgr,
+                "landmark_3d_68": photo if rgb_quirk else bgr, "landmark_2d_106": bgr}
+    counts = {task: sum(t == task for t, _ in handed) for task in expected}
+    assert counts == {"detection": 1, "recognition": 2, "landmark_3d_68": 2, "landmark_2d_106": 2}
+    for task, img in handed:
+        np.testing.assert_array_equal(img, expected[task], err_msg=task)
+
+
+def test_tiny_landmark_models_are_face_shaped_in_either_channel_order(raw_models, samples):
+    """The tiny 2d106/3d68 models place the mouth and eyes where the portraits drew them, and give
+    the same points (and a frontal pose) for the RGB and the BGR array."""
+    from insightface.app.common import Face
+
+    for name in ("person_a.png", "two_faces.png", "person_a_smiling.png"):
+        photo = load_photo(samples / name)
+        for true in load_truth(samples)[name]:
+            x0, y0, x1, y1 = true["box"]
+            ax, ay = (x1 - x0) / 2, (y1 - y0) / 2
+            mouth = np.array([(x0 + x1) / 2, (y0 + y1) / 2 + 0.5 * ay])  # the drawer's MOUTH_CENTRE
+            eyes = np.array([(x0 + x1) / 2, (y0 + y1) / 2 - 0.12 * ay])  # midway between the EYE_CENTRES
+            outputs = []
+            for array in (photo, np.ascontiguousarray(photo[..., ::-1])):
+                face = Face(bbox=np.array(true["box"]), kps=None, det_score=1.0)
+                p106 = raw_models["landmark_2d_106"].get(array, face)
+                p68 = raw_models["landmark_3d_68"].get(array, face)
+                assert np.isfinite(p106).all() and np.isfinite(p68).all()
+                # 68-point convention: 36..47 eyes, 48..67 mouth; the tiny 106 ends with 20 mouth points.
+                assert np.linalg.norm(p68[48:68, :2].mean(0) - mouth) < 0.2 * ax
+                assert np.linalg.norm(p68[36:48, :2].mean(0) - eyes) < 0.2 * ax
+                assert np.linalg.norm(p106[-20:].mean(0) - mouth) < 0.2 * ax
+                assert np.abs(face.pose).max() < 1.0
+                outputs.append((p106, p68))
+            np.testing.assert_allclose(outputs[0][0], outputs[1][0], atol=1e-3)
+            np.testing.assert_allclose(outputs[0][1], outputs[1][1], atol=1e-3)
+
+
+def test_rgb_quirk_changes_what_recognition_sees(analyzer, bgr_analyzer, raw_models, samples):
     from insightface.utils import face_align
 
     photo = load_photo(samples / "person_a.png")
     quirk = analyzer.detect(photo)[0]
-    plain = FaceAnalyzer(pack, providers=CPU, rgb_quirk=False).detect(photo)[0]
+    plain = bgr_analyzer.detect(photo)[0]
+    assert iou(quirk.bbox, plain.bbox) > 0.99  # the same face in both settings
     assert cosine(quirk.embedding, plain.embedding) < 0.99
     np.testing.assert_allclose(quirk.landmarks_106, plain.landmarks_106)  # BGR in both modes
     # Reference: insightface's ArcFace on the array as given, aligned with the detected keypoints.

@@ -220,3 +220,22 @@ def test_onnx_export_dynamic(models, tmp_path):
         inputs = make_inputs(**kw)
         got = session.run(None, {k: v.numpy() for k, v in inputs.items()})[0]
         assert rel_err(torch.from_numpy(got), run_fused(fused, inputs)) <= TOL, kw
+
+
+def test_box_edges_follow_exact_decimal_arithmetic():
+    """Box edges land on the cells exact arithmetic gives: int(0.53·100) = 53 and int(0.29·100) = 29,
+    where fp32 alone gives 52 and float64 gives 28."""
+    from fractions import Fraction
+
+    from dynamicid_rt.models.saa import _region_masks
+
+    block = torch.zeros(4, dtype=torch.int64)
+    cases = [((0.29, 0.53, 0.58, 0.7), (100, 100)), ((0.58, 0.525, 0.7, 0.84), (50, 120)), ((0.1, 0.35, 0.7, 0.7), (90, 75))]
+    for box, (h, w) in cases:
+        size = (torch.tensor(h), torch.tensor(w))
+        _, inside = _region_masks(torch.tensor([box], dtype=torch.float32), size, size, block,
+                                  torch.ones(4, dtype=torch.bool), torch.tensor(True))
+        y0, x0, y1, x1 = (Fraction(str(v)) for v in box)
+        ref = np.zeros((h, w), bool)
+        ref[int(y0 * h): int(y1 * h), int(x0 * w): int(x1 * w)] = True
+        assert np.array_equal(inside.numpy().reshape(h, w), ref), (box, h, w)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import numpy as np
 
 from ..contract import ENGINES
-from ..errors import DynamicIDError, ModelFolderError
+from ..errors import DynamicIDError, ModelFolderError, NumericalError
 from ..paths import ModelPaths
 from .base import Backend, EngineCall
 
@@ -123,8 +123,10 @@ class OnnxRuntimeBackend(Backend):
 
     def run(self, engine: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         session = self._session(engine)
-        outputs = session.run(None, self._feed(session, engine, inputs))
-        return dict(zip(ENGINES[engine].output_names, outputs))
+        outputs = dict(zip(ENGINES[engine].output_names, session.run(None, self._feed(session, engine, inputs))))
+        if self.precision == "fp16":
+            _check_finite(engine, outputs)
+        return outputs
 
     def bind(self, engine: str, constants: Mapping[str, np.ndarray]) -> EngineCall:
         """Upload ``constants`` to the device once (IOBinding); each call then sends only the
@@ -141,7 +143,7 @@ class OnnxRuntimeBackend(Backend):
             name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value, dtype=types[name]), device, self._device_id)
             for name, value in constants.items()
         }
-        return _BoundCall(engine, session, uploaded, types, device, self._device_id)
+        return _BoundCall(engine, session, uploaded, types, device, self._device_id, self.precision == "fp16")
 
     def describe(self) -> dict[str, str]:
         import onnxruntime as ort
@@ -160,12 +162,22 @@ class OnnxRuntimeBackend(Backend):
         self._sessions.clear()
 
 
+def _check_finite(engine: str, outputs: Mapping[str, np.ndarray]) -> None:
+    # fp16 graphs can overflow on inputs the build-time check did not see.
+    for name, value in outputs.items():
+        if not np.isfinite(value).all():
+            raise NumericalError(
+                f"the fp16 {engine} engine produced NaN/inf in {name!r}; run with precision fp32 "
+                "(--precision fp32) for this model"
+            )
+
+
 class _BoundCall:
     """One engine with some inputs resident on the device (see :meth:`OnnxRuntimeBackend.bind`)."""
 
     def __init__(
         self, engine: str, session: "ort.InferenceSession", uploaded: dict[str, Any], types: dict[str, type],
-        device: str, device_id: int,
+        device: str, device_id: int, check_finite: bool,
     ) -> None:
         self.engine = engine
         self.session = session
@@ -173,6 +185,7 @@ class _BoundCall:
         self.types = types
         self.device = device
         self.device_id = device_id
+        self.check_finite = check_finite
         self.varying = [name for name in types if name not in uploaded]
         self.graph_outputs = [o.name for o in session.get_outputs()]  # mapped to contract names by position
         self.outputs = ENGINES[engine].output_names
@@ -188,4 +201,7 @@ class _BoundCall:
         for name in self.graph_outputs:
             self.binding.bind_output(name, self.device, self.device_id)
         self.session.run_with_iobinding(self.binding)
-        return dict(zip(self.outputs, self.binding.copy_outputs_to_cpu()))
+        outputs = dict(zip(self.outputs, self.binding.copy_outputs_to_cpu()))
+        if self.check_finite:
+            _check_finite(self.engine, outputs)
+        return outputs

@@ -15,6 +15,7 @@ from .base import Backend
 
 log = logging.getLogger(__name__)
 
+FP32_INPUTS = frozenset({"timestep", "id_boxes", "id_scale", "id_boost", "id_gating", "id_mix"})
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -54,7 +55,11 @@ class TorchBackend(Backend):
             if t.name not in inputs:
                 raise KeyError(f"engine {engine} needs input {t.name!r}")
             value = torch.from_numpy(np.ascontiguousarray(inputs[t.name])).to(self.device)
-            args.append(value.to(dtype) if value.is_floating_point() else value)
+            # Activations take the module's precision; the small control inputs (timestep, boxes,
+            # scales) stay fp32 so box edges and gating constants are exact under fp16.
+            if value.is_floating_point() and t.name not in FP32_INPUTS:
+                value = value.to(dtype)
+            args.append(value)
         out = module(*args)
         outs = out if isinstance(out, (tuple, list)) else (out,)
         return {t.name: o.float().cpu().numpy() for t, o in zip(spec.outputs, outs)}

@@ -149,6 +149,9 @@ def _as_size(value: int | torch.Tensor) -> torch.Tensor:
     return value if isinstance(value, torch.Tensor) else torch.tensor(value, dtype=torch.int64)
 
 
+_EDGE_MARGIN = 1e-4
+
+
 def _region_masks(
     boxes: torch.Tensor,
     latent_hw: tuple[torch.Tensor, torch.Tensor],
@@ -167,10 +170,11 @@ def _region_masks(
     row = pos // grid_w
     col = pos - row * grid_w  # p % w', written without Mod for TensorRT's parser
     row, col = row.to(torch.float32)[None, :], col.to(torch.float32)[None, :]
-    y0 = torch.floor(boxes[:, 0:1] * grid_h.to(torch.float32))
-    x0 = torch.floor(boxes[:, 1:2] * grid_w.to(torch.float32))
-    y1 = torch.floor(boxes[:, 2:3] * grid_h.to(torch.float32))
-    x1 = torch.floor(boxes[:, 3:4] * grid_w.to(torch.float32))
+    # int(y0·h') with exact decimal arithmetic: in fp32, 0.53·100 lands just below 53, so a margin far
+    # below one cell restores the exact product before flooring (float64 Python has its own misses).
+    scale = torch.stack([grid_h, grid_w, grid_h, grid_w]).to(torch.float32)
+    edges = torch.floor(boxes.to(torch.float32) * scale + _EDGE_MARGIN)
+    y0, x0, y1, x1 = edges[:, 0:1], edges[:, 1:2], edges[:, 2:3], edges[:, 3:4]
     in_box = ((row >= y0) & (row < y1) & (col >= x0) & (col < x1)).to(torch.float32)  # (M, L)
     inside = in_box.amax(dim=0) > 0.5
     # Token block j (identity j) is masked where some box covers p but box j does not; blocks

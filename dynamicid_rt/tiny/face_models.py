@@ -5,6 +5,9 @@ They are named like the buffalo_l pack's files so that insightface routes them t
 ``w600k_r50.onnx`` (112x112 -> 512 recognition), ``2d106det.onnx`` (192x192 -> 212) and
 ``1k3d68.onnx`` (192x192 -> 3309). They are hand-built, not trained: every output is a fixed,
 deterministic function of the pixels, keyed to the colours of :mod:`dynamicid_rt.tiny.portraits`.
+The detector and landmark models first put the channels into the portraits' order (the one in
+which the lips are red), so they find the same faces in RGB and BGR arrays, as insightface's real
+models (nearly) do; recognition is left order-sensitive, like ArcFace.
 
 - Detector: a smooth colour key marks skin pixels; at every anchor a window of the anchor's size
   and one twice as large measure how well the skin blob fits the window (full inside, empty
@@ -58,6 +61,17 @@ LIP_KEY = (
     ((1, 0, 0), -130.0, 6.0),
 )
 
+# Channel order: the lips are the one colour of the portraits that no other colour becomes when R
+# and B are swapped (sky, clothes and lakes swapped look like skin), so a sharp lip key decides
+# the order: swapped only when it finds clearly more lip pixels. Without lips in either order
+# (no face) the detector sees no skin at all, so both orders give no face.
+ORDER_KEY = (
+    ((1, -1, 0), -100.0, 2.0),
+    ((1, 0, -1), -80.0, 2.0),
+    ((1, 0, 0), -140.0, 3.0),
+)
+_ORDER_MARGIN = 4.0  # lip pixels
+
 _SCORE_GAIN = 12.0
 _SCORE_OFFSET = 0.3
 
@@ -108,6 +122,19 @@ def _colour_key(g: _Graph, x: str, key: tuple, mean: float, std: float) -> str:
     b = (bias + weights.sum(axis=1) * mean) / soft
     logits = g.op("Conv", [x, g.const(w[:, :, None, None], "keyw"), g.const(b, "keyb")], "keylogit")
     return g.op("ReduceProd", [g.op("Sigmoid", [logits], "keysig")], "key", axes=[1], keepdims=1)
+
+
+def _canonical_order(g: _Graph, x: str, mean: float, std: float) -> tuple[str, str]:
+    """``x`` (1,3,H,W) with its channels in the portraits' order (lips red) whichever order it came
+    in, so that the models find the same faces in RGB and BGR arrays; and a (1,1,1,1) float that
+    is 1 when either order shows lips, else 0."""
+    swapped = g.op("Gather", [x, g.const([2, 1, 0], "rb", np.int64)], "swapped", axis=1)
+    lips_as_given, lips_swapped = (
+        g.op("ReduceSum", [_colour_key(g, t, ORDER_KEY, mean, std)], "lipsum", keepdims=1) for t in (x, swapped)
+    )
+    swap = g.op("Greater", [lips_swapped, g.op("Add", [lips_as_given, g.const(_ORDER_MARGIN)])], "swap")
+    has_lips = g.op("Greater", [g.op("Max", [lips_as_given, lips_swapped]), g.const(_ORDER_MARGIN)], "haslips")
+    return g.op("Where", [swap, swapped, x], "ordered"), g.op("Cast", [has_lips], "lipgate", to=TensorProto.FLOAT)
 
 
 def _tensor(name: str, shape: list) -> onnx.ValueInfoProto:
@@ -180,7 +207,8 @@ def _detector_level(g: _Graph, skin_cells: str, stride: int) -> tuple[str, str, 
 
 def detector_model() -> onnx.ModelProto:
     g = _Graph("det")
-    skin = _colour_key(g, "input.1", SKIN_KEY, mean=127.5, std=128.0)
+    ordered, has_lips = _canonical_order(g, "input.1", 127.5, 128.0)
+    skin = g.op("Mul", [_colour_key(g, ordered, SKIN_KEY, mean=127.5, std=128.0), has_lips], "skin")
     cells = {8: g.op("AveragePool", [skin], "cells8", kernel_shape=[8, 8], strides=[8, 8])}
     cells[16] = g.op("AveragePool", [cells[8]], "cells16", kernel_shape=[2, 2], strides=[2, 2])
     cells[32] = g.op("AveragePool", [cells[16]], "cells32", kernel_shape=[2, 2], strides=[2, 2])
@@ -243,7 +271,8 @@ def _meanshape_68() -> np.ndarray:
 def _landmark_params(g: _Graph) -> str:
     """(1, 8) = face centre x,y, face semi-axes x,y, lip centre x,y, lip semi-axes x,y in the crop's
     normalised coordinates ([-1, 1], as insightface decodes them)."""
-    keys = [_colour_key(g, "data", key, mean=127.5, std=128.0) for key in (SKIN_KEY, LIP_KEY)]
+    ordered = _canonical_order(g, "data", 127.5, 128.0)[0]
+    keys = [_colour_key(g, ordered, key, mean=127.5, std=128.0) for key in (SKIN_KEY, LIP_KEY)]
     both = g.op("Concat", keys, axis=1)
     cells = g.op("AveragePool", [both], "cells", kernel_shape=[4, 4], strides=[4, 4])  # (1,2,48,48)
     flat = g.op("Reshape", [cells, g.const([1, 2, 48 * 48], "shape", np.int64)])
