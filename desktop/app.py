@@ -493,6 +493,7 @@ class MainWindow(QMainWindow):
             boost=self.boost_spin.value(),
             boost_steps=self.boost_steps_spin.value(),
             mix=self.mix_slider.value() / 100.0,
+            activation_maps=bool(usable),  # shown in the activation view where the backend provides them
         )
         request.validate()
         return request

@@ -40,7 +40,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"])
     p.add_argument("--engine-dir", type=Path, default=None, help="engine cache (onnxruntime backend)")
-    p.add_argument("--vae", type=Path, default=None, help="a separate VAE folder (diffusers layout)")
+    p.add_argument("--vae", type=Path, default=None, help="a separate VAE (diffusers folder or .safetensors)")
+    p.add_argument("--tokenizer", type=Path, default=None, help="CLIP tokenizer folder (needed with a single-file base)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,7 +109,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from . import Pipeline, Request
     from .pngmeta import save_png
 
-    overrides = {"vae": args.vae} if args.vae else {}
+    overrides = {k: v for k, v in (("vae", args.vae), ("tokenizer", args.tokenizer)) if v is not None}
     pipe = Pipeline.load(args.models, backend=args.backend, device=args.device, precision=args.precision, engine_dir=args.engine_dir, **overrides)
     n = len(args.face)
     identities = []

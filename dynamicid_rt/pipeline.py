@@ -22,7 +22,7 @@ from .errors import Cancelled, NumericalError, RequestError
 from .identity import Identity, IdentityEncoder, stack_identity_tokens
 from .paths import ModelPaths
 from .request import ProgressInfo, Request, Result
-from .samplers import SAMPLERS, SchedulerConfig, sample, sampler_for_scheduler_class
+from .samplers import SAMPLERS, SchedulerConfig, sample, sampler_for_scheduler_class, timesteps
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +226,23 @@ class Pipeline:
         latents = sample(sampler, denoise, noise, self.scheduler_config, request.steps, rng=np.random.default_rng(seed), callback=on_step)
         timings["denoise"] = time.perf_counter() - t_sample
 
+        maps = None
+        if request.activation_maps and request.identities and hasattr(self.backend, "activation_maps"):
+            # One extra conditional UNet call on the final latent, at the last timestep.
+            last_t = float(timesteps(sampler, self.scheduler_config, request.steps)[-1])
+            cond = {
+                "sample": latents,
+                "timestep": np.full((batch,), last_t, np.float32),
+                "encoder_hidden_states": np.repeat(states[1:], batch, axis=0),
+                "id_tokens": np.repeat(id_inputs["cond"][None], batch, 0),
+                "id_boxes": id_inputs["boxes"],
+                "id_scale": np.array([id_inputs["scale"]], np.float32),
+                "id_boost": np.zeros(1, np.float32),
+                "id_gating": np.ones(1, np.float32),
+                "id_mix": np.array([request.mix], np.float32),
+            }
+            maps = list(self.backend.activation_maps(cond))
+
         t = time.perf_counter()
         images = [self._decode(latents[i : i + 1]) for i in range(batch)]
         timings["decode"] = time.perf_counter() - t
@@ -238,6 +255,7 @@ class Pipeline:
             gating=gating,
             timings=timings,
             backend=self.backend.name,
+            activation_maps=maps,
         )
 
     def _id_inputs(self, request: Request, gating: bool) -> dict:

@@ -45,6 +45,7 @@ class Request:
     boost_steps: int = 3
     mix: float = 0.5  # share of the first identity when several share one box
     initial_latents: np.ndarray | None = None  # unit-Gaussian (batch, 4, height/8, width/8)
+    activation_maps: bool = False  # also return each person's SAA activation map (backends that can)
 
     def resolved_boxes(self) -> list[Box]:
         if self.boxes is None:
@@ -135,6 +136,9 @@ class Result:
     gating: bool
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     backend: str = ""
+    # Per image (N, h/8, w/8) in [0, 1]: where each person's identity tokens act (None: not asked
+    # for, or the backend cannot provide them).
+    activation_maps: list[np.ndarray] | None = None
 
     def parameters(self, index: int = 0) -> str:
         """The image's settings as AUTOMATIC1111 writes them in a PNG 'parameters' chunk."""

@@ -251,3 +251,16 @@ def test_png_parameters_roundtrip(tiny_pipeline, people, tmp_path):
     assert parsed["boxes"] == [(0, 0, 1, 0.4), (0.1, 0.4, 1, 1)]
     assert parsed["face_prompts"] == ["", "in a happy expression, facing up"]
     assert not list(tmp_path.glob(".*.tmp"))  # atomic write leaves no temporary file
+
+
+def test_activation_maps_follow_the_boxes(tiny_pipeline, people):
+    req = Request(prompt="x", identities=people, width=256, height=256, steps=2, sampler="ddim", seed=3,
+                  boxes=[(0, 0, 1, 0.5), (0, 0.5, 1, 1)], activation_maps=True)
+    maps = tiny_pipeline.generate(req).activation_maps
+    assert maps is not None and maps[0].shape == (2, 32, 32)
+    first, second = maps[0]
+    assert 0.0 <= maps[0].min() and maps[0].max() <= 1.0 and first.max() > 0.5 and second.max() > 0.5
+    # Region masks: a person's tokens draw nothing inside the other person's box (away from the
+    # seam, which bilinear resizing of the coarse layers blurs).
+    assert first[:, 24:].max() < 1e-6 and second[:, :8].max() < 1e-6
+    assert tiny_pipeline.generate(req.with_updates(activation_maps=False)).activation_maps is None

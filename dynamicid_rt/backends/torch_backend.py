@@ -49,20 +49,28 @@ class TorchBackend(Backend):
     def run(self, engine: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         spec = ENGINES[engine]
         module = self.module(engine)
-        dtype = next(module.parameters()).dtype
-        args = []
-        for t in spec.inputs:
-            if t.name not in inputs:
-                raise KeyError(f"engine {engine} needs input {t.name!r}")
-            value = torch.from_numpy(np.ascontiguousarray(inputs[t.name])).to(self.device)
-            # Activations take the module's precision; the small control inputs (timestep, boxes,
-            # scales) stay fp32 so box edges and gating constants are exact under fp16.
-            if value.is_floating_point() and t.name not in FP32_INPUTS:
-                value = value.to(dtype)
-            args.append(value)
+        missing = [t.name for t in spec.inputs if t.name not in inputs]
+        if missing:
+            raise KeyError(f"engine {engine} needs input(s) {', '.join(missing)}")
+        args = [self._tensor(t.name, inputs[t.name], module) for t in spec.inputs]
         out = module(*args)
         outs = out if isinstance(out, (tuple, list)) else (out,)
         return {t.name: o.float().cpu().numpy() for t, o in zip(spec.outputs, outs)}
+
+    @torch.inference_mode()
+    def activation_maps(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Per-identity SAA activation maps (B, N, h, w) in [0, 1] for one UNet call."""
+        module = self.module("unet")
+        args = [self._tensor(t.name, inputs[t.name], module) for t in ENGINES["unet"].inputs]
+        return module.activation_maps(*args).float().cpu().numpy()
+
+    def _tensor(self, name: str, value: np.ndarray, module: torch.nn.Module) -> torch.Tensor:
+        tensor = torch.from_numpy(np.ascontiguousarray(value)).to(self.device)
+        # Activations take the module's precision; the small control inputs (timestep, boxes,
+        # scales) stay fp32 so box edges and gating constants are exact under fp16.
+        if tensor.is_floating_point() and name not in FP32_INPUTS:
+            tensor = tensor.to(next(module.parameters()).dtype)
+        return tensor
 
     def describe(self) -> dict[str, str]:
         info = {"backend": self.name, "device": str(self.device), "precision": self.precision, "torch": torch.__version__}

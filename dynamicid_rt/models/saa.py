@@ -52,6 +52,8 @@ class SAAInputs:
     gate: torch.Tensor  # (1,) bool
     token_mix: torch.Tensor  # (4N,) fp32 logit multipliers (all ones unless mixing)
     levels: dict[int, tuple[torch.Tensor, torch.Tensor]]
+    # Set only by SAAUNet.activation_maps: each SAA layer appends its per-identity map (B, N, L).
+    record: list[torch.Tensor] | None = None
 
 
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -139,7 +141,12 @@ class SAAAttnProcessor(nn.Module):
 
         # Mix before masking: masks are empty whenever mixing is on (one box), and 0·(−∞) would be NaN.
         logits = (logits * saa.token_mix).masked_fill(masked, float("-inf"))
-        out = torch.matmul(torch.softmax(logits, dim=-1), v_z.float())
+        probs = torch.softmax(logits, dim=-1)
+        if saa.record is not None:
+            # How much each identity's tokens draw, gated: (B, N, L), summed over heads.
+            per_id = probs.sum(dim=1).unflatten(-1, (-1, TOKENS_PER_ID)).sum(-1).transpose(1, 2)
+            saa.record.append(act[:, None, :] * per_id)
+        out = torch.matmul(probs, v_z.float())
         return saa.scale * act[:, None, :, None] * out
 
 
@@ -213,8 +220,10 @@ class SAAUNet(nn.Module):
         id_boost: torch.Tensor,
         id_gating: torch.Tensor,
         id_mix: torch.Tensor,
+        record: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Noise prediction (B, 4, h, w); shapes as in the engine table, SPEC §4."""
+        """Noise prediction (B, 4, h, w); shapes as in the engine table, SPEC §4. ``record`` is for
+        :meth:`activation_maps` only (not part of the engine contract)."""
         lat_h, lat_w = _as_size(sample.shape[-2]), _as_size(sample.shape[-1])
         n_tokens = _as_size(id_tokens.shape[1])
         n_boxes = _as_size(id_boxes.shape[0])
@@ -246,10 +255,30 @@ class SAAUNet(nn.Module):
             gate=gate,
             token_mix=token_mix,
             levels=levels,
+            record=record,
         )
         return self.unet(
             sample, timestep, encoder_hidden_states, cross_attention_kwargs={"saa": saa}, return_dict=False
         )[0]
+
+
+    @torch.no_grad()
+    def activation_maps(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """Each identity's SAA activation map for one call with the engine inputs: (B, N, h, w) at
+        latent size, the gated identity attention of every SAA layer resized and averaged, each map
+        scaled to [0, 1]."""
+        record: list[torch.Tensor] = []
+        sample = inputs[0]
+        self.forward(*inputs, record=record)
+        lat_h, lat_w = sample.shape[-2:]
+        maps = []
+        for layer in record:
+            k = int((lat_h * lat_w // layer.shape[-1]) ** 0.5)
+            grid = layer.unflatten(-1, (lat_h // k, lat_w // k))
+            maps.append(F.interpolate(grid, size=(lat_h, lat_w), mode="bilinear", align_corners=False))
+        mean = torch.stack(maps).mean(0)
+        peak = mean.flatten(2).amax(-1).clamp_min(1e-12)[..., None, None]
+        return (mean / peak).clamp(0, 1)
 
 
 def _layer_level(name: str, n_levels: int) -> int:
