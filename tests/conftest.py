@@ -10,9 +10,21 @@ import pytest
 def tiny_bundle(tmp_path_factory) -> Path:
     from dynamicid_rt.tiny.bundle import write_tiny_bundle
 
-    root = tmp_path_factory.mktemp("bundle") / "models"
+    # The same folder the exporter tests use, so one bundle (and one engine cache) serves the session.
+    root = tmp_path_factory.getbasetemp() / "tiny-bundle"
     write_tiny_bundle(root)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_engines(tiny_bundle, tmp_path_factory) -> Path:
+    """The tiny bundle's fp32 ONNX engine cache, built once per session."""
+    from dynamicid_rt.export import build_engines
+    from dynamicid_rt.paths import ModelPaths
+
+    folder = tmp_path_factory.getbasetemp() / "engines"
+    build_engines(ModelPaths.from_folder(tiny_bundle), folder)
+    return folder
 
 
 @pytest.fixture(scope="session")
