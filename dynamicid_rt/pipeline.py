@@ -59,7 +59,7 @@ class Pipeline:
         self.dims = backend.dims
         tokenizer_dir = paths.tokenizer or paths.base / "tokenizer"
         self.prompts = PromptEncoder(tokenizer_dir, backend)
-        self.analyzer = FaceAnalyzer(paths.insightface, providers=getattr(backend, "face_providers", None))
+        self.analyzer = FaceAnalyzer(paths.insightface)
         self.identities = IdentityEncoder(
             backend,
             self.analyzer,
