@@ -6,9 +6,11 @@ from pathlib import Path
 
 from PySide6.QtCore import QSettings, QStandardPaths
 
+from dynamicid_rt.backends import BACKENDS as _REGISTRY  # the registry only: imports no backend
+
 from .worker import ModelSpec
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
+BACKENDS = tuple(_REGISTRY)
 DEFAULT_BACKEND = "torch"
 
 

@@ -92,8 +92,6 @@ class Request:
             raise RequestError(
                 f"{len(boxes)} boxes for {n} identities: give one box per identity (or one box to mix them)"
             )
-        if n == 1 and len(boxes) == 1 and self.boxes is not None and not self.gating_on():
-            pass  # a box without gating has no effect; allowed (the release ignores it too)
         for i, b in enumerate(boxes):
             if len(b) != 4 or not all(math.isfinite(v) for v in b):
                 raise RequestError(f"box {i} {b!r}: expected four numbers y0,x0,y1,x1")
