@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--source-prompt", action="append", default=[], metavar="TEXT", help="per person: override the automatic source face prompt")
     g.add_argument("--target-landmarks", action="append", default=[], metavar="PHOTO", help="per person: photo whose face layout to take")
     g.add_argument("--face-index", action="append", default=[], type=int, metavar="I", help="per person: which face of the photo")
+    g.add_argument("--emotion", action="append", default=[], metavar="WORD",
+                   help="per person: the photo's expression for the automatic source prompt (default neutral)")
     g.add_argument("--box", action="append", default=[], type=_box, metavar="Y0,X0,Y1,X1", help="per person region (fractions)")
     g.add_argument("--prompt", required=True)
     g.add_argument("--negative-prompt", default="")
@@ -120,6 +122,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             source_prompt=_pick(args.source_prompt, k, "--source-prompt", n),
             target_landmarks=_pick(args.target_landmarks, k, "--target-landmarks", n),
             face_index=_pick(args.face_index, k, "--face-index", n),
+            emotion=_pick(args.emotion, k, "--emotion", n) or "neutral",
             face_crop=args.face_crop,
         )
         log.info("person %d: %s (source face prompt: %r)", k + 1, photo, ident.source_prompt)

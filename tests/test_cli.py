@@ -1,6 +1,7 @@
 """The command line end to end on the tiny bundle."""
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -12,13 +13,14 @@ from dynamicid_rt.cli import main
 from dynamicid_rt.pngmeta import parse_parameters, read_parameters
 
 
-def test_generate_writes_png_with_parameters(tiny_bundle, samples, tmp_path, monkeypatch):
+def test_generate_writes_png_with_parameters(tiny_bundle, samples, tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    caplog.set_level(logging.INFO)
     out = tmp_path / "two.png"
     code = main([
         "generate", "--models", str(tiny_bundle),
         "--face", str(samples / "person_a.png"), "--face", str(samples / "person_b.png"),
-        "--face-prompt", "", "--face-prompt", "in a surprised expression",
+        "--face-prompt", "", "--face-prompt", "in a surprised expression", "--emotion", "sad",
         "--box", "0,0,1,0.5", "--box", "0,0.5,1,1",
         "--prompt", "two people", "--size", "256x256", "--steps", "2", "--seed", "9", "--sampler", "euler_a",
         "--out", str(out),
@@ -27,6 +29,7 @@ def test_generate_writes_png_with_parameters(tiny_bundle, samples, tmp_path, mon
     assert Image.open(out).size == (256, 256)
     params = parse_parameters(read_parameters(out))
     assert params["seed"] == 9 and params["sampler"] == "euler_a" and params["face_prompts"][1] == "in a surprised expression"
+    assert "source face prompt: 'in a sad expression, in front view'" in caplog.text  # --emotion of person 1
 
 
 def test_generate_bad_input_exit_code_and_message(tiny_bundle, samples, tmp_path, caplog):
