@@ -45,16 +45,12 @@ def describe_error(exc: BaseException) -> str:
 
 
 def face_thumbnails(photo: Path, boxes: list[tuple[float, float, float, float]], size: int = 64) -> list[np.ndarray]:
-    """Square crops of each detected face (x0, y0, x1, y1 px) for the face picker."""
-    from PIL import Image
+    """Crops of each detected face (x0, y0, x1, y1 px) for the face picker, read the way the
+    pipeline reads the photo (EXIF orientation, downscaling) so the boxes line up."""
+    from dynamicid_rt.faces import face_thumbnail, load_photo
 
-    with Image.open(photo) as im:
-        rgb = im.convert("RGB")
-        out = []
-        for x0, y0, x1, y1 in boxes:
-            crop = rgb.crop((int(x0), int(y0), int(x1), int(y1))).resize((size, size))
-            out.append(np.asarray(crop, dtype=np.uint8))
-    return out
+    pixels = load_photo(photo)
+    return [face_thumbnail(pixels, box, size) for box in boxes]
 
 
 class PipelineWorker(QObject):
