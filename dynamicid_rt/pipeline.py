@@ -184,16 +184,15 @@ class Pipeline:
         else:
             context = np.repeat(states[1:], batch, axis=0)
             id_tokens = np.repeat(id_inputs["cond"][None], batch, 0)
+        controls = {
+            "id_boxes": id_inputs["boxes"],
+            "id_scale": np.array([id_inputs["scale"]], np.float32),
+            "id_gating": np.array([1.0 if gating else 0.0], np.float32),
+            "id_mix": np.array([request.mix], np.float32),
+        }
         unet = self.backend.bind(
             "unet",
-            {
-                "encoder_hidden_states": context.astype(np.float32),
-                "id_tokens": id_tokens.astype(np.float32),
-                "id_boxes": id_inputs["boxes"],
-                "id_scale": np.array([id_inputs["scale"]], np.float32),
-                "id_gating": np.array([1.0 if gating else 0.0], np.float32),
-                "id_mix": np.array([request.mix], np.float32),
-            },
+            {"encoder_hidden_states": context.astype(np.float32), "id_tokens": id_tokens.astype(np.float32), **controls},
         )
 
         def denoise(x: np.ndarray, timestep, step: int) -> np.ndarray:
@@ -235,11 +234,8 @@ class Pipeline:
                 "timestep": np.full((batch,), last_t, np.float32),
                 "encoder_hidden_states": np.repeat(states[1:], batch, axis=0),
                 "id_tokens": np.repeat(id_inputs["cond"][None], batch, 0),
-                "id_boxes": id_inputs["boxes"],
-                "id_scale": np.array([id_inputs["scale"]], np.float32),
                 "id_boost": np.zeros(1, np.float32),
-                "id_gating": np.ones(1, np.float32),
-                "id_mix": np.array([request.mix], np.float32),
+                **controls,
             }
             maps = list(self.backend.activation_maps(cond))
 

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 TOKENS_PER_ID = 4
 GATE_THRESHOLD = 0.3  # normalised activations below this are zeroed (SPEC §1.5 step 3)
 _NORM_EPS = 1e-12  # guards the min-max division when every position has the same activation
+_EDGE_MARGIN = 1e-4  # box edges: restores exact decimal products before flooring in fp32
 _LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out")
 
 
@@ -156,9 +157,6 @@ def _as_size(value: int | torch.Tensor) -> torch.Tensor:
     return value if isinstance(value, torch.Tensor) else torch.tensor(value, dtype=torch.int64)
 
 
-_EDGE_MARGIN = 1e-4
-
-
 def _region_masks(
     boxes: torch.Tensor,
     latent_hw: tuple[torch.Tensor, torch.Tensor],
@@ -260,7 +258,6 @@ class SAAUNet(nn.Module):
         return self.unet(
             sample, timestep, encoder_hidden_states, cross_attention_kwargs={"saa": saa}, return_dict=False
         )[0]
-
 
     @torch.no_grad()
     def activation_maps(self, *inputs: torch.Tensor) -> torch.Tensor:
