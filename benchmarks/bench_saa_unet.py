@@ -82,7 +82,7 @@ def main() -> None:
         encoder_hidden_states=torch.randn(batch, 77, 768, generator=gen),
         id_tokens=torch.randn(batch, 4 * n_ids, 768, generator=gen),
         id_boxes=torch.tensor([[0.0, 0.0, 1.0, 0.5], [0.0, 0.5, 1.0, 1.0]]),
-        id_scale=torch.ones(1),
+        id_scale=torch.ones(n_ids),  # per person (contract v2)
         id_boost=torch.full((1,), 4.0),
         id_gating=torch.ones(1),
         id_mix=torch.full((1,), 0.5),

@@ -16,7 +16,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_in = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="dynamicid-rt desktop", description="DynamicID desktop app")
     parser.add_argument("--models", type=Path, help="model folder (default: the saved choice, else the tiny demo bundle)")
-    parser.add_argument("--backend", help="backend: torch or onnxruntime (default: the saved choice)")
+    parser.add_argument("--backend", help="backend: auto or a registered one (default: the saved choice)")
     args, qt_args = parser.parse_known_args(args_in)
     try:
         from PySide6.QtWidgets import QApplication

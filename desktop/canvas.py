@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 
-from PySide6.QtCore import QPointF, QRectF, QSize, Qt
+from PySide6.QtCore import QItemSelectionModel, QPointF, QRectF, QSize, Qt
 from PySide6.QtGui import QBrush, QColor, QPainter, QPen
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
-from dynamicid_rt.request import Box
+from dynamicid_rt import Box
 
 from .people import PeopleModel, Role
 
@@ -24,11 +24,16 @@ def clamp_box(box: Box, min_h: float, min_w: float) -> Box:
 
 
 class BoxCanvas(QWidget):
-    """Paints the frame at the output aspect ratio and the people's boxes; drags edit the model."""
+    """Paints the frame at the output aspect ratio and the people's boxes, each with its person's
+    number and name; drags edit the model. With the people list's ``selection``, a click on a box
+    selects its person and the selected person's box is drawn highlighted."""
 
-    def __init__(self, model: PeopleModel, parent=None) -> None:
+    def __init__(self, model: PeopleModel, selection: QItemSelectionModel | None = None, parent=None) -> None:
         super().__init__(parent)
         self.model = model
+        self.selection = selection
+        if selection is not None:
+            selection.currentChanged.connect(lambda *_: self.update())
         self.output_size = (512, 512)  # width, height in pixels
         self.setMinimumSize(200, 200)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
@@ -57,12 +62,27 @@ class BoxCanvas(QWidget):
         fw, fh = w * scale, h * scale
         return QRectF((self.width() - fw) / 2, (self.height() - fh) / 2, fw, fh)
 
+    def placed_rows(self) -> list[int]:
+        """The people with a box (a photo without a usable face has none)."""
+        return [r for r in range(self.model.rowCount()) if self.model.index(r).data(Role.BOX) is not None]
+
+    def selected_row(self) -> int:
+        if self.selection is None or not self.selection.currentIndex().isValid():
+            return -1
+        return self.selection.currentIndex().row()
+
     def boxes(self) -> list[tuple[int, Box, list[QColor]]]:
         """(row, box, colours) per drawn box; row -1 is the shared box of identity mixing."""
-        rows = range(self.model.rowCount())
+        rows = self.placed_rows()
         if self.model.mix:
             return [(-1, self.model.shared_box, [self.model.index(r).data(Role.COLOR) for r in rows])]
         return [(r, self.model.index(r).data(Role.BOX), [self.model.index(r).data(Role.COLOR)]) for r in rows]
+
+    def label(self, row: int) -> str:
+        """“1 anna” on a person's box; “1+2” on the shared box."""
+        if row < 0:
+            return "+".join(str(r + 1) for r in self.placed_rows())
+        return f"{row + 1} {self.model.index(row).data(Role.PHOTO).stem}"
 
     def box_rect(self, row: int) -> QRectF:
         """A box in widget coordinates (row -1: the shared box)."""
@@ -81,18 +101,19 @@ class BoxCanvas(QWidget):
         painter.drawRect(frame)
         painter.drawText(frame.adjusted(4, 0, -4, -4), Qt.AlignmentFlag.AlignBottom | Qt.AlignmentFlag.AlignRight,
                          f"{self.output_size[0]}×{self.output_size[1]}")
+        selected = self.selected_row()
         for row, _box, colors in self.boxes():
             rect = self.box_rect(row)
-            fill = QColor(colors[0])
-            fill.setAlpha(50)
+            highlight = row >= 0 and row == selected
+            fill = QColor(colors[0]) if colors else QColor("#9e9e9e")
+            fill.setAlpha(110 if highlight else 50)
             painter.fillRect(rect, QBrush(fill))
             for i, color in enumerate(colors):
                 # Mixed identities: nested outlines, one per person sharing the box.
-                painter.setPen(QPen(color, 3))
+                painter.setPen(QPen(color, 5 if highlight else 3))
                 painter.drawRect(rect.adjusted(3 * i + 1, 3 * i + 1, -3 * i - 1, -3 * i - 1))
             painter.setPen(QPen(QColor("white")))
-            label = "+".join(str(r + 1) for r in range(self.model.rowCount())) if row < 0 else str(row + 1)
-            painter.drawText(rect.adjusted(6, 4, -4, -4), Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft, label)
+            painter.drawText(rect.adjusted(6, 4, -4, -4), Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft, self.label(row))
             painter.drawRect(QRectF(rect.right() - HANDLE_PX, rect.bottom() - HANDLE_PX, HANDLE_PX, HANDLE_PX))
 
     def _hit(self, pos: QPointF) -> tuple[int, str] | None:
@@ -119,6 +140,8 @@ class BoxCanvas(QWidget):
         if event.button() != Qt.MouseButton.LeftButton or hit is None:
             return
         row, edges = hit
+        if row >= 0 and self.selection is not None:
+            self.selection.setCurrentIndex(self.model.index(row), QItemSelectionModel.SelectionFlag.ClearAndSelect)
         box = self.model.shared_box if row < 0 else self.model.index(row).data(Role.BOX)
         self._drag = (row, edges, event.position(), box)
 

@@ -1,4 +1,5 @@
-"""The people of a generation: a list model (the single place their data changes) and its panel."""
+"""The people of a generation: a list model, the single place their data changes (its panel is
+:mod:`.people_panel`)."""
 from __future__ import annotations
 
 import enum
@@ -8,26 +9,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-from PySide6.QtCore import QAbstractListModel, QModelIndex, QPersistentModelIndex, QSize, Qt, Signal
-from PySide6.QtGui import QColor, QIcon, QImage, QPixmap
-from PySide6.QtWidgets import (
-    QAbstractItemView,
-    QComboBox,
-    QFileDialog,
-    QFormLayout,
-    QHBoxLayout,
-    QLabel,
-    QLineEdit,
-    QListView,
-    QPushButton,
-    QVBoxLayout,
-    QWidget,
-)
+from PySide6.QtCore import QAbstractListModel, QModelIndex, QPersistentModelIndex, QRect, Qt, Signal
+from PySide6.QtGui import QColor, QIcon, QImage, QPainter, QPixmap
 
-from dynamicid_rt.request import MAX_IDENTITIES, Box, default_boxes
+from dynamicid_rt import MAX_IDENTITIES, Box, default_boxes
 
 if TYPE_CHECKING:
-    from dynamicid_rt.identity import Identity
+    from dynamicid_rt import Identity
 
 
 # Distinct, colour-blind-friendly hues (Okabe-Ito) for people's boxes and activation overlays.
@@ -79,11 +67,12 @@ class Role(enum.IntEnum):
     BOX = enum.auto()
     COLOR = enum.auto()
     ENCODE_VERSION = enum.auto()
+    ID_SCALE = enum.auto()
 
 
 # Changing one of these re-encodes the person (the pipeline caches identities, so it is cheap).
 _ENCODE_ROLES = {Role.FACE_INDEX, Role.FACE_PROMPT, Role.TARGET}
-_EDITABLE = _ENCODE_ROLES | {Role.EXPRESSION, Role.POSE, Role.BOX}
+_EDITABLE = _ENCODE_ROLES | {Role.EXPRESSION, Role.POSE, Role.BOX, Role.ID_SCALE}
 
 
 @dataclass
@@ -91,7 +80,7 @@ class Person:
     key: int
     photo: Path
     color: str
-    box: Box
+    box: Box | None  # None: not in the image (the photo has no usable face)
     status: Status = Status.ENCODING
     identity: "Identity | None" = None
     error: str = ""
@@ -104,6 +93,7 @@ class Person:
     face_prompt: str | None = None
     target: Path | None = None
     encode_version: int = 0
+    id_scale: float = 1.0  # identity strength (Request.id_scale for this person)
 
     @property
     def name(self) -> str:
@@ -170,6 +160,7 @@ class PeopleModel(QAbstractListModel):
             Role.BOX: p.box,
             Role.COLOR: QColor(p.color),
             Role.ENCODE_VERSION: p.encode_version,
+            Role.ID_SCALE: p.id_scale,
         }
         return values.get(role)
 
@@ -178,7 +169,9 @@ class PeopleModel(QAbstractListModel):
             return False
         p = self._people[index.row()]
         if role == Role.BOX:
-            p.box = tuple(float(v) for v in value)  # type: ignore[assignment]
+            p.box = None if value is None else tuple(float(v) for v in value)  # type: ignore[assignment]
+        elif role == Role.ID_SCALE:
+            p.id_scale = float(value)
         elif role == Role.FACE_INDEX:
             p.face_index = None if value is None else int(value)
         elif role == Role.TARGET:
@@ -210,7 +203,7 @@ class PeopleModel(QAbstractListModel):
         color = next(c for c in PERSON_COLORS if c not in used)
         row = len(self._people)
         self.beginInsertRows(QModelIndex(), row, row)
-        self._people.append(Person(key=next(self._keys), photo=Path(photo), color=color, box=(0.0, 0.0, 1.0, 1.0)))
+        self._people.append(Person(key=next(self._keys), photo=Path(photo), color=color, box=None))
         self.endInsertRows()
         self.reset_boxes()
         self._request_encode(row)
@@ -230,9 +223,14 @@ class PeopleModel(QAbstractListModel):
         return next((i for i, p in enumerate(self._people) if p.key == key), None)
 
     def reset_boxes(self) -> None:
-        """The release's default layout: equal vertical strips."""
-        for row, box in enumerate(default_boxes(len(self._people))):
+        """The release's default layout, equal vertical strips, over the people whose photo can be
+        used; a photo without a usable face gets no box."""
+        placed = [row for row, p in enumerate(self._people) if p.status is not Status.ERROR]
+        for row, box in zip(placed, default_boxes(len(placed))):
             self.setData(self.index(row), box, Role.BOX)
+        for row, p in enumerate(self._people):
+            if p.status is Status.ERROR and p.box is not None:
+                self.setData(self.index(row), None, Role.BOX)
 
     # -- encoding results (called by the window with the worker's signals) --------------------
 
@@ -242,6 +240,8 @@ class PeopleModel(QAbstractListModel):
         p.status = Status.ENCODING
         p.error = ""
         self._changed(row)
+        if p.box is None:
+            self.reset_boxes()  # a retried photo comes back into the layout
         self.encodeRequested.emit(
             EncodeJob(p.key, p.encode_version, p.photo, p.face_prompt, p.target, p.face_index)
         )
@@ -268,6 +268,7 @@ class PeopleModel(QAbstractListModel):
         p = self._people[row]
         p.identity, p.status, p.error = None, Status.ERROR, message
         self._changed(row)
+        self.reset_boxes()  # its box goes; the others share the image
 
     def _changed(self, row: int) -> None:
         index = self.index(row)
@@ -305,21 +306,29 @@ class PeopleModel(QAbstractListModel):
         if p.status is Status.ENCODING:
             lines.append("encoding…")
         elif p.status is Status.ERROR:
-            lines.append(p.error)
+            lines.append(f"⚠ not in the image: {p.error}")
         elif p.identity is not None:
             lines.append(p.identity.source_prompt)
             if p.face_prompt:
                 lines.append(f"→ {p.face_prompt}")
             if p.num_faces > 1:
                 lines.append(f"{p.num_faces} faces: using face {p.identity.face_index + 1}")
+            if p.id_scale != 1.0:
+                lines.append(f"strength {p.id_scale:.2f}")
         return "\n".join(lines)
 
     @staticmethod
     def _icon(p: Person) -> QIcon:
-        if p.identity is not None:
-            return QIcon(QPixmap.fromImage(array_to_qimage(p.identity.thumbnail)))
+        """The face in a frame of the person's box colour (no frame: no box)."""
         pix = QPixmap(64, 64)
-        pix.fill(QColor("#ffcdd2") if p.status is Status.ERROR else QColor("#e0e0e0"))
+        if p.status is Status.ERROR:
+            pix.fill(QColor("#ffcdd2"))
+            return QIcon(pix)
+        pix.fill(QColor(p.color))
+        if p.identity is not None and p.identity.thumbnail is not None:
+            painter = QPainter(pix)
+            painter.drawImage(QRect(5, 5, 54, 54), array_to_qimage(p.identity.thumbnail))
+            painter.end()
         return QIcon(pix)
 
 
@@ -328,190 +337,3 @@ def array_to_qimage(array: np.ndarray) -> QImage:
     rgb = np.ascontiguousarray(array[..., :3], dtype=np.uint8)
     h, w, _ = rgb.shape
     return QImage(rgb.data, w, h, 3 * w, QImage.Format.Format_RGB888).copy()
-
-
-class PeoplePanel(QWidget):
-    """List of people plus the editor of the selected one. Edits go through the model only."""
-
-    def __init__(self, model: PeopleModel, parent=None) -> None:
-        super().__init__(parent)
-        self.model = model
-        self.setAcceptDrops(True)
-        self.expressions_enabled = True
-
-        self.list = QListView()
-        self.list.setModel(model)
-        self.list.setIconSize(QSize(64, 64))
-        self.list.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.list.setWordWrap(True)
-        self.add_button = QPushButton("Add photo…")
-        self.add_button.setToolTip("Add a reference photo (or drop photos here); up to four people")
-        self.remove_button = QPushButton("Remove")
-        self.retry_button = QPushButton("Retry")
-
-        self.notice_label = QLabel()  # photos that could not be added
-        self.notice_label.setWordWrap(True)
-        self.notice_label.setStyleSheet("color: #c62828;")
-        self.error_label = QLabel()  # the selected person's error
-        self.error_label.setWordWrap(True)
-        self.error_label.setStyleSheet("color: #c62828;")
-        self.warning_label = QLabel()
-        self.warning_label.setWordWrap(True)
-        self.warning_label.setStyleSheet("color: #8d6e00;")
-        self.source_label = QLabel()
-        self.source_label.setWordWrap(True)
-        self.face_combo = QComboBox()
-        self.face_combo.setIconSize(QSize(40, 40))
-        self.face_combo.setToolTip("The photo holds several faces: choose the person")
-        self.expression_combo = QComboBox()
-        self.expression_combo.addItems([UNCHANGED, *EXPRESSIONS])
-        self.pose_combo = QComboBox()
-        self.pose_combo.addItems([UNCHANGED, *POSES])
-        self.face_prompt_edit = QLineEdit()
-        self.face_prompt_edit.setPlaceholderText("no expression/pose edit")
-        self.target_label = QLabel("none")
-        self.target_button = QPushButton("From photo…")
-        self.target_button.setToolTip("Take the target face layout (landmarks) from another photo")
-        self.target_clear = QPushButton("Clear")
-
-        buttons = QHBoxLayout()
-        for b in (self.add_button, self.remove_button, self.retry_button):
-            buttons.addWidget(b)
-        target_row = QHBoxLayout()
-        target_row.addWidget(self.target_label, 1)
-        target_row.addWidget(self.target_button)
-        target_row.addWidget(self.target_clear)
-        self.editor = QWidget()
-        form = QFormLayout(self.editor)
-        form.setContentsMargins(0, 0, 0, 0)
-        form.addRow("Photo shows:", self.source_label)
-        form.addRow("Face:", self.face_combo)
-        form.addRow("Expression:", self.expression_combo)
-        form.addRow("Pose:", self.pose_combo)
-        form.addRow("Face prompt:", self.face_prompt_edit)
-        form.addRow("Target landmarks:", target_row)
-
-        layout = QVBoxLayout(self)
-        layout.addWidget(QLabel("<b>People</b> (drop photos here)"))
-        layout.addWidget(self.list, 1)
-        layout.addLayout(buttons)
-        layout.addWidget(self.notice_label)
-        layout.addWidget(self.error_label)
-        layout.addWidget(self.warning_label)
-        layout.addWidget(self.editor)
-
-        self.add_button.clicked.connect(self.choose_photos)
-        self.remove_button.clicked.connect(lambda: self.model.remove(self.current_row()))
-        self.retry_button.clicked.connect(lambda: self.model.retry(self.current_row()))
-        self.list.selectionModel().currentChanged.connect(lambda *_: self.refresh())
-        model.dataChanged.connect(lambda *_: self.refresh())
-        model.rowsInserted.connect(self._select_new)
-        model.rowsRemoved.connect(lambda *_: self.refresh())
-        self.face_combo.activated.connect(self._face_chosen)
-        self.expression_combo.activated.connect(lambda _: self._set(Role.EXPRESSION, self.expression_combo.currentText()))
-        self.pose_combo.activated.connect(lambda _: self._set(Role.POSE, self.pose_combo.currentText()))
-        self.face_prompt_edit.editingFinished.connect(self._face_prompt_edited)
-        self.target_button.clicked.connect(self._choose_target)
-        self.target_clear.clicked.connect(lambda: self._set(Role.TARGET, None))
-        self.refresh()
-
-    def current_row(self) -> int:
-        index = self.list.currentIndex()
-        return index.row() if index.isValid() else -1
-
-    def set_expressions_enabled(self, enabled: bool) -> None:
-        """Without IMR weights the pipeline cannot edit expressions: grey the controls out."""
-        self.expressions_enabled = enabled
-        self.refresh()
-
-    def add_photos(self, paths: Sequence[str | Path]) -> list[str]:
-        """Add photos as people; returns messages for those that could not be added."""
-        problems = []
-        for path in paths:
-            if Path(path).suffix.lower() not in PHOTO_SUFFIXES:
-                problems.append(f"{Path(path).name}: not a photo ({', '.join(PHOTO_SUFFIXES)})")
-            elif self.model.is_full():
-                problems.append(f"{Path(path).name}: at most {MAX_IDENTITIES} people per image")
-            else:
-                self.model.add_photo(path)
-        self.notice_label.setText("\n".join(problems))
-        return problems
-
-    def choose_photos(self) -> None:
-        paths, _ = QFileDialog.getOpenFileNames(self, "Add reference photos", "", PHOTO_FILTER)
-        if paths:
-            self.add_photos(paths)
-
-    def _select_new(self, _parent: QModelIndex, first: int, _last: int) -> None:
-        self.list.setCurrentIndex(self.model.index(first))
-
-    def _set(self, role: Role, value: Any) -> None:
-        row = self.current_row()
-        if row >= 0:
-            self.model.setData(self.model.index(row), value, role)
-
-    def _face_chosen(self, combo_row: int) -> None:
-        self._set(Role.FACE_INDEX, self.face_combo.itemData(combo_row))
-
-    def _face_prompt_edited(self) -> None:
-        row = self.current_row()
-        if row >= 0 and (self.face_prompt_edit.text().strip() or None) != self.model.data(self.model.index(row), Role.FACE_PROMPT):
-            self._set(Role.FACE_PROMPT, self.face_prompt_edit.text())
-
-    def _choose_target(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Target face layout from a photo", "", PHOTO_FILTER)
-        if path:
-            self._set(Role.TARGET, path)
-
-    def refresh(self) -> None:
-        """Show the selected person's state in the editor."""
-        row = self.current_row()
-        has = row >= 0
-        self.remove_button.setEnabled(has)
-        self.add_button.setEnabled(not self.model.is_full())
-        self.editor.setEnabled(has)
-        if not has:
-            self.retry_button.setEnabled(False)
-            self.error_label.clear()
-            self.warning_label.clear()
-            self.source_label.clear()
-            return
-        index = self.model.index(row)
-        status = Status(index.data(Role.STATUS))
-        identity = index.data(Role.IDENTITY)
-        self.retry_button.setEnabled(status is Status.ERROR)
-        self.error_label.setText(f"{index.data(Role.PHOTO).name}: {index.data(Role.ERROR)}" if status is Status.ERROR else "")
-        self.warning_label.setText("\n".join(index.data(Role.WARNINGS)))
-        self.source_label.setText(
-            f"{identity.source_prompt} (pose {', '.join(f'{v:.0f}' for v in identity.pose)})" if identity else ""
-        )
-        num_faces = index.data(Role.NUM_FACES)
-        self.face_combo.clear()
-        thumbs = index.data(Role.FACE_THUMBS)
-        for i in range(num_faces):
-            icon = QIcon(QPixmap.fromImage(array_to_qimage(thumbs[i]))) if i < len(thumbs) else QIcon()
-            self.face_combo.addItem(icon, f"face {i + 1}", i)
-        if identity is not None:
-            self.face_combo.setCurrentIndex(identity.face_index)
-        self.face_combo.setEnabled(num_faces > 1)
-        for combo, role in ((self.expression_combo, Role.EXPRESSION), (self.pose_combo, Role.POSE)):
-            combo.setCurrentText(index.data(role))
-            combo.setEnabled(self.expressions_enabled)
-        self.face_prompt_edit.setEnabled(self.expressions_enabled)
-        self.target_button.setEnabled(self.expressions_enabled)
-        if not self.face_prompt_edit.hasFocus():
-            self.face_prompt_edit.setText(index.data(Role.FACE_PROMPT) or "")
-        target = index.data(Role.TARGET)
-        self.target_label.setText(target.name if target else "none (same as the photo)")
-        self.target_clear.setEnabled(target is not None)
-
-    # -- drag and drop -----------------------------------------------------------------------
-
-    def dragEnterEvent(self, event) -> None:
-        if event.mimeData().hasUrls():
-            event.acceptProposedAction()
-
-    def dropEvent(self, event) -> None:
-        paths = [u.toLocalFile() for u in event.mimeData().urls() if u.isLocalFile()]
-        self.add_photos(paths)
-        event.acceptProposedAction()

@@ -6,12 +6,12 @@ from pathlib import Path
 
 from PySide6.QtCore import QSettings, QStandardPaths
 
-from dynamicid_rt.backends import BACKENDS as _REGISTRY  # the registry only: imports no backend
+from dynamicid_rt import AUTO, BACKENDS as _REGISTRY  # the registry only: imports no backend
 
 from .worker import ModelSpec
 
-BACKENDS = tuple(_REGISTRY)
-DEFAULT_BACKEND = "torch"
+BACKENDS = (AUTO, *_REGISTRY)
+DEFAULT_BACKEND = AUTO
 
 
 def default_output_dir() -> Path:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
-from dynamicid_rt.errors import Cancelled, DynamicIDError
+from dynamicid_rt import Cancelled, DynamicIDError
 
 from .people import EncodeJob
 
@@ -37,6 +37,19 @@ def default_pipeline_factory(spec: ModelSpec) -> "Pipeline":
     return Pipeline.load(models=spec.folder, backend=spec.backend)
 
 
+def validate_model_folder(spec: ModelSpec) -> str | None:
+    """What is wrong with the chosen folder (None: usable), found before the current models go."""
+    if spec.folder is None:
+        return None  # the tiny demo bundle is built on demand
+    from dynamicid_rt import ModelPaths
+
+    try:
+        ModelPaths.from_folder(spec.folder).check()
+    except DynamicIDError as exc:
+        return str(exc)
+    return None
+
+
 def describe_error(exc: BaseException) -> str:
     """A message for the window: ours already say what to do; others get their type name."""
     if isinstance(exc, DynamicIDError):
@@ -47,7 +60,7 @@ def describe_error(exc: BaseException) -> str:
 def face_thumbnails(photo: Path, boxes: list[tuple[float, float, float, float]], size: int = 64) -> list[np.ndarray]:
     """Crops of each detected face (x0, y0, x1, y1 px) for the face picker, read the way the
     pipeline reads the photo (EXIF orientation, downscaling) so the boxes line up."""
-    from dynamicid_rt.faces import face_thumbnail, load_photo
+    from dynamicid_rt import face_thumbnail, load_photo
 
     pixels = load_photo(photo)
     return [face_thumbnail(pixels, box, size) for box in boxes]
@@ -59,6 +72,7 @@ class PipelineWorker(QObject):
     loading = Signal(str)  # what is being loaded
     loaded = Signal(object)  # dict of facts about the pipeline
     loadFailed = Signal(str)
+    loadRejected = Signal(object, str)  # spec, problems: the folder is unusable and the loaded models stay
     encoded = Signal(int, int, object, object)  # key, version, Identity, face thumbnails
     encodeFailed = Signal(int, int, str)  # key, version, message
     progressed = Signal(int, int, float, object)  # step, total, seconds left, preview (h, w, 3) uint8
@@ -67,13 +81,22 @@ class PipelineWorker(QObject):
     cancelled = Signal(str)
     closed = Signal()
 
-    def __init__(self, factory: Callable[[ModelSpec], Any] = default_pipeline_factory) -> None:
+    def __init__(
+        self,
+        factory: Callable[[ModelSpec], Any] = default_pipeline_factory,
+        validate: Callable[[ModelSpec], str | None] = validate_model_folder,
+    ) -> None:
         super().__init__()
         self._factory = factory
+        self._validate = validate
         self._pipe: Any = None
 
     @Slot(object)
     def load(self, spec: ModelSpec) -> None:
+        problem = self._validate(spec)
+        if problem is not None:
+            self.loadRejected.emit(spec, problem)
+            return
         self._close_pipe()
         where = str(spec.folder) if spec.folder else "the tiny demo bundle"
         self.loading.emit(f"Loading {where} on {spec.backend}…")
@@ -84,10 +107,13 @@ class PipelineWorker(QObject):
             log.exception("loading models failed")
             self.loadFailed.emit(describe_error(exc))
             return
+        describe = getattr(self._pipe, "describe", None)
         self.loaded.emit(
             {
                 "folder": spec.folder,
                 "backend": spec.backend,
+                "runs_on": dict(describe()) if describe else {},  # the backend and device actually in use
+                "default_sampler": str(getattr(self._pipe, "default_sampler", "")),
                 "is_tiny": bool(self._pipe.is_tiny),
                 "has_imr": bool(self._pipe.has_imr),
                 "seconds": time.perf_counter() - t,
@@ -123,7 +149,7 @@ class PipelineWorker(QObject):
         if self._pipe is None:
             self.failed.emit("the models are not loaded; choose a model folder")
             return
-        from dynamicid_rt.preview import latent_to_rgb
+        from dynamicid_rt import latent_to_rgb
 
         def progress(info: "ProgressInfo") -> None:
             left = info.elapsed / info.step * (info.total - info.step) if info.step else 0.0

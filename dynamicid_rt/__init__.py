@@ -1,6 +1,7 @@
 """dynamicid-rt: a fast local runtime for DynamicID (arXiv 2503.06505).
 
-The public API is imported lazily so that ``import dynamicid_rt`` stays light (no torch).
+The public API: the names below, which the CLI and the desktop app use too. They are imported
+lazily so that ``import dynamicid_rt`` stays light (no torch, no onnxruntime).
 """
 from __future__ import annotations
 
@@ -8,20 +9,63 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
+from .errors import (  # noqa: E402  (after __version__, which submodules read)
+    BackendError,
+    Cancelled,
+    CheckpointError,
+    DynamicIDError,
+    ImageError,
+    ModelFolderError,
+    NoFaceError,
+    NumericalError,
+    OutputError,
+    RequestError,
+)
+
 _LAZY = {
     "Pipeline": "dynamicid_rt.pipeline",
     "Request": "dynamicid_rt.request",
     "Result": "dynamicid_rt.request",
     "ProgressInfo": "dynamicid_rt.request",
+    "Person": "dynamicid_rt.request",
+    "ModelInfo": "dynamicid_rt.request",
+    "Box": "dynamicid_rt.request",
+    "MAX_IDENTITIES": "dynamicid_rt.request",
+    "SIZE_RANGE": "dynamicid_rt.request",
+    "default_boxes": "dynamicid_rt.request",
     "Identity": "dynamicid_rt.identity",
+    "IdentityMatch": "dynamicid_rt.identity_check",
     "ModelPaths": "dynamicid_rt.paths",
+    "SAMPLERS": "dynamicid_rt.samplers",
+    "canonical_sampler": "dynamicid_rt.samplers",
+    "AUTO": "dynamicid_rt.backends",
+    "BACKENDS": "dynamicid_rt.backends",
+    # A1111-format image parameters (a PNG "parameters" chunk).
+    "format_parameters": "dynamicid_rt.pngmeta",
+    "parse_parameters": "dynamicid_rt.pngmeta",
+    "save_png": "dynamicid_rt.pngmeta",
+    "read_parameters": "dynamicid_rt.pngmeta",
+    # Output files: checked before the work, written atomically (PNG, JPEG, WebP).
+    "check_output_path": "dynamicid_rt.outputs",
+    "save_image": "dynamicid_rt.outputs",
+    # Photos as the pipeline reads them, and the live preview of a latent.
+    "load_photo": "dynamicid_rt.faces",
+    "face_thumbnail": "dynamicid_rt.faces",
+    "latent_to_rgb": "dynamicid_rt.preview",
 }
 
 if TYPE_CHECKING:
+    from .backends import AUTO, BACKENDS
+    from .faces import face_thumbnail, load_photo
     from .identity import Identity
+    from .identity_check import IdentityMatch
     from .paths import ModelPaths
     from .pipeline import Pipeline
-    from .request import ProgressInfo, Request, Result
+    from .pngmeta import format_parameters, parse_parameters, read_parameters, save_png
+    from .preview import latent_to_rgb
+    from .request import MAX_IDENTITIES, SIZE_RANGE, Box, ModelInfo, Person, ProgressInfo, Request, Result, default_boxes
+    from .outputs import check_output_path, save_image
+    from .samplers import SAMPLERS, canonical_sampler
 
 
 def __getattr__(name: str):
@@ -32,4 +76,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'dynamicid_rt' has no attribute {name!r}")
 
 
-__all__ = list(_LAZY) + ["__version__"]
+__all__ = list(_LAZY) + [
+    "__version__", "BackendError", "Cancelled", "CheckpointError", "DynamicIDError", "ImageError", "ModelFolderError",
+    "NoFaceError", "NumericalError", "OutputError", "RequestError",
+]

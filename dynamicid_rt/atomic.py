@@ -1,11 +1,18 @@
-"""Atomic file writes: a reader never sees a half-written output or cache file."""
+"""Atomic file writes: a reader never sees a half-written output or cache file.
+
+The temporary beside the target is named ``.<name>.<pid>.<random>.dynamicid-tmp``: a write cut short
+removes it, and one killed outright (SIGKILL, power loss) is swept by the next write to that folder
+once its process is gone. Files are created with mode 0666 minus the umask, like any other tool's.
+"""
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import IO, Iterator
+
+TMP_SUFFIX = ".dynamicid-tmp"
 
 
 @contextlib.contextmanager
@@ -13,7 +20,10 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     """Write to a temporary file beside ``path`` and move it into place only on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    sweep_stale_temporaries(path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}")
+    # os.open applies the umask (tempfile.mkstemp would make the file 0600).
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -24,3 +34,29 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def sweep_stale_temporaries(folder: Path) -> None:
+    """Delete temporaries of our naming whose writing process is gone."""
+    try:
+        candidates = list(Path(folder).glob(f".*{TMP_SUFFIX}"))
+    except OSError:
+        return
+    for tmp in candidates:
+        pid = tmp.name[: -len(TMP_SUFFIX)].rsplit(".", 2)[-2]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (on this machine)."""
+    if pid == os.getpid() or os.name == "nt":  # Windows' os.kill(pid, 0) would end the process
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # it exists but belongs to someone else (or the platform cannot tell)
+    return True

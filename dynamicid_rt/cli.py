@@ -5,11 +5,14 @@ import argparse
 import importlib
 import logging
 import os
+import secrets
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from .errors import DynamicIDError
+# Only the public API (SPEC §6: the CLI stands on layer 5's public names).
+from . import AUTO, BACKENDS, SAMPLERS, DynamicIDError, __version__, canonical_sampler
+from .messages import user_message
 
 log = logging.getLogger("dynamicid_rt")
 
@@ -33,13 +36,32 @@ def _size(text: str) -> tuple[int, int]:
     return int(w), int(h)
 
 
+def _sampler(text: str) -> str:
+    try:
+        return canonical_sampler(text)
+    except DynamicIDError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _backend_choices() -> list[str]:
+    return [AUTO, *BACKENDS]  # the registry's declarations; no backend module is imported
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", type=Path, default=os.environ.get("DYNAMICID_MODELS"),
                    help="model folder (SPEC layout); default $DYNAMICID_MODELS, else the tiny demo bundle")
-    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
+    p.add_argument("--backend", default=AUTO, choices=_backend_choices(),
+                   help="one of %(choices)s; auto: the fastest installed backend for this machine, see "
+                        "`dynamicid-rt doctor` (default: %(default)s)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
-    p.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"])
-    p.add_argument("--engine-dir", type=Path, default=None, help="engine cache (onnxruntime backend)")
+    p.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"],
+                   help="numeric precision, one of %(choices)s (default: the backend's best for the device)")
+    p.add_argument("--engine-dir", type=Path, default=None, metavar="DIR",
+                   help="engine cache of the onnxruntime backend (default: the user cache)")
+    p.add_argument("--trt-provider", action="store_true",
+                   help="onnxruntime on CUDA through its TensorRT provider (the first run builds engines: minutes)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="torch on CUDA: replay each UNet step from a CUDA graph (fixed shapes within a generation)")
     p.add_argument("--vae", type=Path, default=None, help="a separate VAE (diffusers folder or .safetensors)")
     p.add_argument("--tokenizer", type=Path, default=None, help="CLIP tokenizer folder (needed with a single-file base)")
 
@@ -47,6 +69,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dynamicid-rt", description="Fast local runtime for DynamicID.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="generate images with one to four people")
@@ -60,35 +83,55 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--emotion", action="append", default=[], metavar="WORD",
                    help="per person: the photo's expression for the automatic source prompt (default neutral)")
     g.add_argument("--box", action="append", default=[], type=_box, metavar="Y0,X0,Y1,X1", help="per person region (fractions)")
-    g.add_argument("--prompt", required=True)
-    g.add_argument("--negative-prompt", default="")
-    g.add_argument("--size", type=_size, default=(512, 512), metavar="WxH")
-    g.add_argument("--steps", type=int, default=50)
-    g.add_argument("--guidance", type=float, default=5.0)
-    g.add_argument("--sampler", default="default")
-    g.add_argument("--seed", type=int, default=None)
-    g.add_argument("--batch", type=int, default=1)
-    g.add_argument("--id-scale", type=float, default=1.0)
-    g.add_argument("--gating", choices=["auto", "on", "off"], default="auto")
-    g.add_argument("--boost", type=float, default=4.0)
-    g.add_argument("--boost-steps", type=int, default=3)
-    g.add_argument("--mix", type=float, default=0.5)
+    g.add_argument("--prompt", required=True, help="what the image shows (CLIP's 77-token limit; longer is cut with a warning)")
+    g.add_argument("--negative-prompt", default="", metavar="TEXT", help="what to steer away from (default: none)")
+    g.add_argument("--size", type=_size, default=(512, 512), metavar="WxH",
+                   help="image size, multiples of 64 from 256 to 1024 (default: 512x512)")
+    g.add_argument("--steps", type=int, default=50, help="sampler steps, 1-1000 (default: %(default)s)")
+    g.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale; 1 turns it off (default: %(default)s)")
+    g.add_argument("--sampler", type=_sampler, default="default", choices=("default", *SAMPLERS), metavar="NAME",
+                   help="one of: %(choices)s (default: the base model's scheduler, PNDM for SD1.5); diffusers, "
+                        "ComfyUI and A1111 names also work, e.g. euler_ancestral, 'Euler a', 'DPM++ 2M Karras'")
+    g.add_argument("--seed", type=int, default=None, help="0 to 2**32-1; image k of a batch uses seed+k (default: random, written to the PNG)")
+    g.add_argument("--batch", type=int, default=1, help="images per run, 1-16 (default: %(default)s)")
+    g.add_argument("--id-scale", action="append", default=[], type=float, metavar="S",
+                   help="identity strength (default 1.0): once for everyone, or once per --face in order")
+    g.add_argument("--gating", choices=["auto", "on", "off"], default="auto",
+                   help="keep each person's identity inside their box, one of %(choices)s; auto: on for two or more people "
+                        "(default: %(default)s)")
+    g.add_argument("--boost", type=float, default=4.0, help="identity boost in the first steps (default: %(default)s)")
+    g.add_argument("--boost-steps", type=int, default=3, help="how many first steps get the boost (default: %(default)s)")
+    g.add_argument("--mix", type=float, default=0.5,
+                   help="share of the first person when several share one box, 0-1 (default: %(default)s)")
+    g.add_argument("--check-identities", action="store_true",
+                   help="after generating, print each person's likeness (ArcFace similarity to their photo)")
+    g.add_argument("--best-of", type=int, default=1, metavar="N",
+                   help="generate N seeds and keep them ranked by the least recognisable person (implies --check-identities)")
     g.add_argument("--face-crop", action="store_true", help="feed CLIP a face-centred crop instead of the whole photo")
-    g.add_argument("--out", type=Path, default=None, help="output PNG (default ./dynamicid-SEED.png)")
+    g.add_argument("--out", type=Path, default=None, help="output image, .png, .jpg or .webp (default ./dynamicid-SEED.png); never one of the input photos")
 
     d = sub.add_parser("demo", help="build the tiny bundle if needed and generate a two-person image")
     d.add_argument("--models", type=Path, default=None, help="where the tiny bundle lives (default: user cache)")
-    d.add_argument("--out", type=Path, default=Path("dynamicid-demo.png"))
-    d.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
-    d.add_argument("--steps", type=int, default=25)
+    d.add_argument("--out", type=Path, default=Path("dynamicid-demo.png"), help="output PNG (default: %(default)s)")
+    d.add_argument("--backend", default=AUTO, choices=_backend_choices(),
+                   help="one of %(choices)s (default: %(default)s, the fastest installed here)")
+    d.add_argument("--steps", type=int, default=None, help="sampler steps (default: 25, or 4 with --full-size)")
+    d.add_argument("--full-size", action="store_true",
+                   help="random weights at the real SD1.5/CLIP-H/IMR sizes (about 7 GB, written once): shows this "
+                        "machine's real speed per backend at 256x256")
 
     i = sub.add_parser("inspect", help="what a checkpoint or model folder holds and whether it loads")
-    i.add_argument("path", type=Path)
+    i.add_argument("path", type=Path, help="a checkpoint file (.bin/.safetensors) or a model folder")
 
     dr = sub.add_parser("doctor", help="versions, providers, GPU, and what a model folder lacks")
-    dr.add_argument("--models", type=Path, default=os.environ.get("DYNAMICID_MODELS"))
+    dr.add_argument("--models", type=Path, default=os.environ.get("DYNAMICID_MODELS"), metavar="DIR",
+                    help="also check this model folder (default: $DYNAMICID_MODELS)")
 
-    sub.add_parser("desktop", help="start the desktop app")
+    dk = sub.add_parser("desktop", help="start the desktop app (other arguments go to Qt)")
+    dk.add_argument("--models", type=Path, default=None, metavar="DIR",
+                    help="model folder for this session (default: the saved choice, else the tiny demo bundle)")
+    dk.add_argument("--backend", default=None, choices=_backend_choices(),
+                    help="one of %(choices)s for this session (default: the saved choice)")
     try:
         from .export.cli import register as register_build_engines
     except ImportError:  # the exporter's extras are not installed
@@ -105,14 +148,49 @@ def _pick(values: list, index: int, what: str, count: int):
     return value if value not in ("",) else None
 
 
+def _id_scale(values: list[float], count: int) -> float | list[float]:
+    """``--id-scale`` values as Request.id_scale: one for everyone, or one per --face photo."""
+    if not values:
+        return 1.0
+    if len(values) == 1:
+        return values[0]
+    if len(values) != count:
+        raise DynamicIDError(
+            f"{len(values)} --id-scale values given for {count} --face photo(s): give one for everyone or one per --face"
+        )
+    return values
+
+
+def _output_paths(out: Path, count: int, args: argparse.Namespace) -> list[Path]:
+    """``out``, then ``out-0``, ``out-1``... for several images; each checked against the inputs."""
+    from . import check_output_path
+
+    inputs = [*args.face, *(p for p in args.target_landmarks if p)]
+    names = [out] + ([out.with_name(f"{out.stem}-{k}{out.suffix}") for k in range(count)] if count > 1 else [])
+    return [check_output_path(name, inputs) for name in names]
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from . import Pipeline, Request
-    from .pngmeta import save_png
+    from . import Pipeline, Request, format_parameters, save_image
 
+    id_scale = _id_scale(args.id_scale, len(args.face))  # checked before any model loads
+    width, height = args.size
+    # A seed drawn here names the default output, so the output path is checked before any work.
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**32)
+    request = Request(
+        prompt=args.prompt, negative_prompt=args.negative_prompt,
+        boxes=args.box or None, width=width, height=height, steps=args.steps, guidance=args.guidance,
+        sampler=args.sampler, seed=seed, batch=args.batch, id_scale=id_scale, gating=args.gating,
+        boost=args.boost, boost_steps=args.boost_steps, mix=args.mix,
+        check_identities=args.check_identities, best_of=args.best_of,
+    )
+    request.validate(people=len(args.face))
+    outputs = _output_paths(args.out or Path(f"dynamicid-{seed}.png"), args.batch * args.best_of, args)
     overrides = {k: v for k, v in (("vae", args.vae), ("tokenizer", args.tokenizer)) if v is not None}
-    pipe = Pipeline.load(args.models, backend=args.backend, device=args.device, precision=args.precision, engine_dir=args.engine_dir, **overrides)
+    pipe = Pipeline.load(args.models, backend=args.backend, device=args.device, precision=args.precision, engine_dir=args.engine_dir,
+                         trt_provider=args.trt_provider, cuda_graphs=args.cuda_graphs, **overrides)
     n = len(args.face)
     identities = []
     for k, photo in enumerate(args.face):
@@ -127,38 +205,33 @@ def cmd_generate(args: argparse.Namespace) -> int:
         )
         log.info("person %d: %s (source face prompt: %r)", k + 1, photo, ident.source_prompt)
         identities.append(ident)
-    width, height = args.size
-    request = Request(
-        prompt=args.prompt, identities=identities, negative_prompt=args.negative_prompt,
-        boxes=args.box or None, width=width, height=height, steps=args.steps, guidance=args.guidance,
-        sampler=args.sampler, seed=args.seed, batch=args.batch, id_scale=args.id_scale, gating=args.gating,
-        boost=args.boost, boost_steps=args.boost_steps, mix=args.mix,
-    )
+    request = request.with_updates(identities=identities)
     request.validate()
     with tqdm(total=None, desc="denoising", unit="step", disable=None) as bar:
         def progress(info):
             bar.total = info.total
             bar.update(info.step - bar.n)
         result = pipe.generate(request, progress=progress)
-    out = args.out or Path(f"dynamicid-{result.seeds[0]}.png")
     for k, image in enumerate(result.images):
-        path = out if len(result.images) == 1 else out.with_name(f"{out.stem}-{k}{out.suffix}")
-        save_png(image, path, result.parameters(k))
+        path = outputs[0] if len(result.images) == 1 else outputs[k + 1]
+        save_image(image, path, format_parameters(result, k))
         print(path)
+        for match in result.identity_scores[k] if result.identity_scores else ():
+            print(f"  {match.describe()}")
     log.info("timings: %s", ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items()))
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from . import Pipeline, Request
-    from .pngmeta import save_png
-    from .tiny.bundle import default_tiny_dir, write_tiny_bundle
+    from . import Pipeline, Request, check_output_path, format_parameters, save_png
+    from .tiny.bundle import default_full_size_dir, default_tiny_dir, write_tiny_bundle
 
-    root = args.models or default_tiny_dir()
+    check_output_path(args.out)  # before minutes of bundle building
+    root = args.models or (default_full_size_dir() if args.full_size else default_tiny_dir())
     if (root / "tiny_bundle.json").is_file() or not (root / "base").exists():
-        paths = write_tiny_bundle(root)
+        paths = write_tiny_bundle(root, full_size=args.full_size)
     else:
-        from .paths import ModelPaths
+        from . import ModelPaths
 
         paths = ModelPaths.from_folder(root)
     samples = root / "samples"
@@ -166,7 +239,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     missing = [str(f) for f in faces if not f.is_file()]
     if missing:
         raise DynamicIDError(f"demo portraits missing: {', '.join(missing)}; use `generate --face PHOTO` with real photos")
-    print("dynamicid-rt demo: TINY RANDOM WEIGHTS - the image will be noise. This checks that every stage runs.")
+    kind = "FULL-SIZE RANDOM WEIGHTS" if args.full_size else "TINY RANDOM WEIGHTS"
+    print(f"dynamicid-rt demo: {kind} - the image will be noise. This checks that every stage runs.")
     print("For real images put the DynamicID, SD1.5, CLIP ViT-H/14 and buffalo_l weights in a model folder")
     print("(layout in README.md) and run: dynamicid-rt generate --models DIR --face PHOTO --prompt ...")
     pipe = Pipeline.load(paths, backend=args.backend)
@@ -174,10 +248,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         pipe.encode_identity(faces[0]),
         pipe.encode_identity(faces[1], face_prompt="in a happy expression, facing up") if pipe.has_imr else pipe.encode_identity(faces[1]),
     ]
-    request = Request(prompt=DEMO_PROMPT, identities=people, steps=args.steps, seed=42, width=512, height=512)
+    size = 256 if args.full_size else 512  # full size on a CPU: a short look at the real speed
+    steps = args.steps or (4 if args.full_size else 25)
+    request = Request(prompt=DEMO_PROMPT, identities=people, steps=steps, seed=42, width=size, height=size)
     result = pipe.generate(request)
-    save_png(result.images[0], args.out, result.parameters(0))
-    print(f"wrote {args.out} ({result.timings['total']:.1f} s)")
+    save_png(result.images[0], args.out, format_parameters(result, 0))
+    print(f"wrote {args.out} ({result.timings['total']:.1f} s on {result.backend}: "
+          + ", ".join(f"{k} {v:.1f} s" for k, v in result.timings.items() if k != "total") + ")")
     return 0
 
 
@@ -197,12 +274,24 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _no_display_reason(env: dict, platform: str) -> str | None:
+    """Why Qt cannot open a window here (it would abort the process), or None."""
+    if not platform.startswith("linux") or env.get("QT_QPA_PLATFORM") or env.get("DISPLAY") or env.get("WAYLAND_DISPLAY"):
+        return None
+    return ("no display found (DISPLAY and WAYLAND_DISPLAY are unset): start the desktop app in a graphical "
+            "session (or over ssh -X), or use `dynamicid-rt generate` on this machine")
+
+
 def cmd_desktop(args: argparse.Namespace, rest: Sequence[str]) -> int:
+    reason = _no_display_reason(dict(os.environ), sys.platform)
+    if reason is not None:
+        raise DynamicIDError(reason)
     try:
         desktop = importlib.import_module("dynamicid_rt.desktop")
     except ImportError as exc:
         raise DynamicIDError(f"the desktop app needs PySide6: pip install 'dynamicid-rt[desktop]' ({exc})") from exc
-    return desktop.main(list(rest))
+    session = [*(["--models", str(args.models)] if args.models else []), *(["--backend", args.backend] if args.backend else [])]
+    return desktop.main([*session, *rest])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -218,9 +307,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in handlers:
             return handlers[args.command](args)
         return args.handler(args)  # sub-commands registered by other packages (build-engines)
-    except (DynamicIDError, FileNotFoundError, ImportError) as exc:
-        log.error("%s", exc)
-        return 2
+    except (DynamicIDError, ImportError, OSError) as exc:  # the user's to fix: one line, exit 1 (2 is argparse's)
+        log.error("%s", user_message(exc))
+        return 1
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130

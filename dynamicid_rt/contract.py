@@ -163,7 +163,7 @@ IMR = EngineSpec(
         TensorSpec("landmarks", (2, 1, "lm", "lm")),
         TensorSpec("text_pooled", (2, "C")),
     ),
-    outputs=(TensorSpec("id_tokens", (1, "T", "C")),),
+    outputs=(TensorSpec("edited_tokens", (1, "T", "C")),),
 )
 UNET = EngineSpec(
     "unet",
@@ -173,7 +173,7 @@ UNET = EngineSpec(
         TensorSpec("encoder_hidden_states", ("B", "L", "C")),
         TensorSpec("id_tokens", ("B", "4*N", "C")),
         TensorSpec("id_boxes", ("M", 4)),
-        TensorSpec("id_scale", (1,)),
+        TensorSpec("id_scale", ("N",)),  # per person (contract v2)
         TensorSpec("id_boost", (1,)),
         TensorSpec("id_gating", (1,)),
         TensorSpec("id_mix", (1,)),
@@ -189,8 +189,13 @@ VAE_DECODER = EngineSpec(
     axes=(Axis("B", 1, 1, 4), Axis("h", 32, 64, 128), Axis("w", 32, 64, 128)),
 )
 
+# v2: ``id_scale`` per person (N) and the imr output named ``edited_tokens`` (v1: (1) and ``id_tokens``).
+CONTRACT_VERSION = 2
+# What each version changed, for the reason logged when an engine cache from an older one is rebuilt.
+CONTRACT_CHANGES = {2: "per-person id_scale, imr output edited_tokens"}
+
 ENGINES: dict[str, EngineSpec] = {
     e.name: e for e in (TEXT_ENCODER, IMAGE_ENCODER, FACE_PROJECTOR, IMR, UNET, VAE_DECODER)
 }
 
-VAE_SCALE = 0.18215  # SD1.5 latent scale; the vae_decoder engine takes latents already divided by it
+VAE_SCALE = 0.18215  # SD1.5 latent scale, the default when the VAE config has no scaling_factor; the vae_decoder engine takes latents already divided by it

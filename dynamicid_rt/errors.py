@@ -25,6 +25,14 @@ class RequestError(DynamicIDError, ValueError):
     """A generation request is inconsistent (sizes, boxes, identities...)."""
 
 
+class BackendError(DynamicIDError):
+    """A backend is unknown, not installed, or cannot run the asked device or precision here."""
+
+
+class OutputError(RequestError):
+    """An output path cannot be written safely (a folder, an input file, unwritable, wrong extension)."""
+
+
 class NumericalError(DynamicIDError):
     """A stage produced NaN or infinite values."""
 

@@ -10,6 +10,7 @@ logged warning) rather than refused: face analysis works at 512 px anyway.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -166,8 +167,9 @@ class FaceAnalyzer:
         if det_size < 32 or det_size % 32:
             raise RequestError(f"det_size {det_size} must be a positive multiple of 32 (insightface uses 640; the release 512)")
         if not self.pack_dir.is_dir():
-            raise ModelFolderError(f"insightface pack folder {self.pack_dir} does not exist; it must hold the buffalo_l models "
-                                   f"{', '.join(PACK_FILES.values())}")
+            raise ModelFolderError(f"insightface pack folder {self.pack_dir} does not exist; analysing a photo needs it with "
+                                   f"the buffalo_l models {', '.join(PACK_FILES.values())} (identities from tokens or "
+                                   "ArcFace embeddings do not)")
         missing = [name for name in PACK_FILES.values() if not (self.pack_dir / name).is_file()]
         if missing:
             raise ModelFolderError(f"insightface pack {self.pack_dir} lacks {', '.join(missing)}; copy the buffalo_l "
@@ -175,7 +177,15 @@ class FaceAnalyzer:
         self.providers = list(providers) if providers else default_providers()
         self.det_size = det_size
         self.rgb_quirk = rgb_quirk
-        from insightface.model_zoo import model_zoo
+        try:
+            from insightface.model_zoo import model_zoo
+        except ImportError as exc:
+            raise ModelFolderError(f"analysing a photo needs the insightface package ({exc}): pip install 'dynamicid-rt[cpu]', "
+                                   "or with [gpu] pip install --no-deps insightface") from exc
+
+        # insightface calls scikit-image's deprecated SimilarityTransform.estimate: a FutureWarning
+        # on every face that users cannot act on. Silenced for insightface's own modules only.
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"insightface(\.|$)")
 
         self._models = {}
         for task, name in PACK_FILES.items():

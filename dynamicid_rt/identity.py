@@ -5,18 +5,17 @@ Runs every model through a :class:`~dynamicid_rt.backends.base.Backend`, so it n
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
 from .atomic import atomic_write
-from .errors import ImageError, ModelFolderError, NoFaceError, NumericalError
-from .faces import face_crop, face_thumbnail, load_photo, source_face_prompt
+from .errors import ImageError, ModelFolderError, NoFaceError, NumericalError, RequestError
+from .faces import face_crop, face_thumbnail, load_photo, raster_from_landmarks, source_face_prompt
 
 if TYPE_CHECKING:
     from .backends.base import Backend
@@ -25,46 +24,55 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-IDENTITY_FORMAT = 1
+IDENTITY_FORMAT = 2  # 2: adds the ArcFace embedding
+_ARRAYS = ("tokens", "base_tokens", "landmarks", "thumbnail")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass
 class Identity:
-    """One person: their ID tokens plus what a UI shows about the reference photo."""
+    """One person: their ID tokens plus what a UI shows about the reference photo.
+
+    Satisfies :class:`dynamicid_rt.request.Person`. The photo fields are None (or empty) for
+    identities made without face analysis (:meth:`from_tokens`, encoding from an embedding).
+    """
 
     tokens: np.ndarray  # (4, C) float32: the tokens used for generation (after the expression edit)
-    base_tokens: np.ndarray  # (4, C) float32: the projector's tokens before any edit
-    face_box: tuple[float, float, float, float]  # (x0, y0, x1, y1) in photo pixels
-    landmarks: np.ndarray  # (106, 2) photo pixels
-    pose: tuple[float, float, float]  # as insightface returns it
-    source_prompt: str
-    face_prompt: str | None
-    thumbnail: np.ndarray  # (S, S, 3) uint8 face crop
-    num_faces: int
-    face_index: int
+    base_tokens: np.ndarray | None = None  # (4, C) float32: the projector's tokens before any edit
+    face_box: tuple[float, float, float, float] | None = None  # (x0, y0, x1, y1) in photo pixels
+    landmarks: np.ndarray | None = None  # (106, 2) photo pixels
+    pose: tuple[float, float, float] | None = None  # as insightface returns it
+    source_prompt: str = ""
+    face_prompt: str | None = None
+    thumbnail: np.ndarray | None = None  # (S, S, 3) uint8 face crop
+    num_faces: int = 0
+    face_index: int = 0
     warnings: list[str] = field(default_factory=list)
     name: str = ""
+    # (512,) the reference face's ArcFace embedding, kept to measure likeness in results
+    # (None for identities made from tokens alone).
+    embedding: np.ndarray | None = None
+    # Which weights made the tokens (dynamicid_rt.fingerprint); saved files record it. "" = unknown.
+    model_fingerprint: str = ""
 
     @property
     def edited(self) -> bool:
         return self.face_prompt is not None
 
+    @classmethod
+    def from_tokens(cls, tokens, name: str = "person", face_prompt: str | None = None) -> "Identity":
+        """An identity from stored ID tokens (4, C), e.g. ones an app saved or another tool made."""
+        return cls(tokens=_checked_tokens(tokens), name=name, face_prompt=face_prompt)
+
     def save(self, path: str | Path) -> Path:
         """Save as a small ``.npz`` file (atomic)."""
-        meta = {k: v for k, v in asdict(self).items() if k not in ("tokens", "base_tokens", "landmarks", "thumbnail")}
+        meta = {k: v for k, v in asdict(self).items() if k not in _ARRAYS + ("embedding",)}
         meta["format"] = IDENTITY_FORMAT
+        arrays = {k: getattr(self, k) for k in _ARRAYS + ("embedding",) if getattr(self, k) is not None}
         path = Path(path)
         with atomic_write(path) as f:
-            np.savez_compressed(
-                f,
-                tokens=self.tokens,
-                base_tokens=self.base_tokens,
-                landmarks=self.landmarks,
-                thumbnail=self.thumbnail,
-                meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
-            )
+            np.savez_compressed(f, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
         return path
 
     @classmethod
@@ -73,19 +81,42 @@ class Identity:
         try:
             with np.load(path, allow_pickle=False) as data:
                 meta = json.loads(bytes(data["meta"]).decode())
-                arrays = {k: data[k] for k in ("tokens", "base_tokens", "landmarks", "thumbnail")}
+                arrays = {k: data[k] for k in _ARRAYS + ("embedding",) if k in data}
         except Exception as exc:
             raise ImageError(f"{path} is not a saved identity ({type(exc).__name__}: {exc})") from exc
-        if meta.pop("format", None) != IDENTITY_FORMAT:
+        if meta.pop("format", None) not in (1, IDENTITY_FORMAT):  # format 1 lacks only the embedding
             raise ImageError(f"{path} was saved by an incompatible version of dynamicid-rt; encode the photo again")
-        meta["face_box"] = tuple(meta["face_box"])
-        meta["pose"] = tuple(meta["pose"])
+        for key in ("face_box", "pose"):
+            meta[key] = tuple(meta[key]) if meta.get(key) is not None else None
         return cls(**arrays, **meta)
 
 
+def _checked_tokens(tokens) -> np.ndarray:
+    array = np.asarray(tokens)
+    if array.ndim != 2 or array.shape[0] != 4 or not np.issubdtype(array.dtype, np.floating):
+        raise RequestError(f"tokens have shape {array.shape} and dtype {array.dtype}; expected (4, C) floats (C = 768 for SD1.5)")
+    if not np.all(np.isfinite(array)):
+        raise RequestError("tokens hold NaN or infinite values")
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def _checked_embedding(embedding) -> np.ndarray:
+    """(512,) float32 of unit length: ArcFace embeddings are compared by direction only (SPEC §1.2)."""
+    array = np.asarray(embedding, dtype=np.float64)
+    if array.shape not in ((512,), (1, 512)):
+        raise RequestError(f"ArcFace embedding has shape {array.shape}; expected (512,) (insightface's normed_embedding)")
+    array = array.reshape(512)
+    norm = float(np.linalg.norm(array))
+    if not np.isfinite(norm) or norm == 0.0:
+        raise RequestError("ArcFace embedding is zero or not finite; pass insightface's normed_embedding of the face")
+    return (array / norm).astype(np.float32)
+
+
 def clip_pixel_values(photo: np.ndarray, size: int = 224, mean=CLIP_MEAN, std=CLIP_STD) -> np.ndarray:
-    """CLIP's default preprocessing: shortest side to ``size`` (bicubic), centre crop, normalise.
-    Returns (3, size, size) float32."""
+    """CLIP's default preprocessing of an RGB uint8 photo, step for step as transformers'
+    ``CLIPImageProcessor`` runs it with PIL (what the release ran): shortest side to ``size`` with
+    PIL bicubic (long side truncated to an int), centre crop (offsets rounded down), ×(1/255) in
+    float64 then float32, ``(x - mean) / std`` in float32. Returns (3, size, size) float32."""
     from PIL import Image
 
     h, w = photo.shape[:2]
@@ -93,12 +124,12 @@ def clip_pixel_values(photo: np.ndarray, size: int = 224, mean=CLIP_MEAN, std=CL
         new_w, new_h = size, int(size * h / w)
     else:
         new_w, new_h = int(size * w / h), size
-    img = Image.fromarray(photo).resize((new_w, new_h), Image.BICUBIC)
-    arr = np.asarray(img, dtype=np.float32)
+    resized = np.asarray(Image.fromarray(photo).resize((new_w, new_h), Image.Resampling.BICUBIC))
     top, left = (new_h - size) // 2, (new_w - size) // 2
-    arr = arr[top : top + size, left : left + size] / 255.0
-    arr = (arr - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32)
+    crop = resized[top : top + size, left : left + size]
+    scaled = (crop.astype(np.float64) * (1 / 255)).astype(np.float32)
+    normalised = (scaled - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(normalised.transpose(2, 0, 1), dtype=np.float32)
 
 
 def _check_finite(stage: str, array: np.ndarray) -> np.ndarray:
@@ -108,18 +139,23 @@ def _check_finite(stage: str, array: np.ndarray) -> np.ndarray:
 
 
 class IdentityEncoder:
-    """Face analysis + image encoder + projector (+ IMR edit) through one backend."""
+    """Face analysis + image encoder + projector (+ IMR edit) through one backend.
+
+    The face analyzer (insightface) is built on first use, so apps that bring their own ArcFace
+    embeddings or stored tokens need neither the insightface package nor its model pack.
+    """
 
     def __init__(
         self,
         backend: "Backend",
-        analyzer: "FaceAnalyzer",
+        analyzer: "Callable[[], FaceAnalyzer]",
         prompts: "PromptEncoder",
         cache_dir: Path | None,
         model_fingerprint: str,
     ) -> None:
         self.backend = backend
-        self.analyzer = analyzer
+        self._make_analyzer = analyzer
+        self._analyzer: "FaceAnalyzer | None" = None
         self.prompts = prompts
         self.cache_dir = cache_dir
         self.model_fingerprint = model_fingerprint
@@ -136,6 +172,12 @@ class IdentityEncoder:
             )
             self._uncond = _check_finite("face projector", out["id_tokens"][0])
         return self._uncond
+
+    @property
+    def analyzer(self) -> "FaceAnalyzer":
+        if self._analyzer is None:
+            self._analyzer = self._make_analyzer()
+        return self._analyzer
 
     def detect(self, photo) -> list["DetectedFace"]:
         return self.analyzer.detect(load_photo(photo))
@@ -155,11 +197,7 @@ class IdentityEncoder:
         if name is None:
             name = Path(photo).stem if isinstance(photo, (str, Path)) else "person"
         pixels = load_photo(photo)
-        if face_prompt is not None and not self.backend.has_imr:
-            raise ModelFolderError(
-                "expression/pose editing needs IMR.bin and key_point_encoder.bin in the model folder's dynamicid/; "
-                "drop the face prompt or add those files"
-            )
+        self._check_can_edit(face_prompt)
         target = self._target_raster(target_landmarks) if face_prompt is not None else None
         key = self._cache_key(pixels, face_prompt, source_prompt, target, emotion, face_index, face_crop_input)
         cached = self._cache_get(key)
@@ -181,30 +219,12 @@ class IdentityEncoder:
             raise ImageError(f"face_index={face_index} but {name!r} holds {len(faces)} face(s)")
         face = faces[face_index]
 
-        clip_input = face_crop(pixels, face.bbox) if face_crop_input else pixels
-        pixel_values = clip_pixel_values(clip_input, self.backend.dims.clip_image_size)[None]
-        hidden = self.backend.run("image_encoder", {"pixel_values": pixel_values})["hidden_states"]
-        base_tokens = self.backend.run(
-            "face_projector", {"id_embeds": face.embedding[None].astype(np.float32), "clip_hidden": hidden}
-        )["id_tokens"]
-        base_tokens = _check_finite("face projector", base_tokens)[0]
-
+        base_tokens = self._project(face_crop(pixels, face.bbox) if face_crop_input else pixels, face.embedding)
         pose = tuple(float(p) for p in face.pose)
         source = source_prompt or source_face_prompt(pose, emotion)
         tokens = base_tokens
         if face_prompt is not None:
-            src_raster = self.analyzer.landmark_raster(pixels)
-            tgt_raster = src_raster if target is None else target
-            pooled = self.prompts.pooled([source, face_prompt])
-            tokens = self.backend.run(
-                "imr",
-                {
-                    "id_tokens": base_tokens[None],
-                    "landmarks": np.stack([src_raster, tgt_raster])[:, None].astype(np.float32),
-                    "text_pooled": pooled,
-                },
-            )["id_tokens"]
-            tokens = _check_finite("IMR", tokens)[0]
+            tokens = self._edit(base_tokens, self.analyzer.landmark_raster(pixels), target, source, face_prompt)
 
         identity = Identity(
             tokens=tokens.astype(np.float32),
@@ -219,22 +239,93 @@ class IdentityEncoder:
             face_index=face_index,
             warnings=warnings,
             name=name,
+            embedding=face.embedding.astype(np.float32),
         )
         self._cache_put(key, identity)
         return identity
+
+    def encode_embedding(
+        self,
+        embedding,
+        photo,
+        *,
+        face_prompt: str | None = None,
+        source_prompt: str | None = None,
+        landmarks=None,
+        target_landmarks=None,
+        name: str = "person",
+    ) -> Identity:
+        """Tokens from an ArcFace embedding the app computed itself, plus the photo CLIP sees
+        (the whole photo, as the release does). No face analysis runs: an expression edit
+        (``face_prompt``) needs the face's 106 ``landmarks`` in the pixels of the photo resized
+        to 512x512 and a ``source_prompt``, and takes ``target_landmarks`` the same way."""
+        unit = _checked_embedding(embedding)
+        pixels = load_photo(photo)
+        self._check_can_edit(face_prompt)
+        if face_prompt is not None and (landmarks is None or not source_prompt):
+            raise RequestError("an expression edit from an embedding needs landmarks (106 x,y in the 512x512 photo) "
+                               "and a source_prompt describing the photo's face; or drop face_prompt")
+        key = self._cache_key(pixels, unit, face_prompt, source_prompt,
+                              None if landmarks is None else np.asarray(landmarks, np.float64),
+                              None if target_landmarks is None else np.asarray(target_landmarks, np.float64))
+        cached = self._cache_get(key)
+        if cached is not None:
+            cached.name = name
+            return cached
+        base_tokens = self._project(pixels, unit)
+        tokens = base_tokens
+        if face_prompt is not None:
+            source_raster = raster_from_landmarks(landmarks)
+            target = None if target_landmarks is None else raster_from_landmarks(target_landmarks)
+            tokens = self._edit(base_tokens, source_raster, target, source_prompt, face_prompt)
+        identity = Identity(tokens=tokens.astype(np.float32), base_tokens=base_tokens.astype(np.float32),
+                            source_prompt=source_prompt or "", face_prompt=face_prompt, name=name, embedding=unit)
+        self._cache_put(key, identity)
+        return identity
+
+    def _check_can_edit(self, face_prompt: str | None) -> None:
+        if face_prompt is not None and not self.backend.has_imr:
+            raise ModelFolderError(
+                "expression/pose editing needs IMR.bin and key_point_encoder.bin in the model folder's dynamicid/; "
+                "drop the face prompt or add those files"
+            )
+
+    def _project(self, clip_photo: np.ndarray, embedding: np.ndarray) -> np.ndarray:
+        """SPEC §1.3: (4, C) tokens from the photo CLIP sees and the unit ArcFace embedding."""
+        pixel_values = clip_pixel_values(clip_photo, self.backend.dims.clip_image_size)[None]
+        hidden = self.backend.run("image_encoder", {"pixel_values": pixel_values})["hidden_states"]
+        base_tokens = self.backend.run(
+            "face_projector", {"id_embeds": embedding[None].astype(np.float32), "clip_hidden": hidden}
+        )["id_tokens"]
+        return _check_finite("face projector", base_tokens)[0]
+
+    def _edit(self, base_tokens: np.ndarray, src_raster: np.ndarray, target: np.ndarray | None,
+              source: str, face_prompt: str) -> np.ndarray:
+        """SPEC §1.4: the IMR's expression/pose edit; without a target raster the layout stays."""
+        tgt_raster = src_raster if target is None else target
+        pooled = self.prompts.pooled([source, face_prompt])
+        tokens = self.backend.run(
+            "imr",
+            {
+                "id_tokens": base_tokens[None],
+                "landmarks": np.stack([src_raster, tgt_raster])[:, None].astype(np.float32),
+                "text_pooled": pooled,
+            },
+        )["edited_tokens"]
+        return _check_finite("IMR", tokens)[0]
 
     def _target_raster(self, target_landmarks) -> np.ndarray | None:
         if target_landmarks is None:
             return None
         if isinstance(target_landmarks, np.ndarray) and target_landmarks.shape == (106, 2):
-            return self.analyzer.raster_from_landmarks(target_landmarks)
+            return raster_from_landmarks(target_landmarks)
         return self.analyzer.landmark_raster(load_photo(target_landmarks))
 
     # -- cache -------------------------------------------------------------------------------
 
     def _cache_key(self, pixels: np.ndarray, *settings) -> str:
         h = hashlib.sha256()
-        h.update(self.model_fingerprint.encode())
+        h.update(f"{IDENTITY_FORMAT}:{self.model_fingerprint}".encode())
         h.update(json.dumps(self.backend.describe(), sort_keys=True).encode())
         h.update(f"{pixels.shape}".encode())
         h.update(pixels.tobytes())
@@ -249,14 +340,14 @@ class IdentityEncoder:
         path = self.cache_dir / f"{key}.npz"
         if not path.is_file():
             return None
-        try:
-            log.debug("identity cache hit %s", path)
-            return Identity.load(path)
-        except ImageError as exc:  # a damaged entry is re-encoded, never trusted
-            log.warning("ignoring damaged identity cache entry %s: %s", path, exc)
-            return None
+        from .identity_cache import load_cached
+
+        log.debug("identity cache lookup %s", path)
+        return load_cached(path, self.backend.dims.context_dim, self.model_fingerprint)
 
     def _cache_put(self, key: str, identity: Identity) -> None:
+        """Record which model made ``identity`` and cache it."""
+        identity.model_fingerprint = self.model_fingerprint
         if self.cache_dir is not None:
             identity.save(self.cache_dir / f"{key}.npz")
 

@@ -6,10 +6,12 @@ import importlib.util
 import platform
 import sys
 from pathlib import Path
+from typing import Callable
 
 from .checkpoints import PROCESSOR_SECTIONS, PROJECTOR_SECTIONS, _unflatten_sections, load_tensor_file
 from .errors import DynamicIDError
 from .paths import ModelPaths
+from .weightcheck import weight_file_problem, weight_problems
 
 
 def _shape(t) -> str:
@@ -18,7 +20,13 @@ def _shape(t) -> str:
 
 def _describe_checkpoint(path: Path) -> tuple[list[str], bool]:
     lines = [f"checkpoint {path} ({path.stat().st_size / 2**20:.1f} MiB)"]
-    raw = _unflatten_sections(load_tensor_file(path), PROJECTOR_SECTIONS + PROCESSOR_SECTIONS)
+    problem = weight_file_problem(path)
+    if problem is not None:
+        return lines + [f"  loads: NO ({path.name} {problem}; download or copy it again)"], False
+    try:
+        raw = _unflatten_sections(load_tensor_file(path), PROJECTOR_SECTIONS + PROCESSOR_SECTIONS)
+    except DynamicIDError as exc:  # truncated, corrupt or refused: reported, not raised
+        return lines + [f"  loads: NO ({exc})"], False
     processors = next((raw[s] for s in PROCESSOR_SECTIONS if isinstance(raw.get(s), dict)), None)
     projector = next((raw[s] for s in PROJECTOR_SECTIONS if isinstance(raw.get(s), dict)), None)
     try:
@@ -78,7 +86,7 @@ def inspect_path(path: Path) -> tuple[str, bool]:
     for name in ("base", "vae", "tokenizer", "image_encoder", "saa", "projector", "imr", "keypoint_encoder", "insightface"):
         value = getattr(paths, name)
         lines.append(f"  {name:17s} {value if value is not None else '-'}")
-    problems = paths.problems()
+    problems = paths.problems() + weight_problems(paths)
     ok = not problems
     if not problems:
         from .models.base import read_model_dims
@@ -91,6 +99,9 @@ def inspect_path(path: Path) -> tuple[str, bool]:
                 lines += ["  " + s for s in sub]
                 ok &= sub_ok
     lines += [f"  PROBLEM: {p}" for p in problems]
+    face_note = paths.face_analysis_problem()
+    if face_note:
+        lines.append(f"  NOTE: {face_note}")
     lines.append("usable: yes" if ok else "usable: NO")
     return "\n".join(lines), ok
 
@@ -100,6 +111,47 @@ def _version(dist: str) -> str:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
         return "not installed"
+
+
+# Distributions that install the same import package, so one overwrites the other's files; what
+# to run instead (keep the first for an NVIDIA GPU / a desktop, the second otherwise).
+_CLASHES = (
+    ("onnxruntime", "onnxruntime-gpu",
+     "pip uninstall -y onnxruntime onnxruntime-gpu, then pip install onnxruntime-gpu (GPU) or onnxruntime (CPU)"),
+    ("opencv-python", "opencv-python-headless",
+     "pip uninstall -y opencv-python opencv-python-headless, then pip install opencv-python (what insightface asks for)"),
+)
+
+
+def clash_lines(installed: Callable[[str], bool]) -> list[str]:
+    """One line per pair of clashing distributions that are both installed."""
+    return [f"CONFLICT: {a} and {b} are both installed and overwrite each other's files; fix: {fix}"
+            for a, b, fix in _CLASHES if installed(a) and installed(b)]
+
+
+def _installed(dist: str) -> bool:
+    return _version(dist) != "not installed"
+
+
+def _backend_lines() -> list[str]:
+    """Each registered backend's state here, and what ``--backend auto`` would pick."""
+    from .backends import BACKENDS, choose_auto
+
+    lines = ["backends:"]
+    for info in BACKENDS.values():
+        missing = info.missing_packages()
+        if missing:
+            lines.append(f"  {info.name:12s} not installed ({', '.join(missing)}): {info.install_advice()}")
+            continue
+        devices = info.usable_devices()
+        runs = "; ".join(f"{kind} {'/'.join(info.precisions_here(kind))}" for kind in devices) or "no usable device"
+        extras = f" [{', '.join(sorted(info.capabilities))}]" if info.capabilities else ""
+        lines.append(f"  {info.name:12s} {runs}{extras}")
+    try:
+        lines.append(f"auto picks: {choose_auto().explain()}")
+    except DynamicIDError as exc:
+        lines.append(f"auto picks: nothing ({exc})")
+    return lines
 
 
 def doctor_report(models: Path | None) -> tuple[str, bool]:
@@ -118,15 +170,25 @@ def doctor_report(models: Path | None) -> tuple[str, bool]:
             lines.append(f"GPU: {torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})")
         else:
             lines.append("GPU: none visible to torch (CPU only)")
-    ok = True
+    lines += _backend_lines()
+    clashes = clash_lines(_installed)
+    lines += clashes
+    ok = not clashes
     if models is None:
         lines.append("model folder: none given (--models or $DYNAMICID_MODELS); `dynamicid-rt demo` uses a tiny test bundle")
     else:
         try:
-            problems = ModelPaths.from_folder(models).problems()
+            folder = ModelPaths.from_folder(models)
+            problems = folder.problems() + weight_problems(folder)
         except DynamicIDError as exc:
             problems = [str(exc)]
         lines.append(f"model folder {models}: " + ("complete" if not problems else "INCOMPLETE"))
         lines += [f"  - {p}" for p in problems]
-        ok = not problems
+        ok = ok and not problems
+        face_note = None if problems else ModelPaths.from_folder(models).face_analysis_problem()
+        if face_note:
+            lines.append(f"  note: {face_note}")
+    from .engines.report import tensorrt_report  # imports TensorRT only when it is installed
+
+    lines += tensorrt_report(models)
     return "\n".join(lines), ok

@@ -11,18 +11,25 @@ import secrets
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
-from .backends import create_backend
+from .backends import create_backend, supports
 from .backends.base import Backend
-from .contract import VAE_SCALE
+from .best_of import generate_best_of
 from .errors import Cancelled, NumericalError, RequestError
+from .faces import load_photo
+from .fingerprint import identity_model_fingerprint
+from .guided_unet import GuidedUNet
 from .identity import Identity, IdentityEncoder, stack_identity_tokens
-from .paths import ModelPaths
-from .request import ProgressInfo, Request, Result
-from .samplers import SAMPLERS, SchedulerConfig, sample, sampler_for_scheduler_class, timesteps
+from .identity_cache import check_same_model, load_saved
+from .identity_check import IdentityMatch, match_identities, reference_embeddings
+from .model_hash import describe_model
+from .paths import ModelPaths, vae_scaling_factor
+from .request import Box, ModelInfo, Person, ProgressInfo, Request, Result, default_boxes
+from .noise import image_seeds, initial_noise, step_noise_source
+from .samplers import SchedulerConfig, canonical_sampler, sample, sampler_for_scheduler_class, timesteps
 
 log = logging.getLogger(__name__)
 
@@ -35,22 +42,10 @@ def _user_cache_dir() -> Path:
     return Path(user_cache_dir("dynamicid-rt"))
 
 
-def _fingerprint(paths: ModelPaths) -> str:
-    """Cheap identity of the weights an identity depends on (path, size, mtime)."""
-    parts = []
-    for p in (paths.saa, paths.projector, paths.imr, paths.keypoint_encoder, paths.image_encoder, paths.insightface):
-        if p is None or not p.exists():
-            continue
-        files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
-        parts += [f"{q.resolve()}:{q.stat().st_size}:{q.stat().st_mtime_ns}" for q in files]
-    return "|".join(parts)
-
-
 class Pipeline:
     """Load once, encode identities, generate images. See README for examples."""
 
     def __init__(self, paths: ModelPaths, backend: Backend, cache_dir: Path | None, is_tiny: bool = False) -> None:
-        from .faces import FaceAnalyzer
         from .text import PromptEncoder
 
         self.paths = paths
@@ -59,30 +54,35 @@ class Pipeline:
         self.dims = backend.dims
         tokenizer_dir = paths.tokenizer or paths.base / "tokenizer"
         self.prompts = PromptEncoder(tokenizer_dir, backend)
-        self.analyzer = FaceAnalyzer(paths.insightface)
         self.identities = IdentityEncoder(
             backend,
-            self.analyzer,
+            lambda: _face_analyzer(paths),  # built on the first photo: tokens and embeddings need no insightface
             self.prompts,
             cache_dir=cache_dir / "identities" if cache_dir is not None else None,
-            model_fingerprint=_fingerprint(paths),
+            model_fingerprint=identity_model_fingerprint(paths),
         )
         self.scheduler_config, self.default_sampler = self._read_scheduler()
+        self.vae_scale = vae_scaling_factor(paths)  # latents are divided by it before the VAE decoder
+        self._hash_cache = cache_dir / "hashes" if cache_dir is not None else None
+        self._model_info: ModelInfo | None = None
 
     @classmethod
     def load(
         cls,
         models: str | Path | ModelPaths | None = None,
-        backend: str = "torch",
+        backend: str = "auto",
         device: str | None = None,
         precision: str | None = None,
         *,
         engine_dir: str | Path | None = None,
+        trt_provider: bool = False,
+        cuda_graphs: bool = False,
         cache_dir: str | Path | None = None,
         **overrides: str | Path | None,
     ) -> "Pipeline":
         """Open a model folder (SPEC §3) on a backend. ``models=None`` opens the tiny demo bundle,
-        building it on first use. Keyword overrides point single parts elsewhere (``vae=...``)."""
+        building it on first use. Keyword overrides point single parts elsewhere (``vae=...``).
+        ``backend="auto"`` picks the fastest backend installed here (see ``dynamicid_rt.backends``)."""
         is_tiny = False
         if models is None:
             from .tiny.bundle import default_tiny_dir, write_tiny_bundle
@@ -96,16 +96,24 @@ class Pipeline:
         elif isinstance(models, ModelPaths):
             paths = models
         else:
-            paths = ModelPaths.from_folder(models, **overrides)
+            paths = ModelPaths.from_folder(models)
             is_tiny = (Path(models) / "tiny_bundle.json").is_file()
+        paths = paths.with_overrides(**overrides)  # --vae etc. apply to every kind of model folder
         paths.check()
         cache = Path(cache_dir) if cache_dir is not None else _user_cache_dir()
-        engine = create_backend(backend, paths, device=device, precision=precision, engine_dir=Path(engine_dir) if engine_dir else None)
+        engine = create_backend(
+            backend, paths, device=device, precision=precision, engine_dir=Path(engine_dir) if engine_dir else None,
+            trt_provider=trt_provider, cuda_graphs=cuda_graphs,
+        )
         return cls(paths, engine, cache, is_tiny=is_tiny)
 
     @property
     def has_imr(self) -> bool:
         return self.backend.has_imr
+
+    def describe(self) -> dict[str, str]:
+        """What runs the models: backend, device and precision (plus versions), for UIs and logs."""
+        return dict(self.backend.describe())
 
     def _read_scheduler(self) -> tuple[SchedulerConfig, str]:
         config_file = self.paths.base / "scheduler" / "scheduler_config.json"
@@ -144,6 +152,58 @@ class Pipeline:
             face_crop_input=face_crop,
         )
 
+    def encode_identity_from_embedding(
+        self,
+        embedding,
+        image,
+        *,
+        face_prompt: str | None = None,
+        source_prompt: str | None = None,
+        landmarks=None,
+        target_landmarks=None,
+        name: str = "person",
+    ) -> Identity:
+        """Encode one person from an ArcFace embedding (512, as insightface's ``normed_embedding``)
+        the app computed itself, and the reference ``image`` for CLIP; runs no face analysis.
+        An expression edit needs ``landmarks`` (106 x, y in the image resized to 512x512) and a
+        ``source_prompt``."""
+        return self.identities.encode_embedding(
+            embedding,
+            image,
+            face_prompt=face_prompt,
+            source_prompt=source_prompt,
+            landmarks=landmarks,
+            target_landmarks=target_landmarks,
+            name=name,
+        )
+
+    def model_info(self) -> ModelInfo:
+        """Name and short hash of the base checkpoint (hashed once, then cached on disk)."""
+        if self._model_info is None:
+            self._model_info = describe_model(self.paths, self._hash_cache)
+        return self._model_info
+
+    def check_identities(self, image, identities: Sequence[Person], boxes: Sequence[Box] | None = None) -> list[IdentityMatch]:
+        """How recognisable each person is in ``image`` (e.g. a generated picture): the largest
+        face whose centre lies in the person's box (default: the request's default boxes), its
+        ArcFace cosine similarity to the person's reference face, and whether it looks more like
+        another person (a swap). A box without a face gives ``similarity=None``."""
+        references = reference_embeddings(identities)
+        boxes = list(boxes) if boxes is not None else default_boxes(len(identities))
+        if len(boxes) == 1 and len(identities) > 1:  # several people mixed in one box
+            boxes = boxes * len(identities)
+        if len(boxes) != len(identities):
+            raise RequestError(f"{len(boxes)} boxes for {len(identities)} identities: give one box per identity")
+        pixels = load_photo(image)
+        faces = self.detect_faces(pixels)
+        names = [person.name for person in identities]
+        return match_identities(faces, references, names, boxes, width=pixels.shape[1], height=pixels.shape[0])
+
+    def load_identity(self, path: str | Path, allow_other_model: bool = False) -> Identity:
+        """An identity saved with ``Identity.save``; one encoded with another model is refused
+        (RequestError) unless ``allow_other_model``, which uses it with a warning."""
+        return load_saved(path, self.dims.context_dim, self.identities.model_fingerprint, allow_other_model)
+
     # -- generation --------------------------------------------------------------------------
 
     def generate(
@@ -152,14 +212,33 @@ class Pipeline:
         progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
     ) -> Result:
+        """Generate ``request``; with ``best_of`` > 1, that many seeds ranked best first, and with
+        ``check_identities`` each person's likeness in ``Result.identity_scores``."""
+        request.validate()
+        check_same_model(request.identities, self.identities.model_fingerprint)
+        if not (request.check_identities or request.best_of > 1):
+            return self._generate_once(request, progress, cancel)
+        reference_embeddings(request.identities)  # fail before the long work when one is missing
+        if request.best_of > 1:
+            return generate_best_of(self._generate_once, self.check_identities, request, progress, cancel)
+        result = self._generate_once(request, progress, cancel)
+        boxes = request.resolved_boxes()
+        result.identity_scores = [self.check_identities(image, request.identities, boxes) for image in result.images]
+        return result
+
+    def _generate_once(
+        self,
+        request: Request,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Result:
         request.validate()
         t_start = time.perf_counter()
         timings: dict[str, float] = {}
-        sampler = self.default_sampler if request.sampler == "default" else request.sampler
-        if sampler not in SAMPLERS:
-            raise RequestError(f"sampler {request.sampler!r}: choose one of default, {', '.join(SAMPLERS)}")
+        named = canonical_sampler(request.sampler)  # accepts diffusers/ComfyUI/A1111 spellings
+        sampler = self.default_sampler if named == "default" else named
         seed = request.seed if request.seed is not None else secrets.randbelow(2**32)
-        seeds = [(seed + i) % 2**32 for i in range(request.batch)]
+        seeds = image_seeds(seed, request.batch)
         gating = request.gating_on()
         resolved = request.with_updates(seed=seed, sampler=sampler, gating="on" if gating else "off")
 
@@ -168,7 +247,7 @@ class Pipeline:
             noise = np.asarray(request.initial_latents, np.float32)
         else:
             # Host-side noise: the same seed gives the same image start on every backend and device.
-            noise = np.stack([np.random.default_rng(s).standard_normal((4, lh, lw)) for s in seeds]).astype(np.float32)
+            noise = initial_noise(seeds, (4, lh, lw))
 
         t = time.perf_counter()
         states, _ = self.prompts.encode([request.negative_prompt, request.prompt])
@@ -176,41 +255,17 @@ class Pipeline:
         timings["text"] = time.perf_counter() - t
 
         id_inputs = self._id_inputs(request, gating)
-        use_cfg = request.guidance > 1.0
-        rows = 2 * batch if use_cfg else batch
-        if use_cfg:
-            context = np.repeat(states, batch, axis=0)  # [negative]*B + [prompt]*B
-            id_tokens = np.concatenate([np.repeat(id_inputs["uncond"][None], batch, 0), np.repeat(id_inputs["cond"][None], batch, 0)])
-        else:
-            context = np.repeat(states[1:], batch, axis=0)
-            id_tokens = np.repeat(id_inputs["cond"][None], batch, 0)
         controls = {
             "id_boxes": id_inputs["boxes"],
-            "id_scale": np.array([id_inputs["scale"]], np.float32),
+            "id_scale": id_inputs["scale"],
             "id_gating": np.array([1.0 if gating else 0.0], np.float32),
             "id_mix": np.array([request.mix], np.float32),
         }
-        unet = self.backend.bind(
-            "unet",
-            {"encoder_hidden_states": context.astype(np.float32), "id_tokens": id_tokens.astype(np.float32), **controls},
+        # CFG over batch chunks that fit the UNet profile, each chunk size bound once for all steps.
+        denoise = GuidedUNet(
+            self.backend, states, id_inputs["cond"], id_inputs["uncond"], controls, batch, request.guidance,
+            boost=lambda step: request.boost if step < request.boost_steps else 0.0,
         )
-
-        def denoise(x: np.ndarray, timestep, step: int) -> np.ndarray:
-            boost = request.boost if step < request.boost_steps else 0.0
-            model_in = np.concatenate([x, x]) if use_cfg else x
-            out = unet(
-                {
-                    "sample": model_in.astype(np.float32),
-                    "timestep": np.full((rows,), timestep, np.float32),
-                    "id_boost": np.array([boost], np.float32),
-                }
-            )["noise_pred"]
-            if not np.all(np.isfinite(out)):
-                raise NumericalError(f"the UNet produced NaN/inf at step {step + 1}; try fp32 precision or fewer steps")
-            if not use_cfg:
-                return out
-            uncond, cond = out[:batch], out[batch:]
-            return uncond + request.guidance * (cond - uncond)
 
         t_sample = time.perf_counter()
 
@@ -222,11 +277,12 @@ class Pipeline:
 
         if cancel is not None and cancel.is_set():
             raise Cancelled("cancelled before the first step")
-        latents = sample(sampler, denoise, noise, self.scheduler_config, request.steps, rng=np.random.default_rng(seed), callback=on_step)
+        latents = sample(sampler, denoise, noise, self.scheduler_config, request.steps,
+                         noise_source=step_noise_source(seeds), callback=on_step)
         timings["denoise"] = time.perf_counter() - t_sample
 
         maps = None
-        if request.activation_maps and request.identities and hasattr(self.backend, "activation_maps"):
+        if request.activation_maps and request.identities and supports(self.backend, "activation_maps"):
             # One extra conditional UNet call on the final latent, at the last timestep.
             last_t = float(timesteps(sampler, self.scheduler_config, request.steps)[-1])
             cond = {
@@ -252,26 +308,36 @@ class Pipeline:
             timings=timings,
             backend=self.backend.name,
             activation_maps=maps,
+            latents=latents.astype(np.float32),
+            model=self.model_info(),
         )
 
     def _id_inputs(self, request: Request, gating: bool) -> dict:
         uncond = self.identities.unconditional_tokens()
         if not request.identities:
-            # No people: plain SD1.5 (with the SAA LoRA) — ID branch present but scaled to zero.
-            return {"cond": uncond, "uncond": uncond, "boxes": np.array([[0, 0, 1, 1]], np.float32), "scale": 0.0}
+            # No people: plain SD1.5 (with the SAA LoRA); SPEC §4: N = 1 with the unconditional tokens
+            # and id_scale 0, so the ID branch is present but adds nothing.
+            return {"cond": uncond, "uncond": uncond, "boxes": np.array([[0, 0, 1, 1]], np.float32), "scale": np.zeros(1, np.float32)}
         n = len(request.identities)
         return {
             "cond": stack_identity_tokens(request.identities, self.dims.context_dim),
             "uncond": np.tile(uncond, (n, 1)),
             "boxes": np.asarray(request.resolved_boxes(), np.float32).reshape(-1, 4),
-            "scale": float(request.id_scale),
+            "scale": np.asarray(request.id_scales(), np.float32),  # (N,): one strength per person
         }
 
     def _decode(self, latent: np.ndarray):
         from PIL import Image
 
-        image = self.backend.run("vae_decoder", {"latent": (latent / VAE_SCALE).astype(np.float32)})["image"][0]
-        _check("VAE decoder", image)
+        inputs = {"latent": (latent / self.vae_scale).astype(np.float32)}
+        try:
+            image = self.backend.run("vae_decoder", inputs)["image"][0]
+            _check("VAE decoder", image)
+        except NumericalError as exc:
+            # Reduced-precision VAEs can overflow on some latents: one fp32 retry beats losing every step.
+            log.warning("%s; decoding this image again in fp32", exc)
+            image = self.backend.run_fp32("vae_decoder", inputs)["image"][0]
+            _check("VAE decoder (fp32 retry)", image)
         pixels = ((image.transpose(1, 2, 0) + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)
         return Image.fromarray(pixels)
 
@@ -283,6 +349,12 @@ class Pipeline:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _face_analyzer(paths: ModelPaths):
+    from .faces import FaceAnalyzer
+
+    return FaceAnalyzer(paths.insightface)
 
 
 def _check(stage: str, array: np.ndarray) -> None:

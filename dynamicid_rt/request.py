@@ -3,16 +3,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Literal, Sequence
+from typing import TYPE_CHECKING, Literal, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 from .errors import RequestError
+from .samplers import canonical_sampler
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from .identity import Identity
+    from .identity_check import IdentityMatch
 
 Box = tuple[float, float, float, float]  # (y0, x0, y1, x1) in [0, 1] of the image
 MAX_IDENTITIES = 4
@@ -24,33 +25,53 @@ def default_boxes(count: int) -> list[Box]:
     return [(0.0, i / count, 1.0, (i + 1) / count) for i in range(count)]
 
 
+@runtime_checkable
+class Person(Protocol):
+    """What a request needs of each person; :class:`dynamicid_rt.Identity` is one.
+
+    Declared here so that requests (layer 1) do not depend on identity encoding (layer 5).
+    """
+
+    tokens: np.ndarray  # (4, C) float32 ID tokens, as the UNet takes them
+    name: str
+    face_prompt: str | None  # the expression/pose edit the tokens carry, for the PNG parameters
+
+
 @dataclass
 class Request:
     """Everything one generation needs. Defaults are the release's (SPEC §1.5)."""
 
     prompt: str
-    identities: Sequence["Identity"] = ()
+    identities: Sequence[Person] = ()
     negative_prompt: str = ""
     boxes: Sequence[Box] | None = None  # one per identity; a single box with several identities mixes them
     width: int = 512
     height: int = 512
     steps: int = 50
     guidance: float = 5.0
-    sampler: str = "default"  # "default": the base model's scheduler (PNDM for SD1.5)
+    sampler: str = "default"  # "default": the base model's scheduler (PNDM for SD1.5); aliases: samplers.canonical_sampler
     seed: int | None = None  # None: a random seed, reported in the result
     batch: int = 1
-    id_scale: float = 1.0
+    id_scale: float | Sequence[float] = 1.0  # identity strength: one for everyone, or one per identity
     gating: Literal["auto", "on", "off"] | bool = "auto"  # auto: on for two or more identities
     boost: float = 4.0
     boost_steps: int = 3
     mix: float = 0.5  # share of the first identity when several share one box
     initial_latents: np.ndarray | None = None  # unit-Gaussian (batch, 4, height/8, width/8)
     activation_maps: bool = False  # also return each person's SAA activation map (backends that can)
+    check_identities: bool = False  # measure each person's likeness in every result (Result.identity_scores)
+    best_of: int = 1  # generate this many seeds and return them best first (implies check_identities)
 
     def resolved_boxes(self) -> list[Box]:
         if self.boxes is None:
             return default_boxes(len(self.identities)) if self.identities else []
         return [tuple(float(v) for v in b) for b in self.boxes]  # type: ignore[misc]
+
+    def id_scales(self) -> list[float]:
+        """Each identity's strength (SPEC §1.5 σ): a single number applies to everyone."""
+        if _is_number(self.id_scale):
+            return [float(self.id_scale)] * len(self.identities)
+        return [float(v) for v in self.id_scale]
 
     def gating_on(self) -> bool:
         if isinstance(self.gating, bool):
@@ -59,8 +80,12 @@ class Request:
             return len(self.identities) >= 2
         return self.gating == "on"
 
-    def validate(self) -> None:
-        """Raise RequestError naming the first inconsistent field and how to fix it."""
+    def validate(self, people: int | None = None) -> None:
+        """Raise RequestError naming the first inconsistent field and how to fix it. ``people``:
+        check the settings for that many identities before their faces are encoded."""
+        if people is not None:
+            return replace(self, identities=[_PendingPerson()] * people).validate()
+        self._validate_types()
         lo, hi = SIZE_RANGE
         for name in ("width", "height"):
             v = getattr(self, name)
@@ -70,10 +95,14 @@ class Request:
             raise RequestError(f"steps={self.steps!r}: must be an integer from 1 to 1000")
         if not isinstance(self.batch, (int, np.integer)) or not 1 <= self.batch <= 16:
             raise RequestError(f"batch={self.batch!r}: must be an integer from 1 to 16")
-        for name in ("guidance", "id_scale", "boost", "mix"):
+        if not isinstance(self.sampler, str):
+            raise RequestError(f"sampler={self.sampler!r}: must be a sampler name such as 'default' or 'euler_a'")
+        canonical_sampler(self.sampler)  # raises for unknown names, listing the choices
+        for name in ("guidance", "boost", "mix"):
             v = getattr(self, name)
             if not isinstance(v, (int, float, np.floating)) or not math.isfinite(v):
                 raise RequestError(f"{name}={v!r}: must be a finite number")
+        self._validate_id_scale()
         if self.boost < 0 or self.boost_steps < 0:
             raise RequestError("boost and boost_steps must be >= 0")
         if not 0.0 <= self.mix <= 1.0:
@@ -110,9 +139,68 @@ class Request:
                 raise RequestError(f"initial_latents has shape {lat.shape}; expected {shape} for this size and batch")
             if not np.all(np.isfinite(lat)):
                 raise RequestError("initial_latents holds NaN or infinite values")
+        self._validate_best_of()
+
+    def _validate_types(self) -> None:
+        """Wrong types (None, a float step count) get a RequestError, never a TypeError deep inside."""
+        for name in ("prompt", "negative_prompt"):
+            if not isinstance(getattr(self, name), str):
+                raise RequestError(f"{name}={getattr(self, name)!r}: must be text (use \"\" for none)")
+        if self.identities is None or isinstance(self.identities, (str, bytes)) or not isinstance(self.identities, Sequence):
+            raise RequestError(f"identities={self.identities!r}: must be a list of identities from Pipeline.encode_identity (or [])")
+        for i, person in enumerate(self.identities):
+            if not isinstance(person, Person):
+                raise RequestError(f"identities[{i}] is a {type(person).__name__}: pass identities from Pipeline.encode_identity")
+        for name in ("width", "height", "steps", "batch", "boost_steps"):
+            v = getattr(self, name)
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+                raise RequestError(f"{name}={v!r}: must be a whole number (an int, not {type(v).__name__})")
+        if self.boxes is not None and (isinstance(self.boxes, (str, bytes)) or not isinstance(self.boxes, Sequence)):
+            raise RequestError(f"boxes={self.boxes!r}: must be a list of (y0, x0, y1, x1) boxes, or None for the default layout")
+        if isinstance(self.seed, (bool, np.bool_)):
+            raise RequestError(f"seed={self.seed!r}: must be an integer in [0, 2**32) or None")
+
+    def _validate_best_of(self) -> None:
+        if not isinstance(self.best_of, (int, np.integer)) or isinstance(self.best_of, bool) or not 1 <= self.best_of <= 64:
+            raise RequestError(f"best_of={self.best_of!r}: must be an integer from 1 to 64")
+        if self.best_of > 1 and not self.identities:
+            raise RequestError("best_of ranks results by each person's likeness: add at least one face, or set best_of=1")
+        if self.best_of > 1 and (self.batch != 1 or self.initial_latents is not None):
+            raise RequestError("best_of draws one image per seed: use batch=1 and no initial_latents with it")
+
+    def _validate_id_scale(self) -> None:
+        scales = self.id_scale
+        if _is_number(scales):
+            values = [scales]
+        elif (isinstance(scales, Sequence) and not isinstance(scales, (str, bytes))) or np.ndim(scales) == 1:
+            values = list(scales)
+        else:
+            raise RequestError(f"id_scale={scales!r}: give a number, or a list with one number per identity")
+        for v in values:
+            if not _is_number(v) or not math.isfinite(v) or v < 0:
+                raise RequestError(f"id_scale={scales!r}: every value must be a finite number >= 0 (1.0 is the release's strength)")
+        n = len(self.identities)
+        if not _is_number(scales) and len(values) != n:
+            raise RequestError(
+                f"id_scale has {len(values)} value(s) for {n} identities: give one number for everyone or one per identity"
+            )
 
     def with_updates(self, **changes) -> "Request":
         return replace(self, **changes)
+
+
+def _is_number(value: object) -> bool:
+    """A real number, not a bool (True would silently mean 1.0)."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+@dataclass(frozen=True)
+class _PendingPerson:
+    """Stands for a person whose face is not encoded yet (``Request.validate(people=N)``)."""
+
+    tokens: np.ndarray = field(default_factory=lambda: np.zeros((4, 0), np.float32))
+    name: str = ""
+    face_prompt: str | None = None
 
 
 @dataclass
@@ -123,6 +211,15 @@ class ProgressInfo:
     total: int
     latent: np.ndarray  # current latent (batch, 4, h, w), not yet divided by the VAE scale
     elapsed: float  # seconds since the sampler started
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The base model as AUTOMATIC1111 names it in image parameters."""
+
+    name: str  # the checkpoint's file stem, or the diffusers folder's name
+    hash: str = ""  # first 10 hex digits of the checkpoint's SHA-256 ("" when unknown)
+    vae: str = ""  # a separate VAE's file or folder name ("" for the base's own)
 
 
 @dataclass
@@ -137,9 +234,9 @@ class Result:
     # Per image (N, h/8, w/8) in [0, 1]: where each person's identity tokens act (None: not asked
     # for, or the backend cannot provide them).
     activation_maps: list[np.ndarray] | None = None
-
-    def parameters(self, index: int = 0) -> str:
-        """The image's settings as AUTOMATIC1111 writes them in a PNG 'parameters' chunk."""
-        from .pngmeta import format_parameters
-
-        return format_parameters(self, index)
+    # Per image, each person's likeness (Request.check_identities or best_of; None: not asked for).
+    identity_scores: list[list["IdentityMatch"]] | None = None
+    # The final latents (batch, 4, height/8, width/8) float32, before the division by the VAE
+    # scale: for img2img chains and checks.
+    latents: np.ndarray | None = None
+    model: ModelInfo | None = None  # what made the images, for the PNG parameters

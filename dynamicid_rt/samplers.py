@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -38,6 +38,30 @@ NoiseSource = Callable[[tuple[int, ...]], np.ndarray]
 
 SAMPLERS: tuple[str, ...] = ("ddim", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "pndm")
 
+# Other tools' names for our samplers, as :func:`canonical_sampler` normalises them (lower case,
+# "++" -> "pp", spaces and dashes -> "_"); names already equal to ours need no entry.
+SAMPLER_ALIASES: dict[str, str] = {
+    "euler_ancestral": "euler_a",  # ComfyUI, k-diffusion
+    "k_euler_a": "euler_a",  # A1111 aliases, InvokeAI
+    "k_euler_ancestral": "euler_a",
+    "k_euler": "euler",
+    "k_dpmpp_2m": "dpmpp_2m",
+    "dpmpp_2m_k": "dpmpp_2m_karras",  # InvokeAI
+    "k_dpmpp_2m_ka": "dpmpp_2m_karras",  # A1111 < 1.9
+    "k_dpmpp_2m_karras": "dpmpp_2m_karras",
+    "plms": "pndm",  # A1111 "PLMS"
+    "k_plms": "pndm",
+    "ddimscheduler": "ddim",  # diffusers scheduler classes
+    "pndmscheduler": "pndm",
+    "eulerdiscretescheduler": "euler",
+    "eulerancestraldiscretescheduler": "euler_a",
+    "dpmsolvermultistepscheduler": "dpmpp_2m",
+}
+# Schedules (ComfyUI "scheduler", A1111 >= 1.9 "Schedule type") that leave a sampler as it is;
+# A1111's "Automatic" is each sampler's own default there, Karras for DPM++ 2M.
+_PLAIN_SCHEDULES = ("", "normal", "default")
+_A1111_AUTOMATIC = {"dpmpp_2m": "dpmpp_2m_karras"}
+
 _SPACINGS = ("leading", "trailing", "linspace")
 _BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 _SOLVER_TYPES = ("midpoint", "heun")
@@ -54,8 +78,16 @@ _REQUIRED_VALUES: dict[str, tuple[Any, ...]] = {
     "variance_type": (None,),
     "lambda_min_clipped": (-math.inf,),
 }
-# diffusers classes whose timestep_spacing defaults to "linspace" (DDIM and PNDM: "leading").
-_LINSPACE_BY_DEFAULT = ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "DPMSolverMultistepScheduler")
+# Each sampler's diffusers class default timestep_spacing, used when the config does not name one:
+# diffusers' from_config drops keys that were only the loaded class's defaults.
+_DEFAULT_SPACING = {
+    "ddim": "leading",  # DDIMScheduler
+    "pndm": "leading",  # PNDMScheduler
+    "euler": "linspace",  # EulerDiscreteScheduler
+    "euler_a": "linspace",  # EulerAncestralDiscreteScheduler
+    "dpmpp_2m": "linspace",  # DPMSolverMultistepScheduler
+    "dpmpp_2m_karras": "linspace",
+}
 _SCHEDULER_CLASSES = {
     "PNDMScheduler": "pndm",
     "DDIMScheduler": "ddim",
@@ -68,8 +100,10 @@ _SCHEDULER_CLASSES = {
 class SchedulerConfig:
     """The noise schedule and timestep spacing of a diffusers SD1.5 scheduler config.
 
-    Defaults are SD1.5's ``scheduler/scheduler_config.json`` (spacing "leading", as diffusers' SD
-    pipelines keep it when another scheduler is built from that config). The sampler name, not the
+    Defaults are SD1.5's ``scheduler/scheduler_config.json``. That file names no
+    ``timestep_spacing`` (None here), so each sampler takes its own diffusers class's default, as
+    ``EulerDiscreteScheduler.from_config(pipe.scheduler.config)`` does: "linspace" for Euler, Euler a
+    and DPM-Solver, "leading" for DDIM and PNDM (see :func:`for_sampler`). The sampler name, not the
     config, decides the algorithm; keys that only select an algorithm variant SD1.5 pipelines do not
     use (``clip_sample``, ``algorithm_type``, ``solver_order``...) are ignored by :meth:`from_dict`.
     """
@@ -81,7 +115,7 @@ class SchedulerConfig:
     trained_betas: tuple[float, ...] | None = None
     steps_offset: int = 1
     set_alpha_to_one: bool = False
-    timestep_spacing: str = "leading"
+    timestep_spacing: str | None = None  # None: not named in the config, each sampler's class default
     prediction_type: str = "epsilon"
     skip_prk_steps: bool = True
     solver_type: str = "midpoint"  # DPM-Solver++ second-order variant ("midpoint" or "heun")
@@ -96,7 +130,7 @@ class SchedulerConfig:
             raise RequestError(
                 f"beta_schedule {self.beta_schedule!r} is not supported; use one of {', '.join(_BETA_SCHEDULES)}"
             )
-        if self.timestep_spacing not in _SPACINGS:
+        if self.timestep_spacing is not None and self.timestep_spacing not in _SPACINGS:
             raise RequestError(
                 f"timestep_spacing {self.timestep_spacing!r} is not supported; use one of {', '.join(_SPACINGS)}"
             )
@@ -127,9 +161,6 @@ class SchedulerConfig:
                 )
         names = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in d.items() if k in names}
-        if "timestep_spacing" not in d and d.get("_class_name") in _LINSPACE_BY_DEFAULT:
-            # Older configs of these classes omit the key; diffusers then spaces them "linspace".
-            kwargs["timestep_spacing"] = "linspace"
         if kwargs.get("trained_betas") is not None:
             kwargs["trained_betas"] = tuple(float(b) for b in kwargs["trained_betas"])
         return cls(**kwargs)
@@ -147,6 +178,43 @@ class SchedulerConfig:
         if not isinstance(d, dict):
             raise ModelFolderError(f"scheduler config {path} must hold a JSON object")
         return cls.from_dict(d)
+
+
+def _normalise_name(name: str) -> str:
+    return "_".join(name.strip().lower().replace("++", "pp").replace("-", " ").replace("_", " ").split())
+
+
+def canonical_sampler(name: str, schedule: str | None = None) -> str:
+    """Our name (one of :data:`SAMPLERS`, or "default") for a sampler spelt as diffusers, ComfyUI,
+    k-diffusion or AUTOMATIC1111 spell it: "euler_ancestral", "Euler a", "DPM++ 2M Karras"...
+
+    ``schedule`` is ComfyUI's scheduler or A1111's "Schedule type": "karras" turns dpmpp_2m into
+    dpmpp_2m_karras, as does "automatic" (A1111's default schedule for DPM++ 2M); "normal" (or none)
+    leaves the sampler as it is.
+    """
+    key = _normalise_name(name)
+    sampler = key if key in SAMPLERS or key == "default" else SAMPLER_ALIASES.get(key)
+    if sampler is None:
+        raise RequestError(
+            f"unknown sampler {name!r}; choose one of default, {', '.join(SAMPLERS)} (diffusers, ComfyUI and "
+            "A1111 names such as euler_ancestral or 'DPM++ 2M Karras' work too)"
+        )
+    kind = _normalise_name(schedule or "")
+    if kind in _PLAIN_SCHEDULES:
+        return sampler
+    if kind == "automatic":
+        return _A1111_AUTOMATIC.get(sampler, sampler)
+    if kind == "karras" and sampler in ("dpmpp_2m", "dpmpp_2m_karras"):
+        return "dpmpp_2m_karras"
+    raise RequestError(f"schedule {schedule!r} is not available for sampler {name!r}; use karras with dpmpp_2m, or no schedule")
+
+
+def for_sampler(config: SchedulerConfig, name: str) -> SchedulerConfig:
+    """``config`` with the timestep spacing sampler ``name`` runs with: the config's own, or, where the
+    config names none, the default of the sampler's diffusers scheduler class."""
+    if config.timestep_spacing is not None:
+        return config
+    return replace(config, timestep_spacing=_DEFAULT_SPACING[name])
 
 
 def sampler_for_scheduler_class(class_name: str, config: Mapping[str, Any]) -> str:
@@ -266,6 +334,7 @@ def _check(name: str, steps: int, config: SchedulerConfig | None = None) -> None
 def timesteps(name: str, config: SchedulerConfig, steps: int) -> np.ndarray:
     """The timesteps passed to the model, in call order (float64; integral except Euler linspace)."""
     _check(name, steps, config)
+    config = for_sampler(config, name)
     if name == "ddim":
         return _spaced_timesteps(config, steps, round_linspace=True)
     if name in ("euler", "euler_a"):
@@ -300,6 +369,7 @@ def sample_ddim(
     denoise: Denoiser, noise: np.ndarray, config: SchedulerConfig, steps: int, callback: Callback | None = None
 ) -> np.ndarray:
     """DDIM, eta 0 (DDIMScheduler)."""
+    config = for_sampler(config, "ddim")
     ac = alphas_cumprod(config)
     final = 1.0 if config.set_alpha_to_one else ac[0]
     ts = _spaced_timesteps(config, steps, round_linspace=True)
@@ -326,6 +396,7 @@ def sample_euler(
     denoise: Denoiser, noise: np.ndarray, config: SchedulerConfig, steps: int, callback: Callback | None = None
 ) -> np.ndarray:
     """Euler (EulerDiscreteScheduler, no churn)."""
+    config = for_sampler(config, "euler")
     ts, sig = _euler_schedule(config, steps)
     x = np.asarray(noise, dtype=np.float64) * _init_sigma(config, sig.max())
     for i, t in enumerate(ts):
@@ -344,6 +415,7 @@ def sample_euler_ancestral(
     callback: Callback | None = None,
 ) -> np.ndarray:
     """Euler ancestral (EulerAncestralDiscreteScheduler); draws fresh noise at every step."""
+    config = for_sampler(config, "euler_a")
     ts, sig = _euler_schedule(config, steps)
     x = np.asarray(noise, dtype=np.float64) * _init_sigma(config, sig.max())
     for i, t in enumerate(ts):
@@ -367,6 +439,7 @@ def sample_dpmpp_2m(
     callback: Callback | None = None,
 ) -> np.ndarray:
     """DPM-Solver++(2M) (DPMSolverMultistepScheduler, order 2, final σ 0, optional Karras σ)."""
+    config = for_sampler(config, "dpmpp_2m")
     ts, sig = _dpm_schedule(config, steps, karras)
     # Work on VP samples x = α(x0 + σ·eps) with α = 1/sqrt(σ²+1); λ = -log σ.
     x = np.asarray(noise, dtype=np.float64)
@@ -398,6 +471,7 @@ def sample_pndm(
     denoise: Denoiser, noise: np.ndarray, config: SchedulerConfig, steps: int, callback: Callback | None = None
 ) -> np.ndarray:
     """PLMS (PNDMScheduler with skip_prk_steps): steps+1 model calls."""
+    config = for_sampler(config, "pndm")
     ac = alphas_cumprod(config)
     final = 1.0 if config.set_alpha_to_one else ac[0]
     stride = config.num_train_timesteps // steps
@@ -448,7 +522,8 @@ def sample(
     """Run sampler ``name`` from unit Gaussian ``noise`` (B,4,h,w); returns the final latent, float32.
 
     The sampler scales ``noise`` by the scheduler's initial σ itself. Euler a draws its ancestral
-    noise from ``noise_source(shape)`` when given (e.g. to replay another implementation's noise),
+    noise from ``noise_source(shape)`` when given (the pipeline passes one stream per image,
+    :func:`dynamicid_rt.noise.step_noise_source`; tests replay another implementation's noise),
     else from ``rng.standard_normal`` (a fresh unseeded generator when ``rng`` is None).
     ``callback(step, total, latent)`` runs after every model call, ``total`` being
     :func:`num_model_calls`; an exception raised from it stops sampling and propagates.

@@ -1,43 +1,26 @@
 """Prompt encoding: CLIP tokenizer + the text_encoder engine (sequence states and pooled output)."""
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from .errors import ModelFolderError
+from .clip_tokenizer import ClipTokenizer
 
 if TYPE_CHECKING:
     from .backends.base import Backend
 
-log = logging.getLogger(__name__)
-
 
 class PromptEncoder:
     def __init__(self, tokenizer_dir: Path, backend: "Backend") -> None:
-        from transformers import CLIPTokenizer
-
-        if not (tokenizer_dir / "vocab.json").is_file():
-            raise ModelFolderError(f"tokenizer folder {tokenizer_dir} lacks vocab.json/merges.txt (an SD1.5 CLIP tokenizer)")
-        self.tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir))
         self.backend = backend
         self.max_length = backend.dims.text_len
+        self.tokenizer = ClipTokenizer(tokenizer_dir, self.max_length)
 
     def tokenize(self, prompts: Sequence[str]) -> np.ndarray:
         """(len(prompts), 77) int64 ids; prompts over 77 tokens are truncated with a warning."""
-        full = self.tokenizer(list(prompts), truncation=False, add_special_tokens=True)["input_ids"]
-        for prompt, ids in zip(prompts, full):
-            if len(ids) > self.max_length:
-                log.warning(
-                    "prompt is %d tokens long; CLIP reads %d, so it was truncated after: %r",
-                    len(ids), self.max_length, self.tokenizer.decode(ids[1 : self.max_length - 1]),
-                )
-        out = self.tokenizer(
-            list(prompts), padding="max_length", max_length=self.max_length, truncation=True, return_tensors="np"
-        )
-        return out["input_ids"].astype(np.int64)
+        return self.tokenizer(prompts)
 
     def encode(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(sequence states (B,77,C), pooled (B,C))."""

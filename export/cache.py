@@ -1,9 +1,10 @@
 """The engine cache: one folder per (engine, precision) holding the ONNX graph and a manifest.
 
-An entry is valid when its manifest matches what would be built now (source weight fingerprint,
-exporter, opset, torch/onnx versions, precision, the contract's names and shape ranges) and every
-file it lists has the recorded size and SHA-256. Entries are written in a temporary folder, the
-manifest last, then renamed into place, so an interrupted build never leaves a valid-looking entry.
+An entry is valid when its manifest matches what would be built now (engine contract version of
+SPEC §4, source weight fingerprint, exporter, opset, torch/onnx versions, precision, the contract's
+names and shape ranges) and every file it lists has the recorded size and SHA-256. Entries are
+written in a temporary folder, the manifest last, then renamed into place, so an interrupted build
+never leaves a valid-looking entry.
 
 This module imports neither torch nor the exporter at import time: reusing a cache needs only numpy
 and the standard library (the ONNX Runtime backend runs without torch installed).
@@ -22,9 +23,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from dynamicid_rt.contract import ENGINES, ModelDims
+from filelock import FileLock
+
+from dynamicid_rt.contract import CONTRACT_CHANGES, CONTRACT_VERSION, ENGINES, ModelDims
 from dynamicid_rt.errors import DynamicIDError, ModelFolderError
 from dynamicid_rt.paths import ModelPaths
+from dynamicid_rt.stamps import first_mismatch, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +36,12 @@ MANIFEST = "manifest.json"
 MODEL_FILE = "model.onnx"
 FORMAT_VERSION = 1
 # Bump when the export procedure changes in a way that changes the graphs.
-EXPORTER_VERSION = "dynamicid_rt.export/1"
+EXPORTER_VERSION = "dynamicid_rt.export/2"  # 2: fp32 islands in fp16 graphs, fp32 VAE in fp16 caches
 OPSET = 18
 PRECISIONS = ("fp32", "fp16")
+# Engines whose graph stays fp32 in an fp16 cache: SD1.5's VAE overflows in fp16 (and ORT's CPU
+# provider, which checks builds, computes fp16 MatMuls in fp32, so it cannot see the overflow).
+FP32_IN_FP16_CACHES = frozenset({"vae_decoder"})
 # fp32 graphs must match the PyTorch module this closely at build time (max abs error over max |ref|).
 BUILD_TOLERANCE = 1e-3
 _SAMPLE_BYTES = 8 << 20  # per sampled chunk of a large weight file
@@ -153,13 +160,20 @@ def _contract(engine: str, dims: ModelDims) -> dict[str, Any]:
     }
 
 
+def graph_precision(engine: str, precision: str) -> str:
+    """The precision of the graph an entry holds: the cache's, except for :data:`FP32_IN_FP16_CACHES`."""
+    return "fp32" if precision == "fp16" and engine in FP32_IN_FP16_CACHES else precision
+
+
 def expected_manifest(paths: ModelPaths, engine: str, precision: str) -> dict[str, Any]:
     """The manifest fields an entry must carry to be reused (``dims`` and files come from the build)."""
     return {
         "format": FORMAT_VERSION,
+        "contract_version": CONTRACT_VERSION,  # checked first: an older contract explains every other change
         "engine": engine,
         "precision": precision,
         "exporter": EXPORTER_VERSION,
+        "graph_precision": graph_precision(engine, precision),
         "opset": OPSET,
         "torch": _version("torch"),
         "onnx": _version("onnx"),
@@ -167,9 +181,7 @@ def expected_manifest(paths: ModelPaths, engine: str, precision: str) -> dict[st
     }
 
 
-def _sha256(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+_sha256 = sha256_file  # the name engines/plans.py imports
 
 
 def entry_dir(engine_dir: Path, engine: str, precision: str) -> Path:
@@ -192,6 +204,8 @@ def check_entry(folder: Path, expected: dict[str, Any], verify: bool = False) ->
         have = manifest.get(key)
         if key == "torch" and want is None:
             continue  # torch is not installed here: the graph cannot be rebuilt anyway, keep it
+        if key == "contract_version" and have != want:
+            return None, _contract_change(have or 1, want)  # v1 manifests had no version field
         if have != want:
             what = "source weights changed" if key == "source_sha256" else f"{key} changed ({have} -> {want})"
             return None, what
@@ -206,11 +220,18 @@ def check_entry(folder: Path, expected: dict[str, Any], verify: bool = False) ->
         stat = path.stat()
         if stat.st_size != info["size"]:
             return None, f"{name} has {stat.st_size} bytes, the manifest says {info['size']} (truncated or corrupt)"
-        # Hashing gigabytes on every start is slow: a file untouched since the build (same size and
-        # modification time) is trusted; any other is hashed in full.
-        if (verify or stat.st_mtime_ns != info.get("mtime_ns")) and _sha256(path) != info["sha256"]:
-            return None, f"{name} does not match its SHA-256 in the manifest (corrupt)"
+    # Content is verified by SHA-256; a file unchanged since its last verification (its stamp
+    # includes the ctime, which no tool can put back) is not hashed again.
+    bad = first_mismatch(folder, {name: info["sha256"] for name, info in files.items()}, rehash=verify)
+    if bad is not None:
+        return None, f"{bad} does not match its SHA-256 in the manifest (corrupt)"
     return manifest, ""
+
+
+def _contract_change(have: Any, want: int) -> str:
+    """Why an entry from another contract version is rebuilt, e.g. "engine contract v1 -> v2 (...)"."""
+    changes = [CONTRACT_CHANGES[v] for v in range(have + 1, want + 1) if v in CONTRACT_CHANGES] if isinstance(have, int) else []
+    return f"engine contract v{have} -> v{want}" + (f" ({'; '.join(changes)})" if changes else "")
 
 
 def find_entry(paths: ModelPaths, engine: str, precision: str, engine_dir: Path | None = None) -> CacheEntry | None:
@@ -256,24 +277,32 @@ def build_engines(
     out = []
     for i, name in enumerate(names):
         report(name, i, len(names), "checking")
-        folder = entry_dir(engine_dir, name, precision)
-        expected = expected_manifest(paths, name, precision)
-        manifest, why = (None, "--force") if force else check_entry(folder, expected, verify)
-        if manifest is not None:
-            out.append(CacheEntry(name, precision, folder, manifest, reused=True))
-            report(name, i, len(names), "reused")
-            continue
-        if folder.exists() or force:
-            log.info("rebuilding %s (%s) in %s: %s", name, precision, folder, why)
-        else:
-            log.info("building %s (%s) in %s", name, precision, folder)
-        report(name, i, len(names), "building")
-        started = time.perf_counter()
-        manifest = _build_entry(paths, name, precision, engine_dir, expected, why)
-        log.info("built %s (%s) in %.1f s", name, precision, time.perf_counter() - started)
-        out.append(CacheEntry(name, precision, folder, manifest, reused=False))
-        report(name, i, len(names), "built")
+        # One builder per entry across processes sharing the folder: the second waits, then reuses.
+        with FileLock(str(engine_dir / f".lock-{name}-{precision}")):
+            entry = _ensure_entry(paths, name, precision, engine_dir, force, verify, lambda status: report(name, i, len(names), status))
+        out.append(entry)
     return out
+
+
+def _ensure_entry(
+    paths: ModelPaths, name: str, precision: str, engine_dir: Path, force: bool, verify: bool, report: Callable[[str], None]
+) -> CacheEntry:
+    folder = entry_dir(engine_dir, name, precision)
+    expected = expected_manifest(paths, name, precision)
+    manifest, why = (None, "--force") if force else check_entry(folder, expected, verify)
+    if manifest is not None:
+        report("reused")
+        return CacheEntry(name, precision, folder, manifest, reused=True)
+    if folder.exists() or force:
+        log.info("rebuilding %s (%s) in %s: %s", name, precision, folder, why)
+    else:
+        log.info("building %s (%s) in %s", name, precision, folder)
+    report("building")
+    started = time.perf_counter()
+    manifest = _build_entry(paths, name, precision, engine_dir, expected, why)
+    log.info("built %s (%s) in %.1f s", name, precision, time.perf_counter() - started)
+    report("built")
+    return CacheEntry(name, precision, folder, manifest, reused=False)
 
 
 def _tmp_prefix(engine: str, precision: str) -> str:
@@ -344,6 +373,7 @@ def _export_into(
     """Export ``engine`` into ``tmp/model.onnx``; returns the model sizes and, for fp32, the
     measured relative error against the PyTorch module."""
     try:
+        import onnx
         import torch
 
         from dynamicid_rt.models import load_engine_module
@@ -368,7 +398,10 @@ def _export_into(
             (tmp / "fp32").mkdir()
             module = load_engine_module(paths, engine, torch.float32, "cpu")
             source = onnx_export.export_engine(module, spec, dims, tmp / "fp32" / MODEL_FILE, OPSET)
-        onnx_export.convert_fp16(source, target)
+        if graph_precision(engine, precision) == "fp32":
+            onnx_export.save_model(onnx.load(str(source), load_external_data=True), target)  # a copy
+        else:
+            onnx_export.convert_fp16(source, target)
         shutil.rmtree(tmp / "fp32", ignore_errors=True)
         onnx_export.check_finite(target, spec, dims)
         return dims, None

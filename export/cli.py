@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from dynamicid_rt.contract import ENGINES
-from dynamicid_rt.errors import ModelFolderError
+from dynamicid_rt.errors import DynamicIDError, ModelFolderError
 
 from .cache import PRECISIONS
 
@@ -24,13 +24,19 @@ def register(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParse
         help="model folder (SPEC §3 layout; default: $DYNAMICID_MODELS)",
     )
     parser.add_argument("--engine-dir", type=Path, default=None, help="engine cache folder (default: the user cache)")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="fp16 graphs are for GPUs")
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default=None,
+        help="fp16 graphs are for GPUs (default: fp32; fp16 with --backend tensorrt)",
+    )
     parser.add_argument(
         "--engines", nargs="+", choices=list(ENGINES), default=None, metavar="ENGINE",
         help=f"engines to build (default: all the model provides): {', '.join(ENGINES)}",
     )
     parser.add_argument("--force", action="store_true", help="rebuild even valid engines")
     parser.add_argument("--verify", action="store_true", help="re-hash every cached file, even untouched ones")
+    from dynamicid_rt.engines.cli import add_tensorrt_arguments  # light: imports no TensorRT
+
+    add_tensorrt_arguments(parser)
     parser.set_defaults(handler=run_build_engines)
     return parser
 
@@ -45,6 +51,12 @@ def run_build_engines(args: argparse.Namespace) -> int:
 
     if args.models is None:
         raise ModelFolderError("build-engines needs the model folder: pass --models DIR or set DYNAMICID_MODELS")
+    if args.backend == "tensorrt":
+        from dynamicid_rt.engines.cli import run_build_plans
+
+        return run_build_plans(args)
+    if args.static is not None:
+        raise DynamicIDError("--static builds TensorRT plans: add --backend tensorrt")
     paths = ModelPaths.from_folder(args.models)
     names = args.engines or default_engines(paths)
     engine_dir = args.engine_dir or default_engine_dir(paths)
@@ -56,7 +68,7 @@ def run_build_engines(args: argparse.Namespace) -> int:
                 bar.update(1)
 
         entries = build_engines(
-            paths, engine_dir, args.precision, names, progress=progress, force=args.force, verify=args.verify
+            paths, engine_dir, args.precision or "fp32", names, progress=progress, force=args.force, verify=args.verify
         )
     for entry in entries:
         tqdm.write(f"{entry.engine:<15} {'reused' if entry.reused else 'built':<7} {entry.onnx}")

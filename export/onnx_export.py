@@ -48,13 +48,6 @@ FP16_KEEP_FP32_OPS = (
 )
 
 
-def graph_output_names(spec: EngineSpec) -> list[str]:
-    """Output names inside the ONNX graph: the contract's, except that an output named like an input
-    (imr's ``id_tokens``) gets ``_out`` appended, as ONNX value names must be unique. Backends map
-    graph outputs to contract names by position."""
-    return [name + "_out" if name in spec.input_names else name for name in spec.output_names]
-
-
 def to_torch_inputs(spec: EngineSpec, arrays: Mapping[str, np.ndarray]) -> tuple[torch.Tensor, ...]:
     """Contract inputs as torch tensors, in contract order (the modules' ``forward`` order)."""
     return tuple(torch.from_numpy(np.ascontiguousarray(arrays[name])) for name in spec.input_names)
@@ -94,8 +87,8 @@ def export_engine(
             # check at other shapes; here they would only drown the log.
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                module, args, str(raw), input_names=spec.input_names, output_names=graph_output_names(spec),
-                dynamic_axes=_dynamic_axes(spec), opset_version=opset, dynamo=False, do_constant_folding=True,
+                module, args, str(raw), input_names=spec.input_names, output_names=spec.output_names,
+                dynamic_axes=spec.dynamic_axes(), opset_version=opset, dynamo=False, do_constant_folding=True,
             )
         folded = Path(raw_dir) / "folded.onnx"
         _fold_constants(raw, folded)
@@ -106,14 +99,6 @@ def export_engine(
     del model
     _infer_and_check(out_path)
     return out_path
-
-
-def _dynamic_axes(spec: EngineSpec) -> dict[str, dict[int, str]]:
-    """The contract's dynamic axes keyed by graph tensor names."""
-    axes = spec.dynamic_axes()
-    out = {name: axes[name] for name in spec.input_names if name in axes}
-    renamed = dict(zip(spec.output_names, graph_output_names(spec)))
-    return out | {renamed[name]: axes[name] for name in spec.output_names if name in axes}
 
 
 def _fold_constants(src: Path, dst: Path) -> None:
@@ -143,10 +128,10 @@ def _drop_unused_opsets(model: onnx.ModelProto) -> None:
 def _check_names(model: onnx.ModelProto, spec: EngineSpec) -> None:
     inputs = [i.name for i in model.graph.input]
     outputs = [o.name for o in model.graph.output]
-    if inputs != spec.input_names or outputs != graph_output_names(spec):
+    if inputs != spec.input_names or outputs != spec.output_names:
         raise DynamicIDError(
             f"exported {spec.name} graph has inputs {inputs} and outputs {outputs}; the contract wants "
-            f"{spec.input_names} and {graph_output_names(spec)} (an input unused by the module is dropped by the "
+            f"{spec.input_names} and {spec.output_names} (an input unused by the module is dropped by the "
             "exporter: the module must use every contract input)"
         )
 
@@ -172,9 +157,12 @@ def _infer_and_check(path: Path) -> None:
 
 def convert_fp16(src: Path, dst: Path) -> Path:
     """fp16 copy of the fp32 graph ``src`` for GPU providers: fp32 inputs and outputs, weights and
-    most ops in fp16, :data:`FP16_KEEP_FP32_OPS` in fp32. Raises NumericalError when a weight does
-    not fit fp16."""
+    most ops in fp16; :data:`FP16_KEEP_FP32_OPS` and the fp32 islands of :mod:`.fp16_islands` (control
+    arithmetic, timestep embedding, SAA gating and softmax) in fp32. Raises NumericalError when a
+    weight does not fit fp16."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    from .fp16_islands import drop_fp16_round_trips, fp32_island_nodes
 
     model = onnx.load(str(src), load_external_data=True)
     for init in model.graph.initializer:
@@ -186,9 +174,14 @@ def convert_fp16(src: Path, dst: Path) -> Path:
                 raise NumericalError(
                     f"weight {init.name} of {src} holds values outside the fp16 range; use --precision fp32"
                 )
+    island = fp32_island_nodes(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "values clamped to fp16 range" for tiny weights: expected
-        half = convert_float_to_float16(model, keep_io_types=True, op_block_list=list(FP16_KEEP_FP32_OPS))
+        half = convert_float_to_float16(
+            model, keep_io_types=True, op_block_list=list(FP16_KEEP_FP32_OPS), node_block_list=sorted(island)
+        )
+    # Blocked nodes still pass fp16 between them: keep the islands fp32 from end to end.
+    drop_fp16_round_trips(half.graph)
     # The converter appends its Cast nodes at the end and leaves some intermediate types stale:
     # restore the topological order ONNX requires and let shape inference recompute the types.
     _sort_topologically(half.graph)
@@ -236,7 +229,7 @@ def check_finite(path: Path, spec: EngineSpec, dims: ModelDims) -> bool:
         log.info("cannot check %s on the CPU (%s); the backend checks its outputs at run time", path.name, exc)
         return False
     # The smallest shapes: fp16 kernels are slow on CPUs, and overflow does not depend on size here.
-    outputs = session.run(None, spec.sample_inputs(dims, seed=1, **{a.name: a.min for a in spec.axes}))
+    outputs = session.run(spec.output_names, spec.sample_inputs(dims, seed=1, **{a.name: a.min for a in spec.axes}))
     for name, value in zip(spec.output_names, outputs):
         if not np.isfinite(value).all():
             raise NumericalError(f"{spec.name} ({path.name}) produced NaN/inf in {name!r} on sample inputs")
@@ -256,7 +249,7 @@ def compare_with_torch(
     for i, point in enumerate(shape_points):
         inputs = spec.sample_inputs(dims, seed=10 + i, **point)
         ref = run_torch(module, spec, inputs)
-        got = dict(zip(spec.output_names, session.run(None, inputs)))
+        got = dict(zip(spec.output_names, session.run(spec.output_names, inputs)))
         for name in spec.output_names:
             err = relative_error(got[name], ref[name])
             worst = max(worst, err)

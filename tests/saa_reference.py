@@ -2,8 +2,10 @@
 
 Written straight from the spec, independently of ``dynamicid_rt.models.saa``: the LoRA stays
 unmerged (x W + x downᵀ upᵀ), attention runs head by head, and the gating, boost, region masks and
-mixing are built with explicit loops over batch rows, heads, identities and boxes. The per-call
-inputs go to the processors through ``cross_attention_kwargs["ref"]``.
+mixing are built with explicit loops over batch rows, heads, identities and boxes; each person's
+identity strength σ_j (``id_scale``, one per person since contract v2) multiplies the rows of v_z that
+come from their 4 tokens. The per-call inputs go to the processors through
+``cross_attention_kwargs["ref"]``.
 """
 from __future__ import annotations
 
@@ -78,6 +80,11 @@ class ReferenceProcessor:
         s_boost = ref["boost"]
         out = torch.zeros_like(q)
         for b in range(batch):
+            # σ ⊙ v_z: row t of v_z belongs to person t // 4.
+            v_scaled = v_z[b].clone()
+            for j in range(n_ids):
+                for t in range(4 * j, 4 * j + 4):
+                    v_scaled[t] = ref["scales"][j] * v_z[b, t]
             logits = []
             for h in range(heads):
                 cols = slice(h * d, (h + 1) * d)
@@ -100,7 +107,7 @@ class ReferenceProcessor:
             for h in range(heads):
                 cols = slice(h * d, (h + 1) * d)
                 prob = softmax_rows(logits[h] * factor + mask)
-                out[b, :, cols] = ref["scale"] * a[:, None] * (prob @ v_z[b, :, cols])
+                out[b, :, cols] = a[:, None] * (prob @ v_scaled[:, cols])
         return out
 
 
@@ -119,7 +126,7 @@ def reference_unet(unet, processors, sample, timestep, context, tokens, boxes, s
         "tokens": tokens.to(unet.dtype),
         "boxes": [tuple(b) for b in boxes.tolist()],
         "latent": tuple(sample.shape[-2:]),
-        "scale": float(scale),
+        "scales": [float(v) for v in scale],  # id_scale (N,): one per person
         "boost": float(boost),
         "gating": bool(gating > 0.5),
         "mix": float(mix),

@@ -17,13 +17,14 @@ pytest.importorskip("PySide6", reason="the desktop app needs PySide6 (pip instal
 pytest.importorskip("pytestqt", reason="the desktop tests need pytest-qt")
 
 from PySide6.QtCore import QMimeData, QPointF, QSettings, Qt, QUrl  # noqa: E402
-from PySide6.QtGui import QDropEvent  # noqa: E402
+from PySide6.QtGui import QColor, QDropEvent  # noqa: E402
 
-from dynamicid_rt.desktop.app import MainWindow, overlay_activation_maps  # noqa: E402
+from dynamicid_rt.desktop.app import MainWindow  # noqa: E402
+from dynamicid_rt.desktop.views import overlay_activation_maps  # noqa: E402
 from dynamicid_rt.desktop.people import Role, Status, build_face_prompt  # noqa: E402
 from dynamicid_rt.desktop.settings import AppSettings  # noqa: E402
 from dynamicid_rt.desktop.worker import ModelSpec  # noqa: E402
-from dynamicid_rt.pngmeta import read_parameters  # noqa: E402
+from dynamicid_rt import read_parameters  # noqa: E402
 
 GUI_THREAD = threading.get_ident()  # pytest (and Qt's GUI thread) run in the main thread
 
@@ -48,6 +49,13 @@ class RecordingPipeline:
     @property
     def has_imr(self) -> bool:
         return self._pipe.has_imr
+
+    @property
+    def default_sampler(self) -> str:
+        return self._pipe.default_sampler
+
+    def describe(self) -> dict:
+        return self._pipe.describe()
 
     def encode_identity(self, *args, **kwargs):
         self.calls.append(("encode_identity", threading.get_ident()))
@@ -129,12 +137,12 @@ def _wait_people(qtbot, win, n: int) -> None:
 
 
 def _small(win, steps: int = 2) -> None:
-    win.width_spin.setValue(256)
-    win.height_spin.setValue(256)
-    win.steps_spin.setValue(steps)
-    win.random_seed_check.setChecked(False)
-    win.seed_edit.setText("11")
-    win.prompt_edit.setPlainText("two people in a park")
+    win.form.width_spin.setValue(256)
+    win.form.height_spin.setValue(256)
+    win.form.steps_spin.setValue(steps)
+    win.form.random_seed_check.setChecked(False)
+    win.form.seed_edit.setText("11")
+    win.form.prompt_edit.setPlainText("two people in a park")
 
 
 def _drag(qtbot, widget, start: QPointF, end: QPointF) -> None:
@@ -196,7 +204,7 @@ def test_people_boxes_and_expression(qtbot, window, samples):
     assert y1 == pytest.approx(1.0 - 50 / frame.height(), abs=1.5 / frame.height())
     assert x1 == pytest.approx(1.0 - 30 / frame.width(), abs=1.5 / frame.width())
     # Dragging the left edge past the right one stops at the minimum box (64 px of the 256 px output).
-    win.width_spin.setValue(256)
+    win.form.width_spin.setValue(256)
     r = canvas.box_rect(1)
     edge = QPointF(r.left() + 1, r.center().y())
     _drag(qtbot, canvas, edge, edge + QPointF(frame.width(), 0))
@@ -222,7 +230,7 @@ def test_people_boxes_and_expression(qtbot, window, samples):
     req = win.build_request()
     assert [tuple(b) for b in req.boxes] == [win.people.index(r).data(Role.BOX) for r in range(2)]
     win.people.set_mix(True)
-    win.mix_slider.setValue(30)
+    win.layout_tab.mix_slider.setValue(30)
     req = win.build_request()
     assert len(req.boxes) == 1 and req.mix == pytest.approx(0.3) and len(req.identities) == 2
 
@@ -258,52 +266,52 @@ def test_generate_progress_preview_gallery_save_restore(qtbot, window, samples, 
     win.people_panel.add_photos([samples / "person_a.png", samples / "person_b.png"])
     _wait_people(qtbot, win, 2)
     _small(win, steps=3)
-    win.negative_edit.setPlainText("blurry")
-    win.guidance_spin.setValue(4.5)
-    win.sampler_combo.setCurrentText("ddim")  # one UNet call per step (PNDM makes one more)
+    win.form.negative_edit.setPlainText("blurry")
+    win.form.guidance_spin.setValue(4.5)
+    win.form.sampler_combo.setCurrentText("ddim")  # one UNet call per step (PNDM makes one more)
     steps_seen = []
-    win.pipeline.worker.progressed.connect(lambda step, total, left, preview: steps_seen.append((step, total, preview.shape)))
+    win.runner.worker.progressed.connect(lambda step, total, left, preview: steps_seen.append((step, total, preview.shape)))
     with qtbot.waitSignal(win.runEnded, timeout=60000):
         qtbot.keyClick(win, Qt.Key.Key_Return, Qt.KeyboardModifier.ControlModifier)
     assert [s[:2] for s in steps_seen] == [(1, 3), (2, 3), (3, 3)]
     assert all(shape == (32, 32, 3) for _, _, shape in steps_seen)  # 256 px / 8
-    assert win.preview_label.has_image()
-    assert len(win.results) == 1 and win.gallery.count() == 1
-    assert win.results[0].image.size == (256, 256) and win.results[0].result.seeds == [11]
-    assert "Seed: 11" in win.params_view.toPlainText() and "Sampler: DDIM" in win.params_view.toPlainText()
+    assert win.preview_view.has_image()
+    assert win.gallery_model.rowCount() == 1
+    entry = win.gallery_model.entry(0)
+    assert entry.image.size == (256, 256) and entry.seed == 11
+    assert "Seed: 11" in win.gallery.params_view.toPlainText() and "Sampler: DDIM" in win.gallery.params_view.toPlainText()
     assert win.progress_bar.value() == 3 and win.generate_button.isEnabled()
     # The torch backend provides activation maps: one per person, overlaid on the result.
-    maps = win.results[0].result.activation_maps
-    assert maps is not None and maps[0].shape == (len(win.results[0].result.request.identities), 32, 32)
-    assert win.maps_label.has_image()
+    assert entry.activation_map is not None and entry.activation_map.shape == (2, 32, 32)
+    assert win.maps_view.has_image()
 
     qtbot.keyClick(win, Qt.Key.Key_S, Qt.KeyboardModifier.ControlModifier)
-    saved = win.results[0].saved
+    saved = entry.saved
     assert saved is not None and saved.parent == tmp_path / "out"
     text = read_parameters(saved)
     assert text.startswith("two people in a park") and "Seed: 11" in text and "Steps: 3" in text
 
     # Change the form, then drop the saved PNG: its settings come back.
-    win.prompt_edit.setPlainText("something else")
-    win.steps_spin.setValue(20)
-    win.random_seed_check.setChecked(True)
-    win.guidance_spin.setValue(9.0)
-    win.width_spin.setValue(512)
-    win.sampler_combo.setCurrentText("euler")
+    win.form.prompt_edit.setPlainText("something else")
+    win.form.steps_spin.setValue(20)
+    win.form.random_seed_check.setChecked(True)
+    win.form.guidance_spin.setValue(9.0)
+    win.form.width_spin.setValue(512)
+    win.form.sampler_combo.setCurrentText("euler")
     _drop(win, [saved])
-    assert win.prompt_edit.toPlainText() == "two people in a park"
-    assert win.negative_edit.toPlainText() == "blurry"
-    assert win.steps_spin.value() == 3 and win.guidance_spin.value() == pytest.approx(4.5)
-    assert win.sampler_combo.currentText() == "ddim"
-    assert not win.random_seed_check.isChecked() and win.seed_edit.text() == "11"
-    assert (win.width_spin.value(), win.height_spin.value()) == (256, 256)
+    assert win.form.prompt_edit.toPlainText() == "two people in a park"
+    assert win.form.negative_edit.toPlainText() == "blurry"
+    assert win.form.steps_spin.value() == 3 and win.form.guidance_spin.value() == pytest.approx(4.5)
+    assert win.form.sampler_combo.currentData() == "ddim"
+    assert not win.form.random_seed_check.isChecked() and win.form.seed_edit.text() == "11"
+    assert (win.form.width_spin.value(), win.form.height_spin.value()) == (256, 256)
     assert win.people.index(0).data(Role.BOX) == (0.0, 0.0, 1.0, 0.5)
 
     # A second run adds to the gallery.
     with qtbot.waitSignal(win.runEnded, timeout=60000):
         assert win.generate()
-    assert len(win.results) == 2 and win.gallery.count() == 2
-    assert np.array_equal(np.asarray(win.results[0].image), np.asarray(win.results[1].image))  # same seed
+    assert win.gallery_model.rowCount() == 2
+    assert np.array_equal(np.asarray(win.gallery_model.entry(0).image), np.asarray(win.gallery_model.entry(1).image))  # same seed
 
 
 def test_cancel_stops_within_one_step(qtbot, window, recorder):
@@ -311,7 +319,7 @@ def test_cancel_stops_within_one_step(qtbot, window, recorder):
     _small(win, steps=12)
     recorder.step_delay = 0.25
     first_step = []
-    win.pipeline.worker.progressed.connect(lambda step, *_: first_step.append(step))
+    win.runner.worker.progressed.connect(lambda step, *_: first_step.append(step))
     with qtbot.waitSignal(win.runEnded, timeout=30000):
         assert win.generate()
         qtbot.waitUntil(lambda: bool(first_step), timeout=20000)
@@ -319,7 +327,7 @@ def test_cancel_stops_within_one_step(qtbot, window, recorder):
     assert recorder.cancel_seen_after is not None and recorder.cancel_seen_after < 12
     # The run stops at the first check after the flag was seen: no further step.
     assert recorder.steps_run[-1] == recorder.cancel_seen_after
-    assert not win.results and win.generate_button.isEnabled() and not win.running
+    assert win.gallery_model.rowCount() == 0 and win.generate_button.isEnabled() and not win.runner.running
     assert win.progress_bar.format() == "cancelled"
 
 
@@ -332,7 +340,7 @@ def test_errors_show_in_the_window(qtbot, window, recorder):
     assert "backend exploded" in win.error_label.text() and win.generate_button.isEnabled()
     # A form the request rejects never reaches the pipeline.
     recorder.fail_with = None
-    win.seed_edit.setText("not a number")
+    win.form.seed_edit.setText("not a number")
     assert not win.generate() and "seed" in win.error_label.text()
 
 
@@ -344,8 +352,8 @@ def test_activation_maps_overlay(qtbot, window, recorder, samples):
     _small(win)
     with qtbot.waitSignal(win.runEnded, timeout=60000):
         assert win.generate()
-    assert win.maps_label.has_image()
-    entry = win.results[0]
+    assert win.maps_view.has_image()
+    entry = win.gallery_model.entry(0)
     colors = entry.colors
     assert len(colors) == 2
     # The overlay against a blend written here: left half towards colour 1, right half colour 2.
@@ -358,7 +366,7 @@ def test_activation_maps_overlay(qtbot, window, recorder, samples):
     assert np.allclose(out[8, 14], 0.5 * 100 + 0.5 * np.array(colors[1]), atol=1)
 
 
-def test_settings_persist_and_demo_notice(qtbot, recorder, store, tmp_path):
+def test_settings_persist_and_demo_notice(qtbot, recorder, store, tiny_bundle):
     # Nothing configured: the window opens on the tiny demo bundle and says so.
     specs = []
 
@@ -370,14 +378,44 @@ def test_settings_persist_and_demo_notice(qtbot, recorder, store, tmp_path):
     qtbot.addWidget(win)
     win.show()
     qtbot.waitUntil(lambda: win.loaded_info is not None, timeout=10000)
-    assert specs == [ModelSpec(None, "torch")]
-    assert win.notice_label.isVisible() and "demo" in win.notice_label.text()
-    win.set_models(tmp_path / "my-models", "onnxruntime")
-    qtbot.waitUntil(lambda: len(specs) == 2 and win.loaded_info is not None, timeout=10000)
-    assert specs[1] == ModelSpec(tmp_path / "my-models", "onnxruntime")
+    assert specs == [ModelSpec(None, "auto")]
+    assert win.models_bar.notice_label.isVisible() and "demo" in win.models_bar.notice_label.text()
+    # The title and the status bar say what actually runs the models.
+    assert "torch on cpu" in win.windowTitle() and "torch on cpu" in win.runs_on_label.text()
+    win.set_models(ModelSpec(tiny_bundle, "onnxruntime"))
+    qtbot.waitUntil(lambda: len(specs) == 2 and win.loaded_info is not None and not win.loading, timeout=10000)
+    assert specs[1] == ModelSpec(tiny_bundle, "onnxruntime")
     win.close()
     again = AppSettings.load(QSettings(store.fileName(), QSettings.Format.IniFormat))
-    assert again.model_dir == tmp_path / "my-models" and again.backend == "onnxruntime"
+    assert again.model_dir == tiny_bundle and again.backend == "onnxruntime"
+
+
+def test_wrong_model_folder_keeps_the_loaded_models(qtbot, window, recorder, samples, tmp_path, store):
+    win = window
+    win.people_panel.add_photos([samples / "person_a.png"])
+    _wait_people(qtbot, win, 1)
+    loaded, calls_before = win.loaded_info, len(recorder.calls)
+    wrong = tmp_path / "not-models"
+    wrong.mkdir()
+    (wrong / "readme.txt").write_text("not a model folder")
+    win.set_models(ModelSpec(wrong, "torch"))
+    qtbot.waitUntil(lambda: not win.loading, timeout=10000)
+    # Nothing was unloaded: same models, the person stays ready, Generate stays on.
+    assert win.loaded_info is loaded and not win.loading and win.generate_button.isEnabled()
+    assert [p.status for p in win.people.people()] == [Status.READY]
+    assert "close" not in [name for name, _ in recorder.calls[calls_before:]]
+    banner = win.models_bar.banner
+    assert banner.isVisible() and "not-models" in banner.text() and "Still using" in banner.text()
+    assert AppSettings.load(QSettings(store.fileName(), QSettings.Format.IniFormat)).model_dir != wrong
+    banner.close_button.click()
+    assert not banner.isVisible()
+    # A problem shown again is cleared by the next successful load.
+    win.set_models(ModelSpec(wrong, "torch"))
+    qtbot.waitUntil(lambda: not win.loading, timeout=10000)
+    assert banner.isVisible()
+    win.set_models(win.spec)
+    qtbot.waitUntil(lambda: not win.loading, timeout=10000)
+    assert not banner.isVisible() and banner.text() == "" and win.loaded_info is not loaded
 
 
 def test_window_usable_while_models_load(qtbot, recorder, store):
@@ -393,11 +431,144 @@ def test_window_usable_while_models_load(qtbot, recorder, store):
     win.show()
     qtbot.wait(50)
     assert time.perf_counter() - t < 2.0
-    assert win.load_bar.isVisible() and not win.generate_button.isEnabled()
+    assert win.models_bar.load_bar.isVisible() and not win.generate_button.isEnabled()
     # The GUI keeps working meanwhile: typing reaches the prompt box.
-    qtbot.keyClicks(win.prompt_edit, "hello")
-    assert win.prompt_edit.toPlainText() == "hello"
+    qtbot.keyClicks(win.form.prompt_edit, "hello")
+    assert win.form.prompt_edit.toPlainText() == "hello"
     release.set()
     qtbot.waitUntil(lambda: win.loaded_info is not None, timeout=10000)
-    assert win.generate_button.isEnabled() and not win.load_bar.isVisible()
+    assert win.generate_button.isEnabled() and not win.models_bar.load_bar.isVisible()
     win.close()
+
+
+def test_click_on_a_box_selects_its_person(qtbot, window, samples):
+    win = window
+    win.people_panel.add_photos([samples / "person_a.png", samples / "person_b.png"])
+    _wait_people(qtbot, win, 2)
+    canvas = win.canvas
+    qtbot.mouseClick(canvas, Qt.MouseButton.LeftButton, pos=canvas.box_rect(1).center().toPoint())
+    assert win.people_panel.current_row() == 1 and canvas.selected_row() == 1
+    qtbot.mouseClick(canvas, Qt.MouseButton.LeftButton, pos=canvas.box_rect(0).center().toPoint())
+    assert win.people_panel.current_row() == 0 and canvas.selected_row() == 0
+    # Selecting in the list highlights the box; boxes carry names, list rows their box colour.
+    win.people_panel.select_row(1)
+    assert canvas.selected_row() == 1
+    assert canvas.label(0) == "1 person_a" and canvas.label(1) == "2 person_b"
+    # The selected box is filled more strongly: its colour is nearer the person's than when not selected.
+    point = canvas.box_rect(1).center().toPoint()
+    color = np.array(win.people.index(1).data(Role.COLOR).getRgb()[:3])
+    selected = np.array(QColor(canvas.grab().toImage().pixel(point)).getRgb()[:3])
+    win.people_panel.select_row(0)
+    plain = np.array(QColor(canvas.grab().toImage().pixel(point)).getRgb()[:3])
+    assert np.abs(selected - color).sum() < np.abs(plain - color).sum()
+    for row in range(2):
+        icon = win.people.index(row).data(Qt.ItemDataRole.DecorationRole).pixmap(64, 64).toImage()
+        assert QColor(icon.pixel(1, 1)).name() == win.people.index(row).data(Role.COLOR).name()
+
+
+def test_photo_without_face_gets_no_box_and_generate_asks(qtbot, window, samples, recorder):
+    win = window
+    win.people_panel.add_photos([samples / "person_a.png", samples / "no_face.png"])
+    _wait_people(qtbot, win, 2)
+    good, bad = win.people.index(0), win.people.index(1)
+    assert bad.data(Role.BOX) is None and good.data(Role.BOX) == (0.0, 0.0, 1.0, 1.0)
+    assert [row for row, _box, _colors in win.canvas.boxes()] == [0]
+    assert "not in the image" in bad.data(Qt.ItemDataRole.DisplayRole)
+    win.people_panel.select_row(1)
+    panel = win.people_panel
+    assert not panel.expression_combo.isEnabled() and not panel.pose_combo.isEnabled()
+    assert "left out" in panel.error_label.text()
+    _small(win, steps=1)
+    questions = []
+    win.ask = lambda text: questions.append(text) or False
+    assert not win.generate() and "no_face" in questions[0] and not win.runner.running
+    win.ask = lambda text: questions.append(text) or True
+    with qtbot.waitSignal(win.runEnded, timeout=60000):
+        assert win.generate()
+    entry = win.gallery_model.entry(0)
+    assert entry.names == ["person_a"] and len(entry.matches) == 1
+    # Without the failed photo nothing is asked any more, and its error is gone from the panel.
+    win.people.remove(1)
+    assert panel.error_label.text() == ""
+    asked = len(questions)
+    with qtbot.waitSignal(win.runEnded, timeout=60000):
+        assert win.generate()
+    assert len(questions) == asked
+
+
+def test_best_of_two_shows_a_badge_per_person(qtbot, window, samples):
+    from dynamicid_rt.desktop.views import BAD, GOOD
+    from dynamicid_rt.identity_check import rank_key
+
+    win = window
+    win.people_panel.add_photos([samples / "person_a.png", samples / "person_b.png"])
+    _wait_people(qtbot, win, 2)
+    _small(win, steps=2)
+    win.form.best_of_spin.setValue(2)
+    win.form.sampler_combo.setCurrentIndex(win.form.sampler_combo.findData("ddim"))
+    steps_seen = []
+    win.runner.progressed.connect(lambda step, total, *_: steps_seen.append((step, total)))
+    with qtbot.waitSignal(win.runEnded, timeout=60000):
+        assert win.generate()
+    assert steps_seen[-1] == (4, 4) and win.progress_bar.maximum() == 4
+    entries = win.gallery_model.entries()
+    assert sorted(e.seed for e in entries) == [11, 12]
+    assert [rank_key(e.matches) for e in entries] == sorted(rank_key(e.matches) for e in entries)
+    assert win.gallery.current_entry() is entries[0]  # the best is shown first
+    shown = [(label.text(), label.property("background")) for label in win.badges.labels]
+    assert shown == [(m.label(), GOOD if m.ok else BAD) for m in entries[0].matches] and len(shown) == 2
+    assert "ID match" in entries[0].parameters
+    # The activation maps carry a legend: each person's name in their colour.
+    assert [label.text() for label in win.maps_legend.labels] == ["person_a", "person_b"]
+
+
+def test_save_and_reuse_act_on_the_selected_image(qtbot, window, tmp_path):
+    win = window
+    _small(win, steps=1)
+    win.form.batch_spin.setValue(2)
+    with qtbot.waitSignal(win.runEnded, timeout=60000):
+        assert win.generate()
+    assert [e.seed for e in win.gallery_model.entries()] == [11, 12]
+    win.gallery.select(1)
+    assert win.gallery.seed_label.text() == "seed: 12"
+    qtbot.keyClick(win, Qt.Key.Key_S, Qt.KeyboardModifier.ControlModifier)
+    saved = win.gallery_model.entry(1).saved
+    assert saved is not None and "Seed: 12" in read_parameters(saved)
+    qtbot.keyClick(win, Qt.Key.Key_S, Qt.KeyboardModifier.ControlModifier)
+    assert list((tmp_path / "out").iterdir()) == [saved]  # a second Ctrl+S writes no duplicate
+    win.form.random_seed_check.setChecked(True)
+    win.gallery.reuse_button.click()
+    assert not win.form.random_seed_check.isChecked() and win.form.seed_edit.text() == "12"
+    # Shortcuts are in the menus, where users look for them.
+    menu_actions = [a for m in win.menuBar().actions() for a in m.menu().actions()]
+    assert win.save_action in menu_actions and win.save_action.shortcut().toString() == "Ctrl+S"
+    assert win.generate_action.shortcut().toString() == "Ctrl+Return"
+
+
+def test_identity_strength_per_person(qtbot, window, samples, tmp_path):
+    win = window
+    win.people_panel.add_photos([samples / "person_a.png", samples / "person_b.png"])
+    _wait_people(qtbot, win, 2)
+    win.people_panel.select_row(0)
+    win.people_panel.strength_spin.setValue(0.5)
+    assert win.people.index(0).data(Role.ID_SCALE) == 0.5
+    _small(win, steps=1)
+    assert win.build_request().id_scale == [0.5, 1.0]
+    with qtbot.waitSignal(win.runEnded, timeout=60000):
+        assert win.generate()
+    saved = win.gallery.save_current(tmp_path / "strength.png")
+    win.people_panel.strength_spin.setValue(2.0)
+    win.restore_parameters(saved)
+    assert [win.people.index(r).data(Role.ID_SCALE) for r in range(2)] == [0.5, 1.0]
+    assert win.people_panel.strength_spin.value() == 0.5
+
+
+def test_pndm_progress_counts_the_users_steps(qtbot, window):
+    win = window
+    _small(win, steps=3)
+    win.form.sampler_combo.setCurrentIndex(win.form.sampler_combo.findData("pndm"))
+    seen = []
+    win.runner.progressed.connect(lambda step, total, *_: seen.append((step, total)))
+    with qtbot.waitSignal(win.runEnded, timeout=60000):
+        assert win.generate()
+    assert {total for _, total in seen} == {3} and seen[-1][0] == 3 and win.progress_bar.value() == 3

@@ -1,5 +1,7 @@
-"""A real window on a real X server (Xvfb): generate on the tiny bundle, capture the screen through
-X, and check that the capture shows the window's main widgets and a non-uniform image.
+"""A real window on a real X server (Xvfb): a best-of-2 run on the tiny bundle, capture the screen
+through X, and check that the capture shows the window's main widgets, the likeness badges and a
+non-uniform image. ``python tests/test_desktop_window.py MODELS CACHE OUT`` under an X server
+writes the capture (the README's docs/screenshot.png is one).
 
 The capture runs in a child process (this file run as a script) because a process can hold only
 one Qt platform, and the other desktop tests use ``offscreen``.
@@ -16,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-WIDGETS = ("generate_button", "progress_bar", "result_label", "gallery", "prompt_edit", "people_panel")
+WIDGETS = ("generate_button", "progress_bar", "result_view", "gallery", "form.prompt_edit", "people_panel", "badges")
 SCREEN = (1400, 900)
 
 
 def _capture(models: Path, cache: Path, out: Path) -> int:
-    """Child process: open the window, add two people, generate, capture the X screen."""
+    """Child process: open the window, add two people, generate the best of 2, capture the X screen."""
     from PySide6.QtCore import QEventLoop, QSettings, QTimer
     from PySide6.QtWidgets import QApplication
 
@@ -57,10 +59,10 @@ def _capture(models: Path, cache: Path, out: Path) -> int:
     samples = models / "samples"
     win.people_panel.add_photos([samples / "person_a.png", samples / "person_b.png"])
     wait_for(lambda: all(p.status is Status.READY for p in win.people.people()), 60)
-    win.prompt_edit.setPlainText("two friends at the beach, photo")
-    for spin, value in ((win.width_spin, 256), (win.height_spin, 256), (win.steps_spin, 2)):
+    win.form.prompt_edit.setPlainText("two friends at the beach, photo")
+    for spin, value in ((win.form.width_spin, 256), (win.form.height_spin, 256), (win.form.steps_spin, 2), (win.form.best_of_spin, 2)):
         spin.setValue(value)
-    win.sampler_combo.setCurrentText("ddim")
+    win.form.sampler_combo.setCurrentIndex(win.form.sampler_combo.findData("ddim"))
     outcome: list[str] = []
     win.runEnded.connect(outcome.append)
     win.generate()
@@ -70,19 +72,22 @@ def _capture(models: Path, cache: Path, out: Path) -> int:
 
     shot = app.primaryScreen().grabWindow(0)  # the whole X screen, as the server has it
     shot.save(str(out / "capture.png"))
-    facts = {"outcome": outcome[0], "platform": app.platformName(), "widgets": {}}
+    facts = {"outcome": outcome[0], "platform": app.platformName(), "widgets": {},
+             "images": win.gallery_model.rowCount(), "badges": [label.text() for label in win.badges.labels]}
     for name in WIDGETS:
-        widget = getattr(win, name)
+        widget = win
+        for part in name.split("."):
+            widget = getattr(widget, part)
         top_left = widget.mapToGlobal(widget.rect().topLeft())
         facts["widgets"][name] = {
             "rect": [top_left.x(), top_left.y(), widget.width(), widget.height()],
             "visible": widget.isVisible(),
         }
         widget.grab().save(str(out / f"{name}.png"))  # what the widget itself paints
-    shown = win.result_label.image_rect()
-    corner = win.result_label.mapToGlobal(shown.topLeft())
+    shown = win.result_view.image_rect()
+    corner = win.result_view.mapToGlobal(shown.topLeft())
     facts["result_image_rect"] = [corner.x(), corner.y(), shown.width(), shown.height()]
-    win.results[0].image.save(out / "result.png")
+    win.gallery.current_entry().image.save(out / "result.png")
     (out / "facts.json").write_text(json.dumps(facts))
     win.close()
     return 0
@@ -127,6 +132,7 @@ def test_real_window_capture(tiny_bundle, tmp_path):
 
     facts = json.loads((tmp_path / "facts.json").read_text())
     assert facts["outcome"] == "done" and facts["platform"] == "xcb"
+    assert facts["images"] == 2 and [b.split(" ")[0] for b in facts["badges"]] == ["person_a", "person_b"]
     capture = np.asarray(Image.open(tmp_path / "capture.png").convert("RGB")).astype(np.int16)
     assert capture.shape[:2] == (SCREEN[1], SCREEN[0])
     assert capture.std() > 10  # not a blank screen

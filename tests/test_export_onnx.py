@@ -75,6 +75,7 @@ def _inputs(engine: str, dims: ModelDims, point: dict, seed: int) -> dict[str, n
     if engine == "unet":
         rng = np.random.default_rng(seed)
         inputs["timestep"] = rng.integers(0, 1000, size=inputs["timestep"].shape).astype(np.float32)
+        inputs["id_scale"] = rng.uniform(0.0, 1.5, size=inputs["id_scale"].shape).astype(np.float32)  # per person
         if mix is not None:
             inputs["id_mix"] = np.array([0.3], np.float32)
             inputs["id_boxes"] = np.array([[0.1, 0.2, 0.9, 0.7]], np.float32)
@@ -125,6 +126,7 @@ def test_graphs_are_valid_and_parse_in_tensorrt(entries):
         opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
         assert 17 <= opset <= TRT_OPS["opset_max"], (name, opset)
         assert [i.name for i in model.graph.input] == ENGINES[name].input_names
+        assert [o.name for o in model.graph.output] == ENGINES[name].output_names  # contract v2: no renames
         unsupported = _graph_ops(model) - supported
         assert not unsupported, f"{name} uses ops TensorRT's ONNX parser lacks: {sorted(unsupported)}"
 

@@ -63,7 +63,7 @@ def test_backend_describes_itself_and_reads_dims_from_the_cache(backend, tiny):
 def test_run_returns_contract_outputs_matching_torch(backend, tiny, engine):
     inputs = ENGINES[engine].sample_inputs(backend.dims, seed=5)
     out = backend.run(engine, inputs)
-    assert list(out) == ENGINES[engine].output_names  # imr's output is id_tokens, as in the contract
+    assert list(out) == ENGINES[engine].output_names  # imr's output is edited_tokens (contract v2)
     ref = _torch_run(tiny, engine, inputs)
     for name, r in zip(ENGINES[engine].output_names, ref):
         assert out[name].shape == r.shape and out[name].dtype == np.float32
@@ -138,7 +138,7 @@ def test_runs_without_torch_on_prebuilt_engines(tiny, engine_dir):
     assert report["torch"] is False and report["diffusers"] is False
     c = read_model_dims(tiny).context_dim
     assert report["shapes"]["unet"]["noise_pred"] == [2, 4, 32, 32]
-    assert report["shapes"]["imr"]["id_tokens"] == [1, 4, c]
+    assert report["shapes"]["imr"]["edited_tokens"] == [1, 4, c]
     assert report["shapes"]["vae_decoder"]["image"] == [1, 3, 256, 256]
 
 

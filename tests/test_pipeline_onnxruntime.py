@@ -51,7 +51,7 @@ def test_cli_generate_on_onnxruntime(tiny_bundle, tiny_engines, samples, tmp_pat
     assert code == 0 and out.is_file()
 
 
-def test_onnxruntime_pipeline_never_imports_torch(tiny_bundle, tiny_engines, samples, tmp_path):
+def test_onnxruntime_pipeline_never_imports_torch_or_transformers(tiny_bundle, tiny_engines, samples, tmp_path):
     script = textwrap.dedent(
         f"""
         import json, sys
@@ -61,6 +61,7 @@ def test_onnxruntime_pipeline_never_imports_torch(tiny_bundle, tiny_engines, sam
         a = pipe.encode_identity({str(samples / "person_a.png")!r}, face_prompt="in a sad expression")
         result = pipe.generate(Request(prompt="x", identities=[a], width=256, height=256, steps=2, seed=0))
         print(json.dumps({{"torch": "torch" in sys.modules, "diffusers": "diffusers" in sys.modules,
+                          "transformers": "transformers" in sys.modules,
                           "size": list(result.images[0].size)}}))
         """
     )
@@ -68,4 +69,4 @@ def test_onnxruntime_pipeline_never_imports_torch(tiny_bundle, tiny_engines, sam
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert report == {"torch": False, "diffusers": False, "size": [256, 256]}
+    assert report == {"torch": False, "diffusers": False, "transformers": False, "size": [256, 256]}

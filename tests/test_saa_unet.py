@@ -10,7 +10,7 @@ import torch
 from dynamicid_rt.contract import UNET
 from dynamicid_rt.errors import CheckpointError, ModelFolderError
 from dynamicid_rt.models.saa import SAAUNet, install_saa, load_unet
-from saa_reference import TARGETS, reference_unet
+from saa_reference import TARGETS, ReferenceProcessor, box_cells, reference_unet
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -70,7 +70,7 @@ def make_inputs(batch=2, h=16, w=16, n_ids=2, boxes=None, scale=1.0, boost=4.0, 
         encoder_hidden_states=torch.randn(batch, 77, CONTEXT, generator=gen),
         id_tokens=torch.randn(batch, 4 * n_ids, CONTEXT, generator=gen),
         id_boxes=strips(n_ids) if boxes is None else torch.tensor(boxes, dtype=torch.float32),
-        id_scale=torch.tensor([scale]),
+        id_scale=torch.full((n_ids,), scale) if np.isscalar(scale) else torch.tensor(scale, dtype=torch.float32),
         id_boost=torch.tensor([boost]),
         id_gating=torch.tensor([gating]),
         id_mix=torch.tensor([mix]),
@@ -137,6 +137,80 @@ def test_overlapping_boxes(models):
 def test_more_ids_than_boxes_without_mixing(models):
     # Two boxes, three identities: block 2 is never masked, no mixing (more than one box).
     check(models, n_ids=3, boxes=[[0.0, 0.0, 1.0, 0.5], [0.0, 0.5, 1.0, 1.0]])
+
+
+def test_per_person_scale_matches_reference(models):
+    # Contract v2: id_scale (N) scales the value rows of each person's tokens (SPEC §1.5 step 4).
+    per_person = check(models, n_ids=3, scale=[1.0, 0.3, 0.0])
+    check(models, n_ids=2, scale=[0.5, 1.5], gating=0.0)  # no masks: every position mixes both people
+    check(models, n_ids=2, boxes=[[0.1, 0.2, 0.9, 0.8]], scale=[1.2, 0.4], mix=0.3)  # ID mixing, one box
+    assert rel_err(per_person, run_fused(models[2], make_inputs(n_ids=3, scale=1.0))) > 1e-4
+
+
+def _cross_attention_calls(unet, inputs, model=None):
+    """(layer path, hidden states in, output) of every attn2 during one call of ``model or unet``."""
+    calls = []
+    hooks = [
+        unet.get_submodule(name.rsplit(".", 1)[0]).register_forward_hook(
+            lambda mod, args, kwargs, out, name=name: calls.append(
+                (name, args[0] if args else kwargs["hidden_states"], kwargs["encoder_hidden_states"], out)
+            ),
+            with_kwargs=True,
+        )
+        for name in unet.attn_processors
+        if name.endswith("attn2.processor")
+    ]
+    try:
+        run_fused(model or unet, inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return calls
+
+
+@pytest.mark.parametrize("j", [0, 2])
+def test_person_at_scale_zero_adds_nothing_inside_their_box(models, j):
+    """Person j at id_scale 0 equals a call without person j's tokens *in j's box*, stated exactly:
+    at every SAA layer, at each position inside box j and outside the other boxes, the layer's output
+    equals the text-only cross-attention of the same hidden states (no identity tokens at all).
+    There the region masks (gating on) leave only j's 4 tokens unmasked, and σ_j = 0 zeroes their
+    value rows, so the identity branch adds exactly 0, whatever the gating map a is.
+    It does not hold for the whole UNet output against a call with j's tokens removed: a is
+    min-max normalised over all positions from logits that include j's tokens, removing j's box
+    unmasks the others' tokens there, and convolutions and self-attention carry the other boxes'
+    identities into j's box. Checked against the unfused reference's text branch."""
+    base, sd, fused, _ = models  # base: the unmerged weights the reference's LoRA goes onto
+    names = list(base.attn_processors)
+    boxes = strips(3)
+    scales = [1.0, 1.0, 1.0]
+    scales[j] = 0.0
+    h, w = 16, 24
+    for scale, expect_equal in ((scales, True), ([1.0, 1.0, 1.0], False)):
+        inputs = make_inputs(batch=1, h=h, w=w, n_ids=3, scale=scale)
+        calls = _cross_attention_calls(fused.unet, inputs, fused)
+        assert len(calls) >= 2
+        for name, hidden, context, out in calls:
+            i = names.index(name)
+            weights = {
+                f"{t}_lora.{p}.weight": sd[f"{i}.{t}_lora.{p}.weight"] for t in TARGETS for p in ("down", "up")
+            }
+            with torch.no_grad():
+                text_only = ReferenceProcessor(weights, cross=True)(
+                    base.get_submodule(name.rsplit(".", 1)[0]), hidden, context
+                )
+            length = hidden.shape[1]
+            k = int((h * w // length) ** 0.5)
+            cells = [box_cells(b, h // k, w // k) for b in boxes.tolist()]
+            only_j = cells[j] & ~torch.stack([c for m, c in enumerate(cells) if m != j]).any(0)
+            others = ~cells[j]
+            assert only_j.any() and others.any()
+            err_j = rel_err(out[0, only_j], text_only[0, only_j])
+            err_others = rel_err(out[0, others], text_only[0, others])
+            assert err_others > 1e-3, (name, err_others)  # the other people's identities do act
+            if expect_equal:
+                assert err_j <= TOL, (name, err_j)
+            else:
+                assert err_j > 1e-3, (name, err_j)  # at σ_j = 1 person j acts in their box
 
 
 def test_id_scale_zero_is_plain_merged_unet(models):
@@ -215,6 +289,7 @@ def test_onnx_export_dynamic(models, tmp_path):
         dict(batch=3, h=32, w=16, n_ids=2, boxes=[[0.1, 0.2, 0.9, 0.8]], mix=0.3),  # mixing
         dict(batch=2, h=16, w=24, n_ids=1, gating=0.0),  # gating off
         dict(batch=1, h=16, w=16, n_ids=4, boxes=[[0.0, 0.0, 0.8, 0.6], [0.2, 0.4, 1.0, 1.0]]),
+        dict(batch=2, h=16, w=24, n_ids=3, scale=[1.0, 0.3, 0.0]),  # per-person strength (contract v2)
     ]
     for kw in cases:
         inputs = make_inputs(**kw)

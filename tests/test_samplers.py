@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -38,8 +39,8 @@ def fake_eps(x: np.ndarray, t: float) -> np.ndarray:
 
 
 def diffusers_scheduler(name: str, overrides: dict):
-    # As pipelines swap schedulers: from the PNDM config, so spacing "leading" unless overridden.
-    d = {"timestep_spacing": "leading", **SD15, **overrides}
+    # As pipelines swap schedulers: from the SD1.5 config, whose unnamed keys take each class's defaults.
+    d = {**SD15, **overrides}
     if name == "ddim":
         return diffusers.DDIMScheduler.from_config(d)
     if name == "euler":
@@ -212,10 +213,13 @@ def test_config_from_dict_and_json(tmp_path):
         SchedulerConfig.from_dict({**SD15, "beta_schedule": "sigmoid"})
     with pytest.raises(ValueError, match="rescale_betas_zero_snr"):
         SchedulerConfig.from_dict({**SD15, "rescale_betas_zero_snr": True})
-    # An Euler config without the key is spaced "linspace" by diffusers.
+    # A config without the key leaves each sampler its diffusers class's default, whatever the class.
     euler = {**SD15, "_class_name": "EulerDiscreteScheduler"}
-    assert SchedulerConfig.from_dict(euler).timestep_spacing == "linspace"
+    assert SchedulerConfig.from_dict(euler).timestep_spacing is None
+    assert samplers.for_sampler(SchedulerConfig.from_dict(euler), "euler").timestep_spacing == "linspace"
+    assert samplers.for_sampler(SchedulerConfig.from_dict(euler), "ddim").timestep_spacing == "leading"
     assert diffusers.EulerDiscreteScheduler.from_config(euler).config.timestep_spacing == "linspace"
+    assert diffusers.DDIMScheduler.from_config(euler).config.timestep_spacing == "leading"
     with pytest.raises(ValueError, match="timestep_spacing"):
         SchedulerConfig(timestep_spacing="uniform")
 
@@ -234,3 +238,128 @@ def test_sampler_for_scheduler_class():
 def test_module_imports_no_torch():
     code = "import sys, dynamicid_rt.samplers; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+# --- what a diffusers user gets by swapping the scheduler of the real SD1.5 config ----------------
+
+SD15_FILE = Path(samplers.__file__).parent / "data" / "sd15" / "scheduler" / "scheduler_config.json"
+
+
+def swapped_scheduler(name: str, config_file: Path):
+    """``Class.from_config(pipe.scheduler.config)`` where the pipeline loaded ``config_file``."""
+    loaded = diffusers.PNDMScheduler.from_pretrained(config_file.parent)  # what StableDiffusionPipeline holds
+    classes = {"ddim": diffusers.DDIMScheduler, "pndm": diffusers.PNDMScheduler, "euler": diffusers.EulerDiscreteScheduler,
+               "euler_a": diffusers.EulerAncestralDiscreteScheduler}
+    if name in ("dpmpp_2m", "dpmpp_2m_karras"):
+        return diffusers.DPMSolverMultistepScheduler.from_config(
+            loaded.config, algorithm_type="dpmsolver++", solver_order=2, use_karras_sigmas=name == "dpmpp_2m_karras"
+        )
+    return classes[name].from_config(loaded.config)
+
+
+def run_swapped(name: str, config_file: Path, steps: int, noise: np.ndarray):
+    sched = swapped_scheduler(name, config_file)
+    sched.set_timesteps(steps)
+    generator = torch.Generator().manual_seed(5)
+    x = torch.from_numpy(noise) * sched.init_noise_sigma
+    inputs = []
+    for t in sched.timesteps:
+        inputs.append(sched.scale_model_input(x, t).numpy())
+        eps = torch.from_numpy(fake_eps(inputs[-1], float(t)))
+        x = sched.step(eps, t, x, **({"generator": generator} if name == "euler_a" else {})).prev_sample
+    return sched, inputs, x.numpy()
+
+
+@pytest.mark.parametrize("spacing", [None, "leading", "trailing"], ids=["unnamed", "leading", "trailing"])
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_spacing_matches_swapped_diffusers_scheduler(name, spacing, tmp_path):
+    raw = json.loads(SD15_FILE.read_text())
+    assert "timestep_spacing" not in raw  # SD1.5 ships without it
+    config_file = SD15_FILE
+    if spacing is not None:
+        config_file = tmp_path / "scheduler" / "scheduler_config.json"
+        config_file.parent.mkdir()
+        config_file.write_text(json.dumps({**raw, "timestep_spacing": spacing}))
+    steps = 12
+    noise = np.random.default_rng(9).standard_normal(SHAPE).astype(np.float32)
+    sched, ref_inputs, ref = run_swapped(name, config_file, steps, noise)
+    generator = torch.Generator().manual_seed(5)
+    config = SchedulerConfig.from_json(config_file)
+    calls = []
+
+    def denoise(x, t, step):
+        calls.append(x.copy())
+        return fake_eps(x, t)
+
+    out = samplers.sample(name, denoise, noise, config, steps,
+                          noise_source=(lambda shape: torch.randn(shape, generator=generator).numpy()) if name == "euler_a" else None)
+    np.testing.assert_allclose(samplers.timesteps(name, config, steps), sched.timesteps.numpy(), rtol=0, atol=1e-4)
+    assert samplers.for_sampler(config, name).timestep_spacing == sched.config.timestep_spacing
+    # Model inputs carry the σ schedule (Euler: x/sqrt(σ²+1), starting from noise·init_noise_sigma).
+    assert len(calls) == len(ref_inputs)
+    assert max(close(x, x_ref) for x, x_ref in zip(calls, ref_inputs)) <= 5e-6  # diffusers steps in float32
+    assert close(out, ref) <= 1e-6
+
+
+def test_unnamed_spacing_starts_euler_fully_noised():
+    """The issue's numbers: Euler on SD1.5 (50 steps) starts at t = 999, σ 14.61, not t = 831, σ 5.99."""
+    config = SchedulerConfig.from_json(SD15_FILE)
+    sched = swapped_scheduler("euler", SD15_FILE)
+    sched.set_timesteps(50)
+    assert samplers.timesteps("euler", config, 50)[0] == pytest.approx(999.0)
+    assert float(sched.sigmas[0]) == pytest.approx(14.6146, abs=1e-3)
+    assert samplers.timesteps("ddim", config, 50)[0] == 981.0  # DDIM keeps "leading"
+    assert samplers.timesteps("euler", SchedulerConfig.from_dict({**SD15, "timestep_spacing": "leading"}), 50)[0] == 981.0
+
+
+# --- sampler names of other tools ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "spelling, schedule, ours",
+    [
+        ("euler_ancestral", None, "euler_a"),  # ComfyUI
+        ("Euler a", None, "euler_a"),  # A1111
+        ("k_euler_a", None, "euler_a"),
+        ("k_euler", None, "euler"),
+        ("Euler", None, "euler"),
+        ("DDIM", None, "ddim"),
+        ("PLMS", None, "pndm"),
+        ("DPM++ 2M", None, "dpmpp_2m"),
+        ("DPM++ 2M Karras", None, "dpmpp_2m_karras"),  # A1111 < 1.9
+        ("DPM++ 2M", "Karras", "dpmpp_2m_karras"),  # A1111 >= 1.9 "Schedule type"
+        ("dpmpp_2m", "karras", "dpmpp_2m_karras"),  # ComfyUI sampler + scheduler
+        ("dpmpp_2m", "normal", "dpmpp_2m"),
+        ("DPM++ 2M", "Automatic", "dpmpp_2m_karras"),  # A1111 >= 1.9 default schedule of DPM++ 2M
+        ("Euler a", "Automatic", "euler_a"),
+        ("k_dpmpp_2m_ka", None, "dpmpp_2m_karras"),
+        ("euler_ancestral", "normal", "euler_a"),
+        ("dpmpp_2m_k", None, "dpmpp_2m_karras"),  # InvokeAI
+        ("EulerAncestralDiscreteScheduler", None, "euler_a"),  # diffusers class
+        ("DPMSolverMultistepScheduler", None, "dpmpp_2m"),
+        ("Default", None, "default"),
+        ("  dpmpp-2m  ", None, "dpmpp_2m"),
+    ],
+)
+def test_sampler_aliases(spelling, schedule, ours):
+    assert samplers.canonical_sampler(spelling, schedule) == ours
+
+
+def test_request_accepts_aliases():
+    from dynamicid_rt import Request
+
+    Request(prompt="x", sampler="DPM++ 2M Karras").validate()
+    Request(prompt="x", sampler="euler_ancestral").validate()
+    with pytest.raises(ValueError, match="unknown sampler 'heun'"):
+        Request(prompt="x", sampler="heun").validate()
+
+
+def test_every_alias_names_a_sampler_and_bad_names_fail():
+    assert set(samplers.SAMPLER_ALIASES.values()) <= set(SAMPLERS)
+    assert all(samplers.canonical_sampler(name) == name for name in SAMPLERS)
+    with pytest.raises(ValueError, match="unknown sampler 'heun'.*euler_a"):
+        samplers.canonical_sampler("heun")
+    with pytest.raises(ValueError, match="karras"):
+        samplers.canonical_sampler("euler", "karras")
+    with pytest.raises(ValueError, match="exponential"):
+        samplers.canonical_sampler("dpmpp_2m", "exponential")

@@ -1,47 +1,64 @@
 """Backends run the engines of the contract behind one interface (:class:`Backend`).
 
-The registry maps a name to the module and class that implement it, imported only when chosen, so
-that the ONNX Runtime path never imports torch.
+Each backend is declared once below by a :class:`BackendInfo` (see ``registry.py`` for the fields):
+the registry imports a backend's module only when :func:`create_backend` builds it, so that the
+ONNX Runtime and OpenVINO paths never import torch. A new backend needs its module and one
+``register(...)`` line here; ``create_backend``, auto, the CLI, ``doctor`` and the desktop read the
+declarations.
 """
 from __future__ import annotations
 
-import importlib
-from pathlib import Path
-from typing import TYPE_CHECKING
-
+from . import probes
 from .base import Backend
+from .registry import AUTO, BACKENDS, AutoChoice, BackendInfo, backend_info, choose_auto, create_backend, register, supports
 
-if TYPE_CHECKING:
-    from ..paths import ModelPaths
+register(BackendInfo(
+    name="torch",
+    target="dynamicid_rt.backends.torch_backend:TorchBackend",
+    extra="torch",
+    requires=("torch", "diffusers"),
+    precisions={"cpu": ("fp32", "bf16"), "cuda": ("fp16", "fp32", "bf16")},
+    devices=probes.torch_devices,
+    options=("device", "precision", "cuda_graphs"),
+    capabilities=frozenset({"activation_maps", "device_bind"}),
+    auto_rank={"cuda": 25, "cpu": 50},
+))
+register(BackendInfo(
+    name="onnxruntime",
+    target="dynamicid_rt.backends.onnxruntime_backend:OnnxRuntimeBackend",
+    extra="cpu",
+    requires=("onnxruntime",),
+    precisions={"cpu": ("fp32",), "cuda": ("fp16", "fp32")},
+    devices=probes.onnxruntime_devices,
+    options=("device", "precision", "engine_dir", "trt_provider"),
+    capabilities=frozenset({"device_bind"}),
+    auto_rank={"cuda": 20, "cpu": 40},
+))
+register(BackendInfo(
+    name="tensorrt",
+    target="dynamicid_rt.backends.tensorrt_backend:TensorRTBackend",
+    extra="tensorrt",
+    requires=("tensorrt", "cuda"),  # cuda: cuda-python, for device buffers and CUDA graphs
+    precisions={"cuda": ("fp16", "fp32")},
+    devices=probes.cuda_only,
+    options=("device", "precision", "engine_dir"),
+    capabilities=frozenset({"device_bind"}),
+    auto_rank={"cuda": 10},
+    # TensorRT's wheels are per CUDA major; `dynamicid-rt doctor` names the one for this machine.
+    install_hint="pip install 'dynamicid-rt[tensorrt]' tensorrt-cu12 (CUDA 12) or tensorrt-cu13 (CUDA 13)",
+))
+register(BackendInfo(
+    name="openvino",
+    target="dynamicid_rt.backends.openvino_backend:OpenVinoBackend",
+    extra="openvino",
+    requires=("openvino",),
+    precisions={"cpu": ("fp32", "bf16")},
+    options=("device", "precision", "engine_dir"),
+    capabilities=frozenset({"device_bind"}),
+    auto_rank={"cpu": 30},
+))
 
-BACKENDS: dict[str, str] = {
-    "torch": "dynamicid_rt.backends.torch_backend:TorchBackend",
-    "onnxruntime": "dynamicid_rt.backends.onnxruntime_backend:OnnxRuntimeBackend",
-}
-
-
-def create_backend(
-    name: str,
-    paths: "ModelPaths",
-    device: str | None = None,
-    precision: str | None = None,
-    engine_dir: Path | None = None,
-) -> Backend:
-    if name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    module_name, _, class_name = BACKENDS[name].partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        extra = {"torch": "torch", "onnxruntime": "cpu"}[name]
-        raise ImportError(
-            f"the {name} backend needs packages that are not installed ({exc.name}); "
-            f"install them with: pip install 'dynamicid-rt[{extra}]'"
-        ) from exc
-    cls = getattr(module, class_name)
-    if name == "torch":
-        return cls(paths, device=device, precision=precision)
-    return cls(paths, device=device, precision=precision, engine_dir=engine_dir)
-
-
-__all__ = ["Backend", "BACKENDS", "create_backend"]
+__all__ = [
+    "AUTO", "BACKENDS", "AutoChoice", "Backend", "BackendInfo", "backend_info", "choose_auto", "create_backend",
+    "register", "supports",
+]

@@ -30,6 +30,11 @@ class Backend(ABC):
         fixed = dict(constants)
         return lambda inputs: self.run(engine, {**fixed, **inputs})
 
+    def run_fp32(self, engine: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one engine in fp32 whatever the backend's precision: the retry of a VAE decode that
+        overflowed. Backends whose engines may run in reduced precision override this."""
+        return self.run(engine, inputs)
+
     def describe(self) -> dict[str, str]:
         """Human-readable facts for logs and ``doctor``: device, precision, providers."""
         return {"backend": self.name}

@@ -7,6 +7,7 @@ cache are exported first, which imports the exporter (and torch) lazily.
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -16,6 +17,7 @@ from ..contract import ENGINES
 from ..errors import DynamicIDError, ModelFolderError, NumericalError
 from ..paths import ModelPaths
 from .base import Backend, EngineCall
+from .ort_providers import ORT_LOG_SEVERITY, TENSORRT, check_available, check_session, log_tensorrt_build, requested, session_providers
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -24,18 +26,31 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+_SESSION_LOCK = threading.RLock()
+
+
+def _graph_load_errors() -> tuple[type[Exception], ...]:
+    """What ONNX Runtime raises for a graph file it cannot parse (truncated, overwritten)."""
+    from onnxruntime.capi.onnxruntime_pybind11_state import InvalidGraph, InvalidProtobuf, NoSuchFile
+
+    return (InvalidProtobuf, InvalidGraph, NoSuchFile)
+
+
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
 
 
 class OnnxRuntimeBackend(Backend):
     """Runs every engine with ONNX Runtime. ``device``: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``
     (default: CUDA when onnxruntime offers it); ``precision``: ``"fp32"`` or ``"fp16"`` (default:
-    fp16 on CUDA, fp32 on the CPU); ``engine_dir``: the engine cache (default: the user cache)."""
+    fp16 on CUDA, fp32 on the CPU); ``engine_dir``: the engine cache (default: the user cache);
+    ``trt_provider``: run through ORT's TensorRT provider (CUDA only; the first build takes minutes).
+    Every session is checked to run on the providers asked for (see :mod:`.ort_providers`)."""
 
     name = "onnxruntime"
 
     def __init__(
-        self, paths: ModelPaths, device: str | None = None, precision: str | None = None, engine_dir: Path | None = None
+        self, paths: ModelPaths, device: str | None = None, precision: str | None = None, engine_dir: Path | None = None,
+        trt_provider: bool = False,
     ) -> None:
         import onnxruntime as ort
 
@@ -46,11 +61,7 @@ class OnnxRuntimeBackend(Backend):
         kind, _, index = device.partition(":")
         if kind not in ("cpu", "cuda") or (index and not index.isdigit()):
             raise DynamicIDError(f"device {device!r} is not understood by the onnxruntime backend; use cpu, cuda or cuda:N")
-        if kind == "cuda" and "CUDAExecutionProvider" not in available:
-            raise DynamicIDError(
-                f"device {device!r} needs onnxruntime's CUDA provider, but this onnxruntime offers only "
-                f"{', '.join(available)}; install onnxruntime-gpu (in place of onnxruntime) or use --device cpu"
-            )
+        check_available(kind, trt_provider, available, device)
         precision = precision or ("fp16" if kind == "cuda" else "fp32")
         if precision not in PRECISIONS:
             raise DynamicIDError(f"precision {precision!r} is not supported; use {' or '.join(PRECISIONS)}")
@@ -64,36 +75,19 @@ class OnnxRuntimeBackend(Backend):
         self._device_type = kind
         self._device_id = int(index or 0)
         self._available = available
+        self.trt_provider = trt_provider
         self._sessions: dict[str, ort.InferenceSession] = {}
 
     def _providers(self, entry: "CacheEntry") -> list[Any]:
-        if self._device_type == "cpu":
-            return ["CPUExecutionProvider"]
-        providers: list[Any] = []
-        if "TensorrtExecutionProvider" in self._available:
-            profile = ENGINES[entry.engine].profile(self.dims)
-
-            def shapes(i: int) -> str:
-                return ",".join(f"{name}:{'x'.join(map(str, s[i]))}" for name, s in profile.items())
-
-            options = {
-                "device_id": self._device_id,
-                "trt_fp16_enable": self.precision == "fp16",
-                # TensorRT plans live inside the cache entry, so a rebuilt entry drops stale plans.
-                "trt_engine_cache_enable": True,
-                "trt_engine_cache_path": str(entry.path / "tensorrt"),
-                "trt_timing_cache_enable": True,
-                "trt_timing_cache_path": str(entry.path / "tensorrt"),
-            }
-            if profile and ENGINES[entry.engine].axes:
-                options |= {"trt_profile_min_shapes": shapes(0), "trt_profile_opt_shapes": shapes(1), "trt_profile_max_shapes": shapes(2)}
-            providers.append(("TensorrtExecutionProvider", options))
-        providers.append(("CUDAExecutionProvider", {"device_id": self._device_id}))
-        providers.append("CPUExecutionProvider")
-        return providers
+        fp16 = entry.manifest.get("graph_precision", self.precision) == "fp16"
+        return session_providers(self._device_type, self._device_id, fp16, self.trt_provider, entry.path / "tensorrt")
 
     def _session(self, engine: str) -> "ort.InferenceSession":
         self.check_engine(engine)
+        with _SESSION_LOCK:  # two threads' first calls open (or rebuild) an engine once
+            return self._session_locked(engine)
+
+    def _session_locked(self, engine: str) -> "ort.InferenceSession":
         session = self._sessions.get(engine)
         if session is None:
             entry = self._entries.get(engine)
@@ -102,15 +96,53 @@ class OnnxRuntimeBackend(Backend):
                     f"engine {engine!r} is not available: the model folder lacks its weights "
                     "(imr needs dynamicid/IMR.bin and key_point_encoder.bin)"
                 )
-            import onnxruntime as ort
-
-            options = ort.SessionOptions()
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            options.log_severity_level = 3  # keep ORT's own warnings (e.g. unused initializers) out of logs
-            session = ort.InferenceSession(str(entry.onnx), options, providers=self._providers(entry))
-            log.info("%s: loaded %s with %s", engine, entry.onnx, ", ".join(session.get_providers()))
-            self._sessions[engine] = session
+            session = self._sessions[engine] = self._open(entry)
         return session
+
+    def _open(self, entry: "CacheEntry") -> "ort.InferenceSession":
+        """A session on ``entry``'s graph, checked to run on the providers asked for."""
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = ORT_LOG_SEVERITY  # a provider that fails to load says why
+        providers = self._providers(entry)
+        if TENSORRT in requested(providers):
+            log_tensorrt_build(entry.engine, entry.path / "tensorrt")
+        try:
+            session = ort.InferenceSession(str(entry.onnx), options, providers=providers)
+        except _graph_load_errors() as exc:  # a graph that passed its hash check but will not parse
+            entry = self._rebuild(entry, exc)
+            session = ort.InferenceSession(str(entry.onnx), options, providers=providers)
+        check_session(entry.engine, requested(providers), session.get_providers())
+        log.info("%s: loaded %s with %s", entry.engine, entry.onnx, ", ".join(session.get_providers()))
+        return session
+
+    def _rebuild(self, entry: "CacheEntry", exc: Exception) -> "CacheEntry":
+        from dynamicid_rt.export.cache import build_engines
+
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        log.warning("%s: corrupt engine %s (%s), rebuilding", entry.engine, entry.onnx, reason)
+        (fresh,) = build_engines(self.paths, entry.path.parent, entry.precision, [entry.engine], force=True)
+        if self._entries.get(entry.engine) is entry:
+            self._entries[entry.engine] = fresh
+        return fresh
+
+    def run_fp32(self, engine: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``run`` on the engine's fp32 graph: the entry's own when it is fp32 (the VAE in fp16
+        caches), else the fp32 cache entry, built on first use."""
+        entry = self._entries.get(engine)
+        if entry is None or entry.manifest.get("graph_precision", entry.precision) == "fp32":
+            return self.run(engine, inputs)
+        key = f"{engine}:fp32"
+        if key not in self._sessions:
+            from dynamicid_rt.export.cache import build_engines
+
+            (fp32,) = build_engines(self.paths, entry.path.parent, "fp32", [engine])
+            self._sessions[key] = self._open(fp32)
+        session = self._sessions[key]
+        names = ENGINES[engine].output_names
+        return dict(zip(names, session.run(names, self._feed(session, engine, inputs))))
 
     @staticmethod
     def _feed(session: "ort.InferenceSession", engine: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -123,7 +155,8 @@ class OnnxRuntimeBackend(Backend):
 
     def run(self, engine: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         session = self._session(engine)
-        outputs = dict(zip(ENGINES[engine].output_names, session.run(None, self._feed(session, engine, inputs))))
+        names = ENGINES[engine].output_names  # asked for by name: graph names are the contract's
+        outputs = dict(zip(names, session.run(names, self._feed(session, engine, inputs))))
         if self.precision == "fp16":
             _check_finite(engine, outputs)
         return outputs
@@ -187,8 +220,7 @@ class _BoundCall:
         self.device_id = device_id
         self.check_finite = check_finite
         self.varying = [name for name in types if name not in uploaded]
-        self.graph_outputs = [o.name for o in session.get_outputs()]  # mapped to contract names by position
-        self.outputs = ENGINES[engine].output_names
+        self.outputs = ENGINES[engine].output_names  # bound by name; the binding returns them in bind order
         self.binding = session.io_binding()
         for name, value in uploaded.items():
             self.binding.bind_ortvalue_input(name, value)
@@ -198,7 +230,7 @@ class _BoundCall:
             if name not in inputs:
                 raise KeyError(f"{self.engine} needs input {name!r} at each call; got {', '.join(inputs) or 'none'}")
             self.binding.bind_cpu_input(name, np.ascontiguousarray(inputs[name], dtype=self.types[name]))
-        for name in self.graph_outputs:
+        for name in self.outputs:
             self.binding.bind_output(name, self.device, self.device_id)
         self.session.run_with_iobinding(self.binding)
         outputs = dict(zip(self.outputs, self.binding.copy_outputs_to_cpu()))

@@ -1,49 +1,77 @@
-"""The PyTorch reference backend: eager modules of ``dynamicid_rt.models``, CPU or CUDA, fp32 or fp16."""
+"""The PyTorch reference backend: eager modules of ``dynamicid_rt.models``, CPU or CUDA, fp32, fp16 or bf16."""
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Mapping
 
 import numpy as np
 import torch
 
-from ..contract import ENGINES
+from ..contract import ENGINES, EngineSpec
 from ..models.engines import load_engine_module
 from ..models.base import read_model_dims
 from ..paths import ModelPaths
-from .base import Backend
+from ..errors import BackendError
+from .base import Backend, EngineCall
+from .torch_bound import STEP_INPUTS, BoundUNet
 
 log = logging.getLogger(__name__)
 
 FP32_INPUTS = frozenset({"timestep", "id_boxes", "id_scale", "id_boost", "id_gating", "id_mix"})
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# Under bf16 only the heavy engines (run every step / per image) drop precision; the identity and
+# text engines run once per request and stay fp32, which keeps identity tokens exact.
+BF16_ENGINES = frozenset({"unet", "vae_decoder"})
+# Convolution-heavy engines run channels_last on CUDA (tensor-core convolutions without transposes).
+CHANNELS_LAST = {"unet": "sample", "vae_decoder": "latent"}
+_LOAD_LOCK = threading.RLock()
 
 
 class TorchBackend(Backend):
     name = "torch"
 
-    def __init__(self, paths: ModelPaths, device: str | None = None, precision: str | None = None) -> None:
+    def __init__(
+        self, paths: ModelPaths, device: str | None = None, precision: str | None = None, cuda_graphs: bool = False
+    ) -> None:
+        """``cuda_graphs``: replay the bound UNet step from a CUDA graph (CUDA only; see :meth:`bind`)."""
         super().__init__(read_model_dims(paths), paths.has_imr)
         self.paths = paths
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         precision = precision or ("fp16" if self.device.type == "cuda" else "fp32")
         if precision not in PRECISIONS:
-            raise ValueError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+            raise BackendError(f"precision {precision!r}: the torch backend runs {', '.join(PRECISIONS)}")
         if self.device.type == "cpu" and precision == "fp16":
-            log.warning("fp16 on CPU is slow and not always supported; fp32 is recommended on CPU")
+            log.warning("fp16 on CPU is slow and not always supported; fp32 (or bf16 on CPUs with bf16 units) is recommended")
         self.precision = precision
         self.dtype = PRECISIONS[precision]
+        self.cuda_graphs = cuda_graphs
+        if cuda_graphs and self.device.type != "cuda":
+            log.warning("cuda_graphs needs a CUDA device; running eagerly on %s", self.device)
         self._modules: dict[str, torch.nn.Module] = {}
 
     def module(self, engine: str) -> torch.nn.Module:
         """The engine's module, loaded on first use (a model folder without IMR still generates)."""
         self.check_engine(engine)
-        if engine not in self._modules:
+        if engine in self._modules:
+            return self._modules[engine]
+        # One loader at a time in the process: transformers' and diffusers' lazy imports are not
+        # thread-safe (two threads' first calls fail with "cannot import name ...").
+        with _LOAD_LOCK:
+            if engine in self._modules:
+                return self._modules[engine]
             log.info("loading %s (%s, %s)", engine, self.device, self.precision)
-            # The VAE decoder stays fp32 under fp16: SD1.5's VAE overflows in half precision.
-            dtype = torch.float32 if engine == "vae_decoder" else self.dtype
-            self._modules[engine] = load_engine_module(self.paths, engine, dtype=dtype, device=self.device)
+            module = load_engine_module(self.paths, engine, dtype=self.engine_dtype(engine), device=self.device)
+            if engine in CHANNELS_LAST and self.device.type == "cuda":
+                module = module.to(memory_format=torch.channels_last)
+            self._modules[engine] = module
         return self._modules[engine]
+
+    def engine_dtype(self, engine: str) -> torch.dtype:
+        if self.precision == "bf16":
+            return self.dtype if engine in BF16_ENGINES else torch.float32
+        # The VAE decoder stays fp32 under fp16: SD1.5's VAE overflows in half precision (bf16 has fp32's range).
+        return torch.float32 if engine == "vae_decoder" else self.dtype
 
     @torch.inference_mode()
     def run(self, engine: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -53,9 +81,48 @@ class TorchBackend(Backend):
         if missing:
             raise KeyError(f"engine {engine} needs input(s) {', '.join(missing)}")
         args = [self._tensor(t.name, inputs[t.name], module) for t in spec.inputs]
-        out = module(*args)
-        outs = out if isinstance(out, (tuple, list)) else (out,)
-        return {t.name: o.float().cpu().numpy() for t, o in zip(spec.outputs, outs)}
+        return _outputs(spec, module(*args))
+
+    @torch.inference_mode()
+    def run_fp32(self, engine: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``run`` with an fp32 copy of the engine when it runs in reduced precision (loaded on first use)."""
+        if self.engine_dtype(engine) == torch.float32:
+            return self.run(engine, inputs)
+        key = f"{engine}:fp32"
+        if key not in self._modules:
+            log.info("loading an fp32 %s to retry in full precision", engine)
+            self._modules[key] = load_engine_module(self.paths, engine, dtype=torch.float32, device=self.device)
+        spec, module = ENGINES[engine], self._modules[key]
+        return _outputs(spec, module(*(self._tensor(n, inputs[n], module) for n in spec.input_names)))
+
+    @torch.inference_mode()
+    def bind(self, engine: str, constants: Mapping[str, np.ndarray]) -> EngineCall:
+        """A callable with ``constants`` uploaded to the device once. For the UNet bound to every
+        input but the per-step ones (sample, timestep, id_boost), the region masks and each layer's
+        identity-token projections are also built once (:class:`BoundUNet`), and with
+        ``cuda_graphs`` the step is replayed from a CUDA graph. Results equal :meth:`run`'s."""
+        spec = ENGINES[engine]
+        module = self.module(engine)
+        unknown = set(constants) - set(spec.input_names)
+        if unknown:
+            raise KeyError(f"{engine} has no input(s) {', '.join(sorted(unknown))}; its inputs are {', '.join(spec.input_names)}")
+        fixed = {name: self._tensor(name, value, module) for name, value in constants.items()}
+        if engine == "unet" and set(fixed) == set(spec.input_names) - set(STEP_INPUTS):
+            bound = BoundUNet(module, fixed, cuda_graphs=self.cuda_graphs)
+
+            @torch.inference_mode()
+            def unet_step(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+                args = [self._tensor(name, inputs[name], module) for name in STEP_INPUTS]
+                return {"noise_pred": bound.step(*args).float().cpu().numpy()}
+
+            return unet_step
+
+        @torch.inference_mode()
+        def call(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+            args = [fixed[n] if n in fixed else self._tensor(n, inputs[n], module) for n in spec.input_names]
+            return _outputs(spec, module(*args))
+
+        return call
 
     @torch.inference_mode()
     def activation_maps(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -70,6 +137,8 @@ class TorchBackend(Backend):
         # scales) stay fp32 so box edges and gating constants are exact under fp16.
         if tensor.is_floating_point() and name not in FP32_INPUTS:
             tensor = tensor.to(next(module.parameters()).dtype)
+        if self.device.type == "cuda" and name in CHANNELS_LAST.values():
+            tensor = tensor.contiguous(memory_format=torch.channels_last)
         return tensor
 
     def describe(self) -> dict[str, str]:
@@ -82,3 +151,9 @@ class TorchBackend(Backend):
         self._modules.clear()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def _outputs(spec: EngineSpec, out: torch.Tensor | tuple[torch.Tensor, ...]) -> dict[str, np.ndarray]:
+    """A module's outputs as fp32 host arrays named as in the contract."""
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    return {t.name: o.float().cpu().numpy() for t, o in zip(spec.outputs, outs)}

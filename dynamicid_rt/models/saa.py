@@ -14,6 +14,7 @@ count, box count and gating setting.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
@@ -48,13 +49,16 @@ class SAAInputs:
     """
 
     tokens: torch.Tensor  # (B, 4N, C) in the model dtype
-    scale: torch.Tensor  # (1,) fp32
+    token_scale: torch.Tensor  # (4N,) fp32: each person's id_scale repeated over their 4 tokens
     boost: torch.Tensor  # (1,) fp32
     gate: torch.Tensor  # (1,) bool
     token_mix: torch.Tensor  # (4N,) fp32 logit multipliers (all ones unless mixing)
     levels: dict[int, tuple[torch.Tensor, torch.Tensor]]
     # Set only by SAAUNet.activation_maps: each SAA layer appends its per-identity map (B, N, L).
     record: list[torch.Tensor] | None = None
+    # Set only by SAAUNet.prepare(project_tokens=True) for repeated calls with the same tokens:
+    # each SAA layer's (k_z, v_z) = (to_k_ip, to_v_ip)(tokens), (B, 4N, width), keyed by layer path.
+    token_kv: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -103,11 +107,16 @@ class SAAAttnProcessor(nn.Module):
     text cross-attention.
     """
 
-    def __init__(self, width: int, context_dim: int, level: int) -> None:
+    def __init__(self, width: int, context_dim: int, level: int, key: str = "") -> None:
         super().__init__()
         self.to_k_ip = nn.Linear(context_dim, width, bias=False)
         self.to_v_ip = nn.Linear(context_dim, width, bias=False)
         self.level = level
+        self.key = key  # the layer's module path: names its entry in SAAInputs.token_kv
+
+    def project_tokens(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(k_z, v_z)`` (B, 4N, width): the identity tokens through to_k_ip / to_v_ip."""
+        return self.to_k_ip(tokens), self.to_v_ip(tokens)
 
     def __call__(
         self,
@@ -126,8 +135,8 @@ class SAAAttnProcessor(nn.Module):
 
     def _identity_branch(self, q: torch.Tensor, saa: SAAInputs) -> torch.Tensor:
         heads, d = q.shape[1], q.shape[3]
-        k_z = _split_heads(self.to_k_ip(saa.tokens), heads)
-        v_z = _split_heads(self.to_v_ip(saa.tokens), heads)
+        k_z, v_z = saa.token_kv[self.key] if saa.token_kv is not None else self.project_tokens(saa.tokens)
+        k_z, v_z = _split_heads(k_z, heads), _split_heads(v_z, heads)
         # (B, heads, L, 4N): tiny next to the text logits, so everything below runs in fp32.
         logits = torch.matmul(q, k_z.transpose(-1, -2)).float() * (d**-0.5)
         masked, inside = saa.levels[self.level]
@@ -147,38 +156,48 @@ class SAAAttnProcessor(nn.Module):
             # How much each identity's tokens draw, gated: (B, N, L), summed over heads.
             per_id = probs.sum(dim=1).unflatten(-1, (-1, TOKENS_PER_ID)).sum(-1).transpose(1, 2)
             saa.record.append(act[:, None, :] * per_id)
-        out = torch.matmul(probs, v_z.float())
-        return saa.scale * act[:, None, :, None] * out
+        # id_scale[j] scales the value rows of person j's tokens (SPEC §1.5 step 4).
+        out = torch.matmul(probs, v_z.float() * saa.token_scale[:, None])
+        return act[:, None, :, None] * out
 
 
-def _as_size(value: int | torch.Tensor) -> torch.Tensor:
-    """A size as an int64 tensor, so arithmetic on it stays in the graph (sizes are already
-    tensors while tracing)."""
-    return value if isinstance(value, torch.Tensor) else torch.tensor(value, dtype=torch.int64)
+def _grid_shape(lat_h, lat_w, n_pos):
+    """``(h', w')`` of a layer with ``n_pos`` positions: k = int(√(H·W // L)), w' = W // k, h' = H // k.
+
+    Sizes are Python ints in eager mode (no device round trip, so the ``meta`` device and CUDA graph
+    capture work) and 0-d tensors while tracing (so the graph serves every latent size)."""
+    if isinstance(n_pos, torch.Tensor):
+        k = torch.floor(torch.sqrt((lat_h * lat_w // n_pos).to(torch.float32))).to(torch.int64)
+    else:
+        k = math.isqrt(lat_h * lat_w // n_pos)
+    return lat_h // k, lat_w // k
+
+
+def _box_scale(grid_h, grid_w, device: torch.device) -> torch.Tensor:
+    """``(h', w', h', w')`` as fp32 on the boxes' device, multiplying boxes ``(y0, x0, y1, x1)``."""
+    if isinstance(grid_h, torch.Tensor):
+        return torch.stack([grid_h, grid_w, grid_h, grid_w]).to(device, torch.float32)
+    return torch.tensor([grid_h, grid_w, grid_h, grid_w], dtype=torch.float32, device=device)
 
 
 def _region_masks(
     boxes: torch.Tensor,
-    latent_hw: tuple[torch.Tensor, torch.Tensor],
-    layer_hw: tuple[torch.Tensor, torch.Tensor],
+    latent_hw: tuple[int | torch.Tensor, int | torch.Tensor],
+    layer_hw: tuple[int | torch.Tensor, int | torch.Tensor],
     block: torch.Tensor,
     block_has_box: torch.Tensor,
     gate: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(masked (L, 4N), inside (L,))`` for a layer of ``layer_hw`` positions (SPEC §1.5 box grid)."""
-    lat_h, lat_w = latent_hw
     n_pos = layer_hw[0] * layer_hw[1]
-    # k = int(sqrt(H·W // L)), w' = W // k, h' = H // k; position p sits at row p // w', column p % w'.
-    k = torch.floor(torch.sqrt((lat_h * lat_w // n_pos).to(torch.float32))).to(torch.int64)
-    grid_h, grid_w = lat_h // k, lat_w // k
+    grid_h, grid_w = _grid_shape(*latent_hw, n_pos)  # position p sits at row p // w', column p % w'
     pos = torch.arange(n_pos, device=boxes.device)
     row = pos // grid_w
     col = pos - row * grid_w  # p % w', written without Mod for TensorRT's parser
     row, col = row.to(torch.float32)[None, :], col.to(torch.float32)[None, :]
     # int(y0·h') with exact decimal arithmetic: in fp32, 0.53·100 lands just below 53, so a margin far
     # below one cell restores the exact product before flooring (float64 Python has its own misses).
-    scale = torch.stack([grid_h, grid_w, grid_h, grid_w]).to(torch.float32)
-    edges = torch.floor(boxes.to(torch.float32) * scale + _EDGE_MARGIN)
+    edges = torch.floor(boxes.to(torch.float32) * _box_scale(grid_h, grid_w, boxes.device) + _EDGE_MARGIN)
     y0, x0, y1, x1 = edges[:, 0:1], edges[:, 1:2], edges[:, 2:3], edges[:, 3:4]
     in_box = ((row >= y0) & (row < y1) & (col >= x0) & (col < x1)).to(torch.float32)  # (M, L)
     inside = in_box.amax(dim=0) > 0.5
@@ -222,21 +241,49 @@ class SAAUNet(nn.Module):
     ) -> torch.Tensor:
         """Noise prediction (B, 4, h, w); shapes as in the engine table, SPEC §4. ``record`` is for
         :meth:`activation_maps` only (not part of the engine contract)."""
-        lat_h, lat_w = _as_size(sample.shape[-2]), _as_size(sample.shape[-1])
-        n_tokens = _as_size(id_tokens.shape[1])
-        n_boxes = _as_size(id_boxes.shape[0])
+        saa = self.prepare(
+            sample.shape[-2:], id_tokens, id_boxes, id_scale, id_boost, id_gating, id_mix, record=record
+        )
+        return self.denoise(sample, timestep, encoder_hidden_states, saa)
+
+    def denoise(
+        self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor, saa: SAAInputs
+    ) -> torch.Tensor:
+        """The UNet step on identity inputs from :meth:`prepare` (reused across the steps of a generation)."""
+        return self.unet(
+            sample, timestep, encoder_hidden_states, cross_attention_kwargs={"saa": saa}, return_dict=False
+        )[0]
+
+    def prepare(
+        self,
+        latent_hw: "tuple[int | torch.Tensor, int | torch.Tensor] | torch.Size",
+        id_tokens: torch.Tensor,
+        id_boxes: torch.Tensor,
+        id_scale: torch.Tensor,
+        id_boost: torch.Tensor,
+        id_gating: torch.Tensor,
+        id_mix: torch.Tensor,
+        record: list[torch.Tensor] | None = None,
+        project_tokens: bool = False,
+    ) -> SAAInputs:
+        """What every SAA layer shares for latents of ``latent_hw``: region masks per level, token
+        scales and mixing weights, all on the inputs' device. ``project_tokens`` also runs every
+        layer's to_k_ip/to_v_ip once, for a caller that reuses the result over many steps."""
+        lat_h, lat_w = latent_hw
+        device = id_tokens.device
+        n_tokens, n_boxes = id_tokens.shape[1], id_boxes.shape[0]
         boxes = id_boxes.to(torch.float32)
         gate = id_gating.to(torch.float32) > 0.5
         mix = id_mix.to(torch.float32)
 
-        token = torch.arange(id_tokens.shape[1], device=sample.device)
+        token = torch.arange(n_tokens, device=device)
         block = token // TOKENS_PER_ID
         block_has_box = block < n_boxes
         mixing = gate & (n_boxes == 1) & (n_tokens > TOKENS_PER_ID)
         token_mix = torch.where(
             mixing, torch.where(token < TOKENS_PER_ID, mix, 1.0 - mix), torch.ones_like(mix)
         )
-        box_of_block = torch.minimum(block, n_boxes - 1)  # any valid row for blocks without a box
+        box_of_block = torch.where(block_has_box, block, torch.zeros_like(block))  # any valid row without a box
 
         levels = {}
         size = (lat_h, lat_w)
@@ -246,18 +293,20 @@ class SAAUNet(nn.Module):
             # Each downsampler is a stride-2 3x3 conv with padding 1: ceil(n / 2).
             size = ((size[0] - 1) // 2 + 1, (size[1] - 1) // 2 + 1)
 
-        saa = SAAInputs(
-            tokens=id_tokens.to(self.dtype),
-            scale=id_scale.to(torch.float32),
+        tokens = id_tokens.to(self.dtype)
+        token_kv = None
+        if project_tokens:
+            token_kv = {p.key: p.project_tokens(tokens) for p in self.unet.attn_processors.values() if isinstance(p, SAAAttnProcessor)}
+        return SAAInputs(
+            tokens=tokens,
+            token_scale=id_scale.to(torch.float32).index_select(0, block),
             boost=id_boost.to(torch.float32),
             gate=gate,
             token_mix=token_mix,
             levels=levels,
             record=record,
+            token_kv=token_kv,
         )
-        return self.unet(
-            sample, timestep, encoder_hidden_states, cross_attention_kwargs={"saa": saa}, return_dict=False
-        )[0]
 
     @torch.no_grad()
     def activation_maps(self, *inputs: torch.Tensor) -> torch.Tensor:
@@ -337,7 +386,7 @@ def install_saa(
                 up = processors[f"{i}.{target}_lora.up.weight"].to(weight.device, torch.float32)
                 weight.copy_(weight.float() + up @ down)  # W' = W + up·down, merged in fp32
             if attn.is_cross_attention:
-                proc = SAAAttnProcessor(attn.to_k.out_features, attn.to_k.in_features, levels[name])
+                proc = SAAAttnProcessor(attn.to_k.out_features, attn.to_k.in_features, levels[name], key=name)
                 proc.to_k_ip.weight.copy_(processors[f"{i}.to_k_ip.weight"])
                 proc.to_v_ip.weight.copy_(processors[f"{i}.to_v_ip.weight"])
                 installed[name] = proc.to(device=attn.to_k.weight.device, dtype=attn.to_k.weight.dtype)

@@ -1,0 +1,55 @@
+"""The tabs over the middle of the window: Layout (boxes), Preview (live), Result (the selected
+image with a likeness badge per person) and Activation maps (with a legend of whose colour is whose)."""
+from __future__ import annotations
+
+import numpy as np
+from PySide6.QtGui import QColor
+from PySide6.QtWidgets import QTabWidget, QVBoxLayout, QWidget
+
+from .gallery import GalleryEntry
+from .views import ChipRow, ImageView, match_chips, overlay_activation_maps
+
+NO_MAPS = "Activation maps are not available for this backend."
+
+
+def _stacked(top: QWidget, main: QWidget) -> QWidget:
+    box = QWidget()
+    column = QVBoxLayout(box)
+    column.setContentsMargins(0, 0, 0, 0)
+    column.addWidget(top)
+    column.addWidget(main, 1)
+    return box
+
+
+class ImageTabs(QTabWidget):
+    def __init__(self, layout_tab: QWidget, parent=None) -> None:
+        super().__init__(parent)
+        self.preview_view = ImageView("The live preview appears here while generating.")
+        self.result_view = ImageView("No image yet: press Generate (Ctrl+Enter).")
+        self.badges = ChipRow()  # each person's likeness in the selected image
+        self.maps_view = ImageView(NO_MAPS)
+        self.maps_legend = ChipRow()  # which colour is whose
+        self.addTab(layout_tab, "Layout")
+        self.addTab(self.preview_view, "Preview")
+        self.result_tab = _stacked(self.badges, self.result_view)
+        self.addTab(self.result_tab, "Result")
+        self.addTab(_stacked(self.maps_legend, self.maps_view), "Activation maps")
+
+    def show_preview(self, rgb: np.ndarray | None = None) -> None:
+        if rgb is not None:
+            self.preview_view.set_image(rgb)
+        self.setCurrentWidget(self.preview_view)
+
+    def show_entry(self, entry: GalleryEntry | None) -> None:
+        if entry is None:
+            return
+        rgb = np.asarray(entry.image.convert("RGB"))
+        self.result_view.set_image(rgb)
+        self.badges.set_chips(match_chips(entry.matches or []))
+        if entry.activation_map is None:
+            self.maps_view.set_text(NO_MAPS)
+            self.maps_legend.set_chips([])
+            return
+        self.maps_view.set_image(overlay_activation_maps(rgb, np.asarray(entry.activation_map), entry.colors))
+        self.maps_legend.set_chips([(name, QColor(*color).name(), f"{name}'s identity acts here")
+                                    for name, color in zip(entry.names, entry.colors)])

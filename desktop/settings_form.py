@@ -1,0 +1,185 @@
+"""The generation settings form: prompt, size, steps, sampler, seed, best-of and the SAA knobs.
+
+One binding (request field name -> getter, setter) maps the form to Request fields and back; the
+window builds requests with :meth:`SettingsForm.values` and restoring from a PNG goes through
+:meth:`SettingsForm.apply` with the parsed parameters.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from dynamicid_rt import SAMPLERS, SIZE_RANGE, Request, RequestError, canonical_sampler
+
+DEFAULTS = Request(prompt="")  # the form starts on the Request defaults
+MAX_BEST_OF = 16
+Binding = dict[str, tuple[Callable[[], Any], Callable[[Any], None]]]
+
+
+def _spin(value: int, lo: int, hi: int, step: int = 1, suffix: str = "") -> QSpinBox:
+    spin = QSpinBox()
+    spin.setRange(lo, hi)
+    spin.setSingleStep(step)
+    spin.setValue(value)
+    spin.setSuffix(suffix)
+    return spin
+
+
+def _double_spin(value: float, lo: float, hi: float, step: float) -> QDoubleSpinBox:
+    spin = QDoubleSpinBox()
+    spin.setRange(lo, hi)
+    spin.setSingleStep(step)
+    spin.setDecimals(2)
+    spin.setValue(value)
+    return spin
+
+
+def _text_box(height: int, placeholder: str = "") -> QPlainTextEdit:
+    box = QPlainTextEdit()
+    box.setFixedHeight(height)
+    box.setPlaceholderText(placeholder)
+    box.setTabChangesFocus(True)  # Tab moves on to the next field, as in every other form field
+    return box
+
+
+class SettingsForm(QWidget):
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self.prompt_edit = _text_box(80, "a photo of two people at the beach")
+        self.negative_edit = _text_box(50)
+        self.width_spin = _spin(DEFAULTS.width, *SIZE_RANGE, step=64, suffix=" px")
+        self.height_spin = _spin(DEFAULTS.height, *SIZE_RANGE, step=64, suffix=" px")
+        self.steps_spin = _spin(DEFAULTS.steps, 1, 1000)
+        self.guidance_spin = _double_spin(DEFAULTS.guidance, 0.0, 30.0, 0.5)
+        self.guidance_spin.setToolTip("How closely the image follows the prompt (classifier-free guidance; 1 = off)")
+        self.sampler_combo = QComboBox()
+        for name in ("default", *SAMPLERS):
+            self.sampler_combo.addItem(name, name)
+        self.sampler_combo.setToolTip("The denoising method; “default” is the base model's own scheduler")
+        self.random_seed_check = QCheckBox("random")
+        self.seed_edit = QLineEdit("0")
+        self.seed_edit.setToolTip("The same seed and settings give the same image")
+        self.batch_spin = _spin(DEFAULTS.batch, 1, 16)
+        self.batch_spin.setToolTip("Images per run, from consecutive seeds")
+        self.best_of_spin = _spin(DEFAULTS.best_of, 1, MAX_BEST_OF)
+        self.best_of_spin.setToolTip("Generate this many seeds and show them best first, ranked by how "
+                                     "recognisable the least recognisable person is (needs people; batch 1)")
+        self.boost_spin = _double_spin(DEFAULTS.boost, 0.0, 20.0, 0.5)
+        self.boost_spin.setToolTip("Extra weight of the identities inside their boxes in the first steps "
+                                   "(settles who goes where); 0 turns it off")
+        self.boost_steps_spin = _spin(DEFAULTS.boost_steps, 0, 1000)
+        self.boost_steps_spin.setToolTip("For how many of the first steps the boost applies")
+        self.gating_combo = QComboBox()
+        self.gating_combo.addItems(["auto", "on", "off"])
+        self.gating_combo.setToolTip("Region gating keeps each identity inside its own box; "
+                                     "auto: on with two or more people")
+
+        seed_row = QHBoxLayout()
+        seed_row.addWidget(self.random_seed_check)
+        seed_row.addWidget(self.seed_edit, 1)
+        size_row = QHBoxLayout()
+        size_row.addWidget(self.width_spin)
+        size_row.addWidget(QLabel("×"))
+        size_row.addWidget(self.height_spin)
+        form = QFormLayout()
+        form.addRow(QLabel("<b>Prompt</b>"))
+        form.addRow(self.prompt_edit)
+        form.addRow("Negative prompt:", self.negative_edit)
+        form.addRow("Size:", size_row)
+        form.addRow("Steps:", self.steps_spin)
+        form.addRow("Guidance:", self.guidance_spin)
+        form.addRow("Sampler:", self.sampler_combo)
+        form.addRow("Seed:", seed_row)
+        form.addRow("Batch:", self.batch_spin)
+        form.addRow("Best of:", self.best_of_spin)
+        form.addRow("Boost:", self.boost_spin)
+        form.addRow("Boost steps:", self.boost_steps_spin)
+        form.addRow("Region gating:", self.gating_combo)
+        column = QVBoxLayout(self)
+        column.setContentsMargins(0, 0, 0, 0)
+        column.addLayout(form)
+        column.addStretch(1)
+
+        self.random_seed_check.toggled.connect(lambda on: self.seed_edit.setEnabled(not on))
+        self.binding: Binding = {
+            "prompt": (lambda: self.prompt_edit.toPlainText().strip(), self.prompt_edit.setPlainText),
+            "negative_prompt": (lambda: self.negative_edit.toPlainText().strip(), self.negative_edit.setPlainText),
+            "width": (self.width_spin.value, self.width_spin.setValue),
+            "height": (self.height_spin.value, self.height_spin.setValue),
+            "steps": (self.steps_spin.value, self.steps_spin.setValue),
+            "guidance": (self.guidance_spin.value, self.guidance_spin.setValue),
+            "sampler": (self.sampler_combo.currentData, self._set_sampler),
+            "seed": (self._seed, self._set_seed),
+            "batch": (self.batch_spin.value, self.batch_spin.setValue),
+            "best_of": (self.best_of_spin.value, self.best_of_spin.setValue),
+            "boost": (self.boost_spin.value, self.boost_spin.setValue),
+            "boost_steps": (self.boost_steps_spin.value, self.boost_steps_spin.setValue),
+            "gating": (self.gating_combo.currentText, self._set_gating),
+        }
+        self.set_request(DEFAULTS)
+
+    # -- the binding ---------------------------------------------------------------------------
+
+    def values(self) -> dict[str, Any]:
+        """The Request fields the form holds; RequestError names a field the user must fix."""
+        return {name: get() for name, (get, _set) in self.binding.items()}
+
+    def apply(self, values: Mapping[str, Any]) -> list[str]:
+        """Set the fields present in ``values`` (e.g. parsed PNG parameters); returns the names of
+        those that could not be shown (out of range or unknown)."""
+        skipped = []
+        for name, (_get, set_value) in self.binding.items():
+            if name in values:
+                try:
+                    set_value(values[name])
+                except (RequestError, TypeError, ValueError):
+                    skipped.append(name)
+        return skipped
+
+    def set_request(self, request: Request) -> None:
+        self.apply({name: getattr(request, name) for name in self.binding})
+
+    # -- fields that need more than a spin box ---------------------------------------------------
+
+    def _seed(self) -> int | None:
+        if self.random_seed_check.isChecked():
+            return None
+        text = self.seed_edit.text().strip()
+        if not text.isdigit() or int(text) >= 2**32:
+            raise RequestError(f"seed {text!r}: enter a whole number from 0 to 4294967295, or tick “random”")
+        return int(text)
+
+    def _set_seed(self, seed: int | None) -> None:
+        self.random_seed_check.setChecked(seed is None)
+        if seed is not None:
+            self.seed_edit.setText(str(int(seed)))
+
+    def _set_sampler(self, name: str) -> None:
+        index = self.sampler_combo.findData(canonical_sampler(str(name)))
+        if index < 0:
+            raise ValueError(name)
+        self.sampler_combo.setCurrentIndex(index)
+
+    def _set_gating(self, gating: str | bool) -> None:
+        text = {True: "on", False: "off"}.get(gating, gating) if isinstance(gating, bool) else str(gating)
+        if text not in ("auto", "on", "off"):
+            raise ValueError(gating)
+        self.gating_combo.setCurrentText(text)
+
+    def set_default_sampler(self, name: str) -> None:
+        """Say which sampler “default” is for the loaded model (SD1.5: PNDM)."""
+        index = self.sampler_combo.findData("default")
+        self.sampler_combo.setItemText(index, f"default ({name})" if name else "default")

@@ -1,0 +1,137 @@
+"""Small display widgets: a fitted image, a row of coloured chips (likeness badges, map legend),
+a closable banner, and the activation-map overlay."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+from PySide6.QtCore import QRect, Qt, Signal
+from PySide6.QtGui import QColor, QImage, QPainter
+from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QSizePolicy, QToolButton, QWidget
+
+from .people import array_to_qimage
+
+if TYPE_CHECKING:
+    from dynamicid_rt import IdentityMatch
+
+GOOD, BAD = "#2e7d32", "#c62828"
+Chip = tuple[str, str, str]  # text, background colour, tooltip
+
+
+class ImageView(QWidget):
+    """Shows an image fitted to the widget with its aspect ratio kept, or a line of text."""
+
+    def __init__(self, text: str, parent=None) -> None:
+        super().__init__(parent)
+        self.setMinimumSize(256, 256)
+        self._text = text
+        self._image: QImage | None = None
+
+    def set_image(self, rgb: np.ndarray) -> None:
+        self._image = array_to_qimage(rgb)
+        self.update()
+
+    def set_text(self, text: str) -> None:
+        self._image, self._text = None, text
+        self.update()
+
+    def text(self) -> str:
+        return "" if self._image is not None else self._text
+
+    def has_image(self) -> bool:
+        return self._image is not None
+
+    def image_rect(self) -> QRect:
+        """Where the image is drawn (centred, aspect kept)."""
+        if self._image is None:
+            return QRect()
+        size = self._image.size().scaled(self.size(), Qt.AspectRatioMode.KeepAspectRatio)
+        return QRect((self.width() - size.width()) // 2, (self.height() - size.height()) // 2, size.width(), size.height())
+
+    def paintEvent(self, _event) -> None:
+        painter = QPainter(self)
+        painter.fillRect(self.rect(), QColor("#1e1e1e"))
+        if self._image is None:
+            painter.setPen(QColor("#bdbdbd"))
+            painter.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap, self._text)
+            return
+        painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform)
+        painter.drawImage(self.image_rect(), self._image)
+
+
+def match_chips(matches: Sequence["IdentityMatch"]) -> list[Chip]:
+    """One badge per person: the ArcFace match score, red when the face is missing or swapped."""
+    return [(m.label(), GOOD if m.ok else BAD, m.describe()) for m in matches]
+
+
+class ChipRow(QWidget):
+    """A row of small coloured labels (``chips``), left-aligned; empty hides it."""
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self._layout = QHBoxLayout(self)
+        self._layout.setContentsMargins(0, 2, 0, 2)
+        self._layout.addStretch(1)
+        self.labels: list[QLabel] = []
+        self.setVisible(False)
+
+    def set_chips(self, chips: Sequence[Chip]) -> None:
+        for label in self.labels:
+            label.deleteLater()
+        self.labels = []
+        for i, (text, background, tooltip) in enumerate(chips):
+            label = QLabel(text)
+            label.setToolTip(tooltip)
+            label.setProperty("background", background)
+            label.setStyleSheet(f"background: {background}; color: white; border-radius: 3px; padding: 1px 6px;")
+            self._layout.insertWidget(i, label)
+            self.labels.append(label)
+        self.setVisible(bool(chips))
+
+
+class Banner(QFrame):
+    """A message strip the user can close (model-folder problems)."""
+
+    closed = Signal()
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self.setStyleSheet("Banner { background: #fdecea; } QLabel { color: #8e1c1c; }")
+        self.label = QLabel()
+        self.label.setWordWrap(True)
+        self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.label.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        self.close_button = QToolButton()
+        self.close_button.setText("✕")
+        self.close_button.setToolTip("Close this message")
+        self.close_button.clicked.connect(self.dismiss)
+        row = QHBoxLayout(self)
+        row.setContentsMargins(6, 4, 6, 4)
+        row.addWidget(self.label, 1)
+        row.addWidget(self.close_button, 0, Qt.AlignmentFlag.AlignTop)
+        self.setVisible(False)
+
+    def show_message(self, text: str) -> None:
+        self.label.setText(text)
+        self.setVisible(True)
+
+    def dismiss(self) -> None:
+        self.label.clear()
+        self.setVisible(False)
+        self.closed.emit()
+
+    def text(self) -> str:
+        return self.label.text() if self.isVisible() else ""
+
+
+def overlay_activation_maps(image: np.ndarray, maps: np.ndarray, colors: Sequence[tuple[int, int, int]], alpha: float = 0.6) -> np.ndarray:
+    """Blend each person's activation map (N, h, w) in [0, 1], in that person's colour, over the image."""
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    out = image.astype(np.float32)
+    for amap, color in zip(maps, colors):
+        resized = np.asarray(Image.fromarray(np.clip(amap, 0, 1).astype(np.float32)).resize((w, h), Image.Resampling.BILINEAR))
+        weight = alpha * np.clip(resized, 0.0, 1.0)[..., None]
+        out = out * (1.0 - weight) + np.asarray(color, np.float32) * weight
+    return out.round().clip(0, 255).astype(np.uint8)

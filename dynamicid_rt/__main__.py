@@ -1,0 +1,6 @@
+"""``python -m dynamicid_rt``: the ``dynamicid-rt`` command line."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,207 @@
+"""OpenVINO backend: runs the contract's ONNX engines from the engine cache on the CPU, fp32 or bf16.
+
+OpenVINO reads the cached fp32 ONNX graphs directly (no second export format). Each engine is
+compiled per static input shape: one compiled model per (engine, shapes), kept in a small LRU, so
+the sampler loop runs a static plan. Compiled blobs go to OpenVINO's model cache inside the engine's
+cache entry (``<entry>/openvino``), so a second start imports them instead of compiling again.
+
+bf16 (only on CPUs with bf16 units) is a per-model precision hint: the UNet and the VAE decoder run
+in bf16, the once-per-request engines (text, image encoder, projector, IMR) stay f32. Per-node f32
+islands cannot be asked of OpenVINO's CPU plugin: its ``disable_fp16_compression`` marks do not
+survive the plugin's fusions (measured: marking every node changes no bit), so f32 is kept per model.
+
+Neither this module nor anything it runs at inference imports torch or transformers.
+"""
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+import numpy as np
+
+from ..contract import ENGINES
+from ..errors import BackendError, ModelFolderError
+from ..paths import ModelPaths
+from . import probes
+from .base import Backend, EngineCall
+
+if TYPE_CHECKING:
+    import openvino as ov
+
+    from dynamicid_rt.export.cache import CacheEntry
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "bf16")
+BF16_ENGINES = frozenset({"unet", "vae_decoder"})
+PLANS_PER_ENGINE = 2  # compiled shapes kept per engine: e.g. the 2-image CFG UNet and one other size
+
+
+def cpu_has_bf16(core: "ov.Core") -> bool:
+    """bf16 units detected by OpenVINO itself or in /proc/cpuinfo (never assumed)."""
+    try:
+        capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except RuntimeError:
+        capabilities = []
+    return "BF16" in capabilities or probes.cpu_has_bf16()
+
+
+class _Plan:
+    """One engine compiled for one set of static input shapes, with a reusable infer request."""
+
+    def __init__(self, engine: str, compiled: "ov.CompiledModel") -> None:
+        self.engine = engine
+        self.compiled = compiled
+        self.request = compiled.create_infer_request()
+        # A port can carry several tensor names (OpenVINO adds internal ones); key by every name.
+        self.types = {name: port.get_element_type().to_dtype() for port in compiled.inputs for name in port.get_names()}
+
+    def feed(self, request: "ov.InferRequest", inputs: Mapping[str, np.ndarray]) -> None:
+        import openvino as ov
+
+        for name, value in inputs.items():
+            if name not in self.types:
+                raise KeyError(f"the {self.engine} graph has no input {name!r}; its inputs are {', '.join(sorted(self.types))}")
+            request.set_tensor(name, ov.Tensor(np.ascontiguousarray(value, dtype=self.types[name])))
+
+    def outputs(self, request: "ov.InferRequest") -> dict[str, np.ndarray]:
+        return {name: request.get_tensor(name).data.copy() for name in ENGINES[self.engine].output_names}
+
+
+class OpenVinoBackend(Backend):
+    """Runs every engine with OpenVINO on the CPU. ``precision``: ``"fp32"`` (default) or ``"bf16"``
+    (CPUs with bf16 units); ``engine_dir``: the ONNX engine cache (default: the user cache)."""
+
+    name = "openvino"
+
+    def __init__(
+        self, paths: ModelPaths, device: str | None = None, precision: str | None = None, engine_dir: Path | None = None
+    ) -> None:
+        import openvino as ov
+
+        from dynamicid_rt.export.cache import build_engines, default_engines
+
+        device = device or "cpu"
+        if device != "cpu":
+            raise BackendError(f"device {device!r}: the openvino backend runs on the cpu only (use --device cpu)")
+        self.core = ov.Core()
+        precision = precision or "fp32"
+        if precision not in PRECISIONS:
+            raise BackendError(f"precision {precision!r}: the openvino backend runs {' or '.join(PRECISIONS)}")
+        if precision == "bf16" and not cpu_has_bf16(self.core):
+            raise BackendError("precision bf16: this CPU has no bf16 units (avx512_bf16 or amx_bf16); use fp32")
+        # OpenVINO reads the fp32 graphs; bf16 is a compile-time hint, not a second graph.
+        entries = build_engines(paths, engine_dir, "fp32", default_engines(paths))
+        self._entries: dict[str, CacheEntry] = {e.engine: e for e in entries}
+        super().__init__(entries[0].dims, has_imr=paths.has_imr)
+        self.paths = paths
+        self.device = device
+        self.precision = precision
+        self._plans: OrderedDict[tuple[str, tuple], _Plan] = OrderedDict()
+
+    def engine_precision(self, engine: str) -> str:
+        return "bf16" if self.precision == "bf16" and engine in BF16_ENGINES else "f32"
+
+    def _entry(self, engine: str) -> "CacheEntry":
+        self.check_engine(engine)
+        entry = self._entries.get(engine)
+        if entry is None:
+            raise ModelFolderError(
+                f"engine {engine!r} is not available: the model folder lacks its weights "
+                "(imr needs dynamicid/IMR.bin and key_point_encoder.bin)"
+            )
+        return entry
+
+    def _plan(self, engine: str, inputs: Mapping[str, np.ndarray]) -> _Plan:
+        entry = self._entry(engine)
+        missing = [n for n in ENGINES[engine].input_names if n not in inputs]
+        if missing:
+            raise KeyError(f"{engine} needs input(s) {', '.join(missing)}; got {', '.join(inputs) or 'none'}")
+        shapes = tuple((n, tuple(np.shape(inputs[n]))) for n in ENGINES[engine].input_names)
+        key = (engine, shapes)
+        plan = self._plans.get(key)
+        if plan is not None:
+            self._plans.move_to_end(key)
+            return plan
+        plan = _Plan(engine, self._compile(entry, dict(shapes)))
+        self._plans[key] = plan
+        same_engine = [k for k in self._plans if k[0] == engine]
+        if len(same_engine) > PLANS_PER_ENGINE:
+            del self._plans[same_engine[0]]  # least recently used shape of this engine
+        return plan
+
+    def _compile(self, entry: "CacheEntry", shapes: dict[str, tuple[int, ...]]) -> "ov.CompiledModel":
+        precision = self.engine_precision(entry.engine)
+        model = self.core.read_model(str(entry.onnx))
+        model.reshape({name: list(shape) for name, shape in shapes.items() if name in _input_names(model)})
+        config = {
+            "INFERENCE_PRECISION_HINT": precision,
+            "PERFORMANCE_HINT": "LATENCY",
+            "CACHE_DIR": str(entry.path / "openvino"),
+        }
+        compiled = self.core.compile_model(model, "CPU", config)
+        log.info("%s: compiled for %s (%s)", entry.engine, _shape_text(shapes), precision)
+        return compiled
+
+    def run(self, engine: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        plan = self._plan(engine, inputs)
+        plan.feed(plan.request, inputs)
+        plan.request.infer()
+        return plan.outputs(plan.request)
+
+    def bind(self, engine: str, constants: Mapping[str, np.ndarray]) -> EngineCall:
+        """Set ``constants`` once on an infer request of their own; each call then sets only the
+        changing inputs (latents, timestep, boost). The plan is chosen at the first call, when
+        every shape is known."""
+        unknown = set(constants) - set(ENGINES[engine].input_names)
+        if unknown:
+            raise KeyError(f"{engine} has no input(s) {', '.join(sorted(unknown))}; its inputs are {', '.join(ENGINES[engine].input_names)}")
+        return _BoundCall(self, engine, dict(constants))
+
+    def describe(self) -> dict[str, str]:
+        import openvino as ov
+
+        entry = next(iter(self._entries.values()))
+        return {
+            "backend": self.name,
+            "device": self.device,
+            "precision": self.precision,
+            "openvino": ov.get_version(),
+            "engine_dir": str(entry.path.parent),
+        }
+
+    def close(self) -> None:
+        self._plans.clear()
+
+
+class _BoundCall:
+    """One engine with some inputs set once (see :meth:`OpenVinoBackend.bind`)."""
+
+    def __init__(self, backend: OpenVinoBackend, engine: str, constants: dict[str, np.ndarray]) -> None:
+        self.backend = backend
+        self.engine = engine
+        self.constants = constants
+        self.plan: _Plan | None = None
+        self.request: Any = None
+        self.shapes: dict[str, tuple[int, ...]] = {}
+
+    def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        shapes = {n: tuple(np.shape(v)) for n, v in inputs.items()}
+        if self.plan is None or shapes != self.shapes:
+            self.plan = self.backend._plan(self.engine, {**self.constants, **inputs})
+            self.request = self.plan.compiled.create_infer_request()
+            self.plan.feed(self.request, self.constants)
+            self.shapes = shapes
+        self.plan.feed(self.request, inputs)
+        self.request.infer()
+        return self.plan.outputs(self.request)
+
+
+def _input_names(model: "ov.Model") -> set[str]:
+    return {name for port in model.inputs for name in port.get_names()}
+
+
+def _shape_text(shapes: Mapping[str, tuple[int, ...]]) -> str:
+    return ", ".join(f"{n} {'x'.join(map(str, s))}" for n, s in shapes.items())

@@ -1,0 +1,211 @@
+"""The backend registry: one :class:`BackendInfo` per backend, and ``backend="auto"``.
+
+A backend is declared once, in ``dynamicid_rt/backends/__init__.py``, by a ``register(BackendInfo(...))``
+line: its name, the ``module:Class`` that implements it (imported only when chosen), its pip extra,
+the packages it needs, the precisions it runs per device, its constructor options, its optional
+capabilities and its place in auto's order. Everything here reads those declarations; nothing
+imports a backend module until :func:`create_backend` builds one.
+
+Auto's order (``auto_rank``, lower first): TensorRT (cuda), onnxruntime CUDA, torch CUDA, OpenVINO
+(cpu), onnxruntime CPU, torch CPU. A candidate is usable when its packages are importable
+(``importlib.util.find_spec``) and its device probe finds the device.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+from ..errors import BackendError
+from . import probes
+
+if TYPE_CHECKING:
+    from ..paths import ModelPaths
+    from .base import Backend
+
+log = logging.getLogger(__name__)
+
+AUTO = "auto"
+# Constructor keywords a backend may declare in ``options`` (besides the model paths).
+KNOWN_OPTIONS = ("device", "precision", "engine_dir", "trt_provider", "cuda_graphs")
+# Optional Backend methods a backend may declare in ``capabilities``.
+KNOWN_CAPABILITIES = ("activation_maps", "device_bind")
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """What the registry knows about one backend without importing it.
+
+    ``precisions`` maps a device kind (``cpu``, ``cuda``) to the precisions the backend runs there,
+    its default first; ``bf16`` on the CPU is offered only where the CPU has bf16 units.
+    ``devices`` is a cheap probe returning the device kinds usable here, preferred first.
+    ``options`` are the keywords its constructor takes besides the model paths (see KNOWN_OPTIONS).
+    ``capabilities``: ``activation_maps`` (SAA maps for the desktop), ``device_bind`` (``bind()``
+    keeps constant inputs resident on the device). ``auto_rank`` maps a device kind to its place
+    in auto's order (lower first; absent: never picked by auto). ``install_hint`` replaces the
+    generic ``pip install`` advice when the packages are missing.
+    """
+
+    name: str
+    target: str
+    extra: str
+    requires: tuple[str, ...]
+    precisions: Mapping[str, tuple[str, ...]]
+    devices: Callable[[], tuple[str, ...]] = probes.cpu_only
+    options: tuple[str, ...] = ("device", "precision")
+    capabilities: frozenset[str] = frozenset()
+    auto_rank: Mapping[str, int] = field(default_factory=dict)
+    install_hint: str = ""
+
+    def __post_init__(self) -> None:
+        unknown = (set(self.options) - set(KNOWN_OPTIONS)) | (set(self.capabilities) - set(KNOWN_CAPABILITIES))
+        if ":" not in self.target or unknown:
+            raise ValueError(f"backend {self.name}: bad declaration (target {self.target!r}, unknown {sorted(unknown)})")
+
+    def missing_packages(self) -> list[str]:
+        return [m for m in self.requires if not probes.installed(m)]
+
+    def install_advice(self) -> str:
+        return self.install_hint or f"pip install 'dynamicid-rt[{self.extra}]'"
+
+    def usable_devices(self) -> tuple[str, ...]:
+        """Device kinds this backend can run on here (empty when its packages are missing)."""
+        return () if self.missing_packages() else tuple(self.devices())
+
+    def precisions_here(self, device_kind: str) -> tuple[str, ...]:
+        """Precisions this backend runs on ``device_kind`` on this machine, default first."""
+        offered = self.precisions.get(device_kind, ())
+        if device_kind == "cpu" and not probes.cpu_has_bf16():
+            offered = tuple(p for p in offered if p != "bf16")
+        return offered
+
+
+BACKENDS: dict[str, BackendInfo] = {}
+
+
+def register(info: BackendInfo) -> BackendInfo:
+    BACKENDS[info.name] = info
+    return info
+
+
+def backend_info(name: str) -> BackendInfo:
+    if name not in BACKENDS:
+        raise BackendError(f"unknown backend {name!r}; choose {AUTO} or one of {', '.join(BACKENDS)}")
+    return BACKENDS[name]
+
+
+def supports(backend: "Backend", capability: str) -> bool:
+    """Whether a backend instance declared ``capability`` in its registration."""
+    info = BACKENDS.get(backend.name)
+    return info is not None and capability in info.capabilities
+
+
+@dataclass(frozen=True)
+class AutoChoice:
+    """What auto picked and why: ``skipped`` holds one line per better-ranked candidate it passed."""
+
+    backend: str
+    device: str
+    skipped: tuple[str, ...]
+
+    def explain(self) -> str:
+        why = "; ".join(self.skipped) if self.skipped else "the first choice of auto's order"
+        return f"{self.backend} on {self.device} ({why})"
+
+
+def _candidates() -> list[tuple[int, BackendInfo, str]]:
+    return sorted((rank, info, kind) for info in BACKENDS.values() for kind, rank in info.auto_rank.items())
+
+
+def choose_auto(device: str | None = None, precision: str | None = None) -> AutoChoice:
+    """The best usable (backend, device) in auto's order, restricted to ``device``'s kind and to
+    backends that run ``precision`` there when those are given."""
+    want_kind = device.partition(":")[0] if device else None
+    skipped: list[str] = []
+    probed: dict[str, tuple[str, ...]] = {}
+    for _, info, kind in _candidates():
+        if want_kind is not None and kind != want_kind:
+            continue
+        label = f"{info.name} {kind}"
+        missing = info.missing_packages()
+        if missing:
+            skipped.append(f"{label}: {', '.join(missing)} not installed")
+            continue
+        if info.name not in probed:
+            probed[info.name] = info.usable_devices()
+        if kind not in probed[info.name]:
+            skipped.append(f"{label}: no {kind} device")
+            continue
+        if precision is not None and precision not in info.precisions_here(kind):
+            skipped.append(f"{label}: does not run {precision} here")
+            continue
+        return AutoChoice(info.name, device or kind, tuple(skipped))
+    raise BackendError(
+        f"backend auto found no usable backend ({'; '.join(skipped) or 'none registered'}); "
+        f"install one, e.g. pip install 'dynamicid-rt[openvino]'"
+    )
+
+
+def _resolve_device(info: BackendInfo, device: str | None) -> str:
+    usable = info.usable_devices()
+    if device is None:
+        if not usable:
+            raise BackendError(f"the {info.name} backend finds no device it can use here")
+        return usable[0]
+    kind, _, index = device.partition(":")
+    if kind not in info.precisions or (index and not index.isdigit()):
+        raise BackendError(f"device {device!r} is not understood by the {info.name} backend; use {' or '.join(info.precisions)}")
+    if kind not in usable:
+        raise BackendError(f"device {device!r} is not usable by the {info.name} backend here (it finds: {', '.join(usable) or 'none'})")
+    return device
+
+
+def _resolve_precision(info: BackendInfo, device: str, precision: str | None) -> str:
+    kind = device.partition(":")[0]
+    offered = info.precisions_here(kind)
+    if precision is None:
+        return offered[0]
+    if precision not in offered:
+        declared = info.precisions.get(kind, ())
+        why = " (this CPU has no bf16 units: avx512_bf16 or amx_bf16)" if precision == "bf16" and "bf16" in declared else ""
+        raise BackendError(
+            f"the {info.name} backend cannot run {precision} on {kind}{why}; it runs {', '.join(offered)} there"
+        )
+    return precision
+
+
+def create_backend(
+    name: str,
+    paths: "ModelPaths",
+    device: str | None = None,
+    precision: str | None = None,
+    engine_dir: Path | None = None,
+    trt_provider: bool = False,
+    cuda_graphs: bool = False,
+) -> "Backend":
+    """Build the backend ``name`` (or the one auto picks) after checking, before any model loads,
+    that its packages, the device and the precision are available here. ``trt_provider``: ONNX
+    Runtime through its TensorRT provider; ``cuda_graphs``: torch replays the UNet step from a CUDA
+    graph (each only for the backend that declares it)."""
+    if name == AUTO:
+        choice = choose_auto(device, precision)
+        log.info("backend auto: picked %s", choice.explain())
+        name, device = choice.backend, choice.device
+    info = backend_info(name)
+    missing = info.missing_packages()
+    if missing:
+        raise BackendError(f"the {name} backend needs {', '.join(missing)}, which is not installed; install it with: {info.install_advice()}")
+    device = _resolve_device(info, device)
+    precision = _resolve_precision(info, device, precision)
+    given: dict[str, Any] = {
+        "device": device, "precision": precision, "engine_dir": engine_dir,
+        "trt_provider": trt_provider or None, "cuda_graphs": cuda_graphs or None,  # None: not asked for
+    }
+    ignored = [k for k, v in given.items() if v is not None and k not in info.options]
+    if ignored:
+        log.warning("the %s backend takes no %s; ignoring it", name, ", ".join(ignored))
+    module_name, _, class_name = info.target.partition(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls(paths, **{k: v for k, v in given.items() if k in info.options and v is not None})

@@ -1,0 +1,168 @@
+"""TensorRT backend: runs the contract engines as TensorRT plans from the plan cache (``engines/``).
+
+Every engine gets its dynamic plan; static plans built with ``build-engines --static WxH`` are
+loaded too and used, with CUDA-graph replay, whenever a call's shapes fit them. All engines share
+one device-memory block sized to the largest (they run one at a time on one stream). ``bind()``
+keeps the constant inputs resident, so each sampler step uploads only the latent, the timestep and
+the boost. Device memory goes through cuda-python: neither torch nor onnxruntime is imported.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..contract import ENGINES
+from ..errors import DynamicIDError, ModelFolderError, NumericalError
+from ..paths import ModelPaths
+from .base import Backend, EngineCall
+
+log = logging.getLogger(__name__)
+
+
+class TensorRTBackend(Backend):
+    """``device``: ``"cuda"`` or ``"cuda:N"``; ``precision``: ``"fp16"`` (default) or ``"fp32"``;
+    ``engine_dir``: the engine cache (default: the user cache). Missing plans are built first."""
+
+    name = "tensorrt"
+
+    def __init__(
+        self, paths: ModelPaths, device: str | None = None, precision: str | None = None, engine_dir: Path | None = None
+    ) -> None:
+        from dynamicid_rt.engines import cuda
+        from dynamicid_rt.engines.build import build_plans, find_static_plans
+        from dynamicid_rt.engines.engine import Engine
+        from dynamicid_rt.engines.library import import_tensorrt
+        from dynamicid_rt.engines.profiles import engine_profile
+        from dynamicid_rt.export.cache import default_engine_dir, default_engines
+
+        trt = import_tensorrt()
+        kind, _, index = (device or "cuda").partition(":")
+        if kind != "cuda" or (index and not index.isdigit()):
+            raise DynamicIDError(f"device {device!r}: the tensorrt backend runs on cuda or cuda:N")
+        self.device_id = int(index or 0)
+        cuda.call("cudaSetDevice", self.device_id)
+        self.precision = precision or "fp16"
+        engine_dir = Path(engine_dir) if engine_dir is not None else default_engine_dir(paths)
+        self.gpu = cuda.gpu_info(self.device_id)
+        plans = build_plans(paths, engine_dir, self.precision, default_engines(paths), trt=trt, gpu=self.gpu)
+        dims = plans[0].entry.dims
+        super().__init__(dims, has_imr=paths.has_imr)
+        self.trt = trt
+        self.engine_dir = engine_dir
+        self.stream = cuda.Stream()
+        runtime = trt.Runtime(_logger(trt))
+        self.engines: dict[str, list[Any]] = {}
+        for plan in plans:
+            variants = [plan] + find_static_plans(engine_dir, plan.entry, trt.__version__, self.gpu)
+            self.engines[plan.engine] = []
+            for variant in reversed(variants):  # static plans first: preferred when shapes fit
+                size = None if variant.tag == "dynamic" else _static_size(variant.tag)
+                engine = Engine(trt, plan.engine, variant.path, engine_profile(ENGINES[plan.engine], dims, size))
+                engine.load(runtime)
+                self.engines[plan.engine].append(engine)
+        loaded = [e for variants in self.engines.values() for e in variants]
+        self.block = cuda.DeviceBuffer(max(e.device_memory_size for e in loaded))
+        for engine in loaded:
+            engine.activate(self.block)
+        log.info(
+            "tensorrt: %d plans on %s, shared context memory %.0f MiB", len(loaded), self.gpu.name, self.block.nbytes / 2**20
+        )
+
+    def pick(self, engine: str, shapes: Mapping[str, tuple[int, ...]]) -> Any:
+        """The plan for these shapes: a static plan when they fit one, else the dynamic plan."""
+        from dynamicid_rt.engines.profiles import out_of_profile
+
+        self.check_engine(engine)
+        if engine not in self.engines:
+            raise ModelFolderError(f"engine {engine!r} is not available: the model folder lacks its weights")
+        for candidate in self.engines[engine]:
+            if not out_of_profile(candidate.profile, shapes):
+                return candidate
+        problems = out_of_profile(self.engines[engine][-1].profile, shapes)
+        raise DynamicIDError(f"{engine}: the request is outside the TensorRT plan's shape range ({'; '.join(problems)})")
+
+    def run(self, engine: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        arrays = _contract_inputs(engine, inputs)
+        plan = self.pick(engine, {k: v.shape for k, v in arrays.items()})
+        plan.allocate({k: v.shape for k, v in arrays.items()})
+        plan.owner = None  # a bound call's constants get overwritten here
+        return self._finish(engine, plan.infer(arrays, self.stream))
+
+    def bind(self, engine: str, constants: Mapping[str, np.ndarray]) -> EngineCall:
+        """Upload ``constants`` once; each call uploads only the other inputs (see :class:`_Bound`)."""
+        unknown = set(constants) - set(ENGINES[engine].input_names)
+        if unknown:
+            raise KeyError(f"{engine} has no input(s) {', '.join(sorted(unknown))}")
+        return _Bound(self, engine, {k: np.ascontiguousarray(v) for k, v in constants.items()})
+
+    def _finish(self, engine: str, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outputs = {name: outputs[name].astype(np.float32, copy=False) for name in ENGINES[engine].output_names}
+        for name, value in outputs.items():
+            if not np.isfinite(value).all():
+                raise NumericalError(f"the TensorRT {engine} engine produced NaN/inf in {name!r}; try --precision fp32")
+        return outputs
+
+    def describe(self) -> dict[str, str]:
+        static = sorted({e.plan_path.stem for v in self.engines.values() for e in v} - {"dynamic"})
+        return {
+            "backend": self.name,
+            "device": f"cuda:{self.device_id} ({self.gpu.name}, sm {self.gpu.compute_capability})",
+            "precision": self.precision,
+            "tensorrt": self.trt.__version__,
+            "static plans": ", ".join(static) or "none",
+            "engine_dir": str(self.engine_dir),
+        }
+
+    def close(self) -> None:
+        for variants in self.engines.values():
+            for engine in variants:
+                engine.release()
+        self.engines.clear()
+        if getattr(self, "block", None) is not None:
+            self.block.free()
+            self.stream.destroy()
+            self.block = None
+
+
+class _Bound:
+    """One engine with constant inputs resident on the device; replays a CUDA graph on static plans."""
+
+    def __init__(self, backend: TensorRTBackend, engine: str, constants: dict[str, np.ndarray]) -> None:
+        self.backend = backend
+        self.engine = engine
+        self.constants = constants  # host copies, to upload again if buffers move
+
+    def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        arrays = _contract_inputs(self.engine, {**self.constants, **inputs})
+        shapes = {k: v.shape for k, v in arrays.items()}
+        plan = self.backend.pick(self.engine, shapes)
+        moved = plan.allocate(shapes)
+        if moved or plan.owner is not self:
+            plan.upload({k: arrays[k] for k in self.constants}, self.backend.stream)
+            plan.owner = self
+        varying = {k: v for k, v in arrays.items() if k not in self.constants}
+        static = plan.plan_path.stem != "dynamic"
+        return self.backend._finish(self.engine, plan.infer(varying, self.backend.stream, graph=static))
+
+
+def _contract_inputs(engine: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    names = ENGINES[engine].input_names
+    missing = [n for n in names if n not in inputs]
+    if missing:
+        raise KeyError(f"{engine} needs input(s) {', '.join(missing)}; got {', '.join(inputs) or 'none'}")
+    return {n: np.asarray(inputs[n]) for n in names}
+
+
+def _static_size(tag: str) -> Any:
+    from dynamicid_rt.engines.profiles import StaticSize
+
+    return StaticSize.parse(tag.removeprefix("static-"))
+
+
+def _logger(trt: Any) -> Any:
+    from dynamicid_rt.engines.builder import make_logger
+
+    return make_logger(trt)

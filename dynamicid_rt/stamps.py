@@ -1,0 +1,61 @@
+"""Content verification of cache files, remembered between runs.
+
+A file is hashed in full (SHA-256) when first checked; after a match its stat (size, modification
+time, change time, inode) is stamped beside it in ``verified.json``. Later checks re-hash only
+files whose stat differs from the stamp. The change time (ctime) cannot be set back by tools that
+restore modification times (``touch -d``, ``cp -p``, ``rsync -t``), so a file rewritten in place
+and given its old mtime is hashed again, and found out.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Mapping
+
+from .atomic import atomic_write
+
+log = logging.getLogger(__name__)
+
+STAMP = "verified.json"
+
+
+def sha256_file(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _stat_key(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def _read_stamps(folder: Path) -> dict:
+    try:
+        stamps = json.loads((folder / STAMP).read_text())
+    except (OSError, ValueError):
+        return {}
+    return stamps if isinstance(stamps, dict) else {}
+
+
+def first_mismatch(folder: Path, digests: Mapping[str, str], rehash: bool = False) -> str | None:
+    """The first file of ``digests`` (path relative to ``folder`` -> SHA-256) whose content does
+    not match, or None. ``rehash`` hashes every file whatever its stamp says."""
+    stamps = _read_stamps(folder)
+    changed = False
+    for name, digest in digests.items():
+        path = folder / name
+        key = [*_stat_key(path), digest]
+        if not rehash and stamps.get(name) == key:
+            continue
+        if sha256_file(path) != digest:
+            return name
+        stamps[name] = key
+        changed = True
+    if changed:
+        with contextlib.suppress(OSError):  # a read-only cache still works, it only hashes again
+            with atomic_write(folder / STAMP, "w") as f:
+                json.dump(stamps, f)
+    return None

@@ -1,0 +1,58 @@
+"""The TensorRT part of ``dynamicid-rt build-engines``: ``--backend tensorrt [--static WxH]``."""
+from __future__ import annotations
+
+import argparse
+
+from dynamicid_rt.errors import DynamicIDError
+
+from .builder import DEFAULT_OPTIMIZATION_LEVEL, BuildSettings
+from .profiles import StaticSize
+
+
+def _static(text: str) -> StaticSize:
+    try:
+        return StaticSize.parse(text)
+    except DynamicIDError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def add_tensorrt_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend", choices=["onnxruntime", "tensorrt"], default="onnxruntime",
+        help="onnxruntime: ONNX graphs only (default); tensorrt: also TensorRT plans for this GPU",
+    )
+    parser.add_argument(
+        "--static", type=_static, default=None, metavar="WxH",
+        help="tensorrt: also build static-shape plans of unet and vae_decoder for this size (faster, CUDA graphs)",
+    )
+    parser.add_argument(
+        "--workspace", type=float, default=None, metavar="GIB",
+        help="tensorrt: cap the builder's scratch GPU memory (default: TensorRT's, up to all free memory)",
+    )
+    parser.add_argument(
+        "--opt-level", type=int, default=DEFAULT_OPTIMIZATION_LEVEL, choices=range(6), metavar="0-5",
+        help=f"tensorrt: builder optimisation level (default {DEFAULT_OPTIMIZATION_LEVEL}; higher tunes longer)",
+    )
+
+
+def run_build_plans(args: argparse.Namespace) -> int:
+    """Build (or reuse) the ONNX entries and the TensorRT plans; one line per plan."""
+    from tqdm import tqdm
+
+    from dynamicid_rt.export.cache import default_engine_dir
+    from dynamicid_rt.paths import ModelPaths
+
+    from .build import build_plans
+    from .library import import_tensorrt
+
+    trt = import_tensorrt("build-engines --backend tensorrt")  # before any export: fail fast
+    paths = ModelPaths.from_folder(args.models)
+    engine_dir = args.engine_dir or default_engine_dir(paths)
+    settings = BuildSettings(workspace_gib=args.workspace, optimization_level=args.opt_level)
+    plans = build_plans(
+        paths, engine_dir, args.precision or "fp16", args.engines, static=args.static, settings=settings,
+        force=args.force, verify=args.verify, trt=trt,
+    )
+    for plan in plans:
+        tqdm.write(f"{plan.engine:<15} {plan.tag:<18} {plan.status:<7} {plan.path}")
+    return 0

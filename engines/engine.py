@@ -1,0 +1,133 @@
+"""One TensorRT plan at run time, with explicit verbs: load → activate → allocate → infer → release.
+
+- ``load`` deserializes the plan;
+- ``activate`` creates the execution context on memory the caller owns: the backend hands every
+  engine the same device block, sized to the largest engine, since engines run one at a time;
+- ``allocate`` sets the input shapes and makes the I/O buffers big enough (addresses are kept while
+  shapes only shrink or repeat, so uploaded constants stay valid);
+- ``infer`` uploads the given inputs, runs, and downloads the outputs; with ``graph=True`` the run
+  is captured once as a CUDA graph and replayed while shapes and addresses stay the same;
+- ``release`` frees buffers, graph and context.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Mapping
+
+import numpy as np
+
+from dynamicid_rt.errors import DynamicIDError
+
+from .cuda import CudaGraph, DeviceBuffer, Stream
+from .library import tensorrt_major
+from .profiles import Profile, Shape
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    def __init__(self, trt: ModuleType, name: str, plan_path: Path, profile: Profile) -> None:
+        self.trt = trt
+        self.name = name
+        self.plan_path = Path(plan_path)
+        self.profile = profile  # what the plan was built for: callers pick plans by it
+        self.engine: Any = None
+        self.context: Any = None
+        self.buffers: dict[str, DeviceBuffer] = {}
+        self.shapes: dict[str, Shape] = {}
+        self.graph: CudaGraph | None = None
+        self.owner: object | None = None  # the bound call whose constants sit in the input buffers
+
+    # -- load / activate -----------------------------------------------------------------------
+
+    def load(self, runtime: Any) -> None:
+        self.engine = runtime.deserialize_cuda_engine(self.plan_path.read_bytes())
+        if self.engine is None:
+            raise DynamicIDError(
+                f"TensorRT cannot load {self.plan_path} (corrupt, or built by another TensorRT); rebuild it with "
+                "`dynamicid-rt build-engines --backend tensorrt --force`"
+            )
+        self.io = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in self.io if self.engine.get_tensor_mode(n) == self.trt.TensorIOMode.INPUT]
+
+    @property
+    def device_memory_size(self) -> int:
+        """Scratch memory the context needs at the profile's largest shapes."""
+        size = getattr(self.engine, "device_memory_size_v2", None)
+        return int(size if size is not None else self.engine.device_memory_size)
+
+    def activate(self, block: DeviceBuffer) -> None:
+        """Create the execution context on ``block`` (user-managed memory, shared by engines)."""
+        trt = self.trt
+        if tensorrt_major(trt) >= 11:
+            self.context = self.engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+            self.context.set_device_memory(block.ptr, self.device_memory_size)
+        else:
+            self.context = self.engine.create_execution_context_without_device_memory()
+            self.context.device_memory = block.ptr
+        if self.context is None:
+            raise DynamicIDError(f"TensorRT could not create an execution context for {self.name}")
+
+    # -- allocate / infer ----------------------------------------------------------------------
+
+    def allocate(self, shapes: Mapping[str, Shape]) -> bool:
+        """Set the input shapes; returns True when a buffer moved (uploaded inputs must be redone)."""
+        moved = False
+        if any(self.shapes.get(n) != tuple(shapes[n]) for n in self.inputs):
+            self._drop_graph()
+        for name in self.inputs:
+            self.shapes[name] = tuple(shapes[name])
+            if not self.context.set_input_shape(name, self.shapes[name]):
+                raise DynamicIDError(f"{self.name}: input {name} shape {list(self.shapes[name])} is outside the plan's profile")
+        for name in self.io:
+            shape = tuple(self.context.get_tensor_shape(name))
+            self.shapes[name] = shape
+            nbytes = int(np.prod(shape, dtype=np.int64)) * self.dtype(name).itemsize
+            buffer = self.buffers.setdefault(name, DeviceBuffer())
+            if buffer.ensure(max(nbytes, 1)):
+                moved = True
+                self.context.set_tensor_address(name, buffer.ptr)
+        if moved:
+            self._drop_graph()
+            self.owner = None
+        return moved
+
+    def dtype(self, name: str) -> np.dtype:
+        return np.dtype(self.trt.nptype(self.engine.get_tensor_dtype(name)))
+
+    def upload(self, inputs: Mapping[str, np.ndarray], stream: Stream) -> None:
+        for name, value in inputs.items():
+            self.buffers[name].upload(np.asarray(value, self.dtype(name)), int(stream))
+
+    def infer(self, inputs: Mapping[str, np.ndarray], stream: Stream, graph: bool = False) -> dict[str, np.ndarray]:
+        """Upload ``inputs`` (the others keep what was uploaded before), run, return all outputs."""
+        self.upload(inputs, stream)
+        if graph and self.graph is not None:
+            self.graph.launch(stream)
+        else:
+            self._enqueue(stream)
+            if graph:  # TensorRT does its deferred per-shape work on the first run: capture after it
+                self.graph = CudaGraph(stream, lambda: self._enqueue(stream))
+        outputs = [n for n in self.io if n not in self.inputs]
+        return {name: self.buffers[name].download(self.shapes[name], self.dtype(name), int(stream)) for name in outputs}
+
+    def _enqueue(self, stream: Stream) -> None:
+        if not self.context.execute_async_v3(int(stream)):
+            raise DynamicIDError(f"TensorRT failed to run {self.name} (see the log above)")
+
+    def _drop_graph(self) -> None:
+        if self.graph is not None:
+            self.graph.destroy()
+            self.graph = None
+
+    # -- release -------------------------------------------------------------------------------
+
+    def release(self) -> None:
+        self._drop_graph()
+        for buffer in self.buffers.values():
+            buffer.free()
+        self.buffers.clear()
+        self.context = None
+        self.engine = None

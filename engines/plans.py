@@ -1,0 +1,178 @@
+"""The plan cache: TensorRT plans beside the ONNX entries they are built from.
+
+``<engine_dir>/tensorrt/<engine>-<precision>/`` holds ``dynamic.plan`` (and ``static-WxH.plan``),
+each with a JSON manifest of the same stem, and the builder's ``timing.cache``. A plan is keyed by
+the hash of its ONNX entry, the TensorRT version, the GPU (name, compute capability), the driver,
+the precision and the optimisation profile: any change makes it stale, and it is rebuilt with the
+reason logged. A plan is trusted only when its manifest matches that key and the file has the
+recorded size and SHA-256 (re-hashed whenever its size or modification time changed).
+
+Writes: the old manifest is removed first, then the plan and the manifest are each written
+atomically, the manifest last; so an interrupted build leaves a plan without a manifest, which is
+never taken for valid.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dynamicid_rt.atomic import atomic_write
+from dynamicid_rt.export.cache import _sha256  # the ONNX cache's file hash, shared rather than copied
+
+from .profiles import Profile, StaticSize
+
+log = logging.getLogger(__name__)
+
+PLAN_FORMAT = "dynamicid_rt.engines/1"  # bump when the plan layout or build procedure changes
+PLAN_DIR = "tensorrt"
+TIMING_CACHE = "timing.cache"
+LOCK_FILE = ".lock"
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    """The GPU a plan is built for (plans run only on the GPU model and driver they were tuned on)."""
+
+    name: str
+    compute_capability: str  # "8.9"
+    driver: str  # CUDA driver version, e.g. "12040"
+    total_memory: int = 0  # bytes; for messages, not part of the key
+
+
+def plan_folder(engine_dir: Path, engine: str, precision: str) -> Path:
+    return Path(engine_dir) / PLAN_DIR / f"{engine}-{precision}"
+
+
+def plan_tag(static: StaticSize | None) -> str:
+    return "dynamic" if static is None else f"static-{static.tag}"
+
+
+def onnx_hash(entry_manifest: dict[str, Any]) -> str:
+    """One hash of an ONNX cache entry's graph files, taken from the SHA-256s its manifest records
+    (the entry was validated against them), so nothing is re-read."""
+    files = entry_manifest["files"]
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(f"{name}\0{files[name]['sha256']}\0".encode())
+    return digest.hexdigest()
+
+
+def plan_key(
+    engine: str, precision: str, entry_manifest: dict[str, Any], tensorrt: str, gpu: GpuInfo, profile: Profile
+) -> dict[str, Any]:
+    """Everything a plan depends on; a plan whose manifest differs in any field is stale."""
+    return {
+        "format": PLAN_FORMAT,
+        "engine": engine,
+        "precision": precision,
+        "onnx_sha256": onnx_hash(entry_manifest),
+        "tensorrt": tensorrt,
+        "gpu": gpu.name,
+        "compute_capability": gpu.compute_capability,
+        "driver": gpu.driver,
+        "profile": {name: [list(s) for s in shapes] for name, shapes in profile.items()},
+    }
+
+
+_REASONS = {
+    "format": "plan format tag changed",
+    "engine": "the plan is for another engine",
+    "precision": "precision changed",
+    "onnx_sha256": "the ONNX graph changed (new weights or export)",
+    "tensorrt": "TensorRT version changed",
+    "gpu": "built on another GPU",
+    "compute_capability": "built for another compute capability",
+    "driver": "the GPU driver changed",
+    "profile": "the optimisation profile (shape ranges) changed",
+}
+
+
+def stale_fields(manifest: dict[str, Any], key: dict[str, Any]) -> list[str]:
+    return [field for field, want in key.items() if manifest.get(field) != want]
+
+
+def describe_stale(manifest: dict[str, Any], key: dict[str, Any]) -> str:
+    parts = []
+    for field in stale_fields(manifest, key):
+        have, want = manifest.get(field), key[field]
+        detail = f" ({have} -> {want})" if field in ("format", "tensorrt", "gpu", "compute_capability", "driver", "precision") else ""
+        parts.append(_REASONS.get(field, f"{field} changed") + detail)
+    return "; ".join(parts)
+
+
+def read_manifest(folder: Path, tag: str) -> tuple[dict[str, Any] | None, str]:
+    """``(manifest, "")`` or ``(None, why)`` when there is no readable manifest for ``tag``."""
+    path = folder / f"{tag}.json"
+    if not path.is_file():
+        if (folder / f"{tag}.plan").exists():
+            return None, "plan without a manifest (an earlier build did not finish)"
+        return None, "not built yet"
+    try:
+        manifest = json.loads(path.read_text())
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("plan"), dict):
+            raise ValueError("no plan record")
+    except ValueError as exc:
+        return None, f"manifest is unreadable ({exc})"
+    return manifest, ""
+
+
+def check_plan_file(folder: Path, tag: str, manifest: dict[str, Any], verify: bool = False) -> str:
+    """Empty when the plan file matches its manifest, else why not (missing, truncated, corrupt)."""
+    path = folder / f"{tag}.plan"
+    record = manifest["plan"]
+    if not path.is_file():
+        return "the plan file is missing"
+    stat = path.stat()
+    if stat.st_size != record.get("size"):
+        return f"the plan has {stat.st_size} bytes, its manifest says {record.get('size')} (truncated or corrupt)"
+    if (verify or stat.st_mtime_ns != record.get("mtime_ns")) and _sha256(path) != record.get("sha256"):
+        return "the plan does not match its SHA-256 (corrupt)"
+    return ""
+
+
+def check_plan(folder: Path, tag: str, key: dict[str, Any], verify: bool = False) -> tuple[dict[str, Any] | None, str]:
+    """``(manifest, "")`` when the plan ``tag`` in ``folder`` is valid for ``key``, else ``(None, why)``."""
+    manifest, why = read_manifest(folder, tag)
+    if manifest is None:
+        return None, why
+    if stale_fields(manifest, key):
+        return None, describe_stale(manifest, key)
+    why = check_plan_file(folder, tag, manifest, verify)
+    return (None, why) if why else (manifest, "")
+
+
+def write_plan(folder: Path, tag: str, plan: bytes, key: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Store ``plan`` and its manifest (``key`` plus ``extra``: build settings, structure hash...)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{tag}.json").unlink(missing_ok=True)  # from here until the end, no valid-looking plan
+    path = folder / f"{tag}.plan"
+    with atomic_write(path) as f:
+        f.write(plan)
+    stat = path.stat()
+    record = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": hashlib.sha256(plan).hexdigest()}
+    manifest = key | extra | {"plan": record}
+    with atomic_write(folder / f"{tag}.json", "w") as f:
+        json.dump(manifest, f, indent=1, sort_keys=True)
+    return manifest
+
+
+def describe_cache(engine_dir: Path) -> list[str]:
+    """One line per stored plan, for ``doctor``: engine, precision, tag, TensorRT, GPU, size."""
+    root = Path(engine_dir) / PLAN_DIR
+    lines = []
+    for manifest_path in sorted(root.glob("*/*.json")):
+        manifest, why = read_manifest(manifest_path.parent, manifest_path.stem)
+        name = f"{manifest_path.parent.name}/{manifest_path.stem}"
+        if manifest is None:
+            lines.append(f"{name}: {why}")
+            continue
+        problem = check_plan_file(manifest_path.parent, manifest_path.stem, manifest)
+        state = problem or f"{manifest['plan']['size'] / 2**20:.1f} MiB"
+        lines.append(
+            f"{name}: TensorRT {manifest.get('tensorrt')}, {manifest.get('gpu')} (sm {manifest.get('compute_capability')}), {state}"
+        )
+    return lines

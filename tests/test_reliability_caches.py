@@ -1,0 +1,203 @@
+"""Caches (identities, engines, tiny bundle): an entry is trusted only after it is validated; a bad
+one is a logged miss that gets rebuilt, never a crash and never advice that loops back to it."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import zipfile
+
+import numpy as np
+import pytest
+
+from dynamicid_rt import Pipeline, Request
+from dynamicid_rt.errors import RequestError
+
+
+@pytest.fixture
+def fresh_pipeline(tiny_bundle, tmp_path):
+    pipe = Pipeline.load(tiny_bundle, backend="torch", device="cpu", cache_dir=tmp_path / "cache")
+    yield pipe
+    pipe.close()
+
+
+def _only_entry(pipe):
+    entries = list((pipe.identities.cache_dir).glob("*.npz"))
+    assert len(entries) == 1
+    return entries[0]
+
+
+def _rewrite_npz(path, **changes):
+    """Rewrite a cached identity with some arrays or metadata fields replaced."""
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    meta = json.loads(bytes(arrays.pop("meta")).decode())
+    for key, value in changes.items():
+        if key.startswith("meta:"):
+            name = key[5:]
+            if value is None:
+                meta.pop(name)
+            else:
+                meta[name] = value
+        else:
+            arrays[key] = value
+    with open(path, "wb") as f:
+        np.savez(f, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+
+
+def _damages(context_dim):
+    return {
+        "nan tokens": {"tokens": np.full((4, context_dim), np.nan, np.float32)},
+        "wrong width": {"tokens": np.zeros((4, context_dim + 8), np.float32)},
+        "float64 tokens": {"tokens": np.zeros((4, context_dim), np.float64)},
+        "unknown field": {"meta:colour": "blue"},
+        "missing field": {"meta:source_prompt": None},
+        "other model": {"meta:model_fingerprint": "0" * 16},
+        "not a zip": "garbage",
+    }
+
+
+@pytest.mark.parametrize("damage", ["nan tokens", "wrong width", "float64 tokens", "unknown field", "missing field", "other model", "not a zip"])
+def test_damaged_identity_cache_entry_is_a_logged_miss(fresh_pipeline, samples, caplog, damage):
+    photo = samples / "person_a.png"
+    first = fresh_pipeline.encode_identity(photo)
+    entry = _only_entry(fresh_pipeline)
+    change = _damages(fresh_pipeline.dims.context_dim)[damage]
+    if change == "garbage":
+        entry.write_bytes(b"PK\x03\x04 not really")
+    else:
+        _rewrite_npz(entry, **change)
+    caplog.set_level(logging.INFO)
+    again = fresh_pipeline.encode_identity(photo)
+    assert "identity cache entry" in caplog.text and "re-encoding" in caplog.text
+    np.testing.assert_array_equal(again.tokens, first.tokens)  # re-encoded, the same result
+    # The bad entry was replaced by a good one: the next call is a clean hit.
+    caplog.clear()
+    hit = fresh_pipeline.encode_identity(photo)
+    assert "re-encoding" not in caplog.text
+    np.testing.assert_array_equal(hit.tokens, first.tokens)
+    result = fresh_pipeline.generate(Request(prompt="x", identities=[hit], steps=1, width=256, height=256, seed=1))
+    assert np.asarray(result.images[0]).std() > 0
+
+
+def test_saved_identity_records_the_model_and_refuses_another(fresh_pipeline, samples, tmp_path, caplog):
+    ident = fresh_pipeline.encode_identity(samples / "person_a.png")
+    assert ident.model_fingerprint == fresh_pipeline.identities.model_fingerprint != ""
+    path = ident.save(tmp_path / "a.npz")
+    assert fresh_pipeline.load_identity(path).model_fingerprint == ident.model_fingerprint
+    _rewrite_npz(path, **{"meta:model_fingerprint": "f" * 16})
+    with pytest.raises(RequestError, match="another model"):
+        fresh_pipeline.load_identity(path)
+    stranger = fresh_pipeline.load_identity(path, allow_other_model=True)
+    assert "another model" in caplog.text
+    fresh_pipeline.generate(Request(prompt="x", identities=[stranger], steps=1, width=256, height=256, seed=1))
+    # An identity from another model given straight to generate is refused before any work.
+    from dataclasses import replace
+
+    foreign = replace(ident, model_fingerprint="e" * 16)
+    with pytest.raises(RequestError, match="another model"):
+        fresh_pipeline.generate(Request(prompt="x", identities=[foreign], steps=1, width=256, height=256))
+
+
+def test_fingerprint_is_content_not_location(tiny_bundle, tmp_path):
+    from dynamicid_rt.fingerprint import identity_model_fingerprint
+    from dynamicid_rt.paths import ModelPaths
+
+    copy = tmp_path / "moved"
+    shutil.copytree(tiny_bundle, copy)
+    a = identity_model_fingerprint(ModelPaths.from_folder(tiny_bundle))
+    assert identity_model_fingerprint(ModelPaths.from_folder(copy)) == a
+    saa = copy / "dynamicid" / "SAA.bin"
+    data = bytearray(saa.read_bytes())
+    data[-100] ^= 0xFF
+    saa.write_bytes(bytes(data))
+    assert identity_model_fingerprint(ModelPaths.from_folder(copy)) != a
+
+
+# -- engines -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def engines_copy(tiny_bundle, tiny_engines, tmp_path):
+    folder = tmp_path / "engines"
+    shutil.copytree(tiny_engines, folder)
+    return folder
+
+
+def _flip_keep_mtime(path):
+    """Corrupt one byte in place (same size) and put the modification time back."""
+    stat = path.stat()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_engine_with_put_back_mtime_is_rehashed_and_rebuilt(tiny_bundle, engines_copy, caplog):
+    from dynamicid_rt.export import build_engines
+    from dynamicid_rt.export.cache import check_entry, entry_dir, expected_manifest
+    from dynamicid_rt.paths import ModelPaths
+
+    paths = ModelPaths.from_folder(tiny_bundle)
+    folder = entry_dir(engines_copy, "face_projector", "fp32")
+    assert check_entry(folder, expected_manifest(paths, "face_projector", "fp32"))[0] is not None
+    good = (folder / "model.onnx").read_bytes()
+    _flip_keep_mtime(folder / "model.onnx")
+    manifest, why = check_entry(folder, expected_manifest(paths, "face_projector", "fp32"))
+    assert manifest is None and "SHA-256" in why
+    caplog.set_level(logging.INFO)
+    entries = build_engines(paths, engines_copy, engines=["face_projector"])
+    assert not entries[0].reused and "rebuilding face_projector" in caplog.text
+    assert (folder / "model.onnx").read_bytes() != b"" and len((folder / "model.onnx").read_bytes()) == len(good)
+
+
+def test_engine_verified_once_then_trusted_by_its_stamp(tiny_bundle, engines_copy, monkeypatch):
+    from dynamicid_rt import stamps
+    from dynamicid_rt.export import cache
+    from dynamicid_rt.paths import ModelPaths
+
+    paths = ModelPaths.from_folder(tiny_bundle)
+    folder = cache.entry_dir(engines_copy, "text_encoder", "fp32")
+    expected = cache.expected_manifest(paths, "text_encoder", "fp32")
+    hashed = []
+    real = stamps.sha256_file
+    monkeypatch.setattr(stamps, "sha256_file", lambda p: hashed.append(p.name) or real(p))
+    assert cache.check_entry(folder, expected)[0] is not None  # copied: new ctime, hashed once
+    assert hashed == ["model.onnx"]
+    assert cache.check_entry(folder, expected)[0] is not None  # stamped: not hashed again
+    assert hashed == ["model.onnx"]
+
+
+def test_corrupt_engine_that_ort_cannot_parse_is_rebuilt(tiny_bundle, engines_copy, samples, caplog):
+    """A manifest that matches a corrupt graph (a copy tool that rewrote both) still recovers."""
+    from dynamicid_rt.export.cache import MANIFEST, _sha256, entry_dir
+
+    folder = entry_dir(engines_copy, "vae_decoder", "fp32")
+    onnx = folder / "model.onnx"
+    onnx.write_bytes(b"\x08\x07 this is not protobuf" * 10)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest["files"]["model.onnx"] |= {"size": onnx.stat().st_size, "sha256": _sha256(onnx), "mtime_ns": onnx.stat().st_mtime_ns}
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    caplog.set_level(logging.WARNING)
+    with Pipeline.load(tiny_bundle, backend="onnxruntime", device="cpu", engine_dir=engines_copy) as pipe:
+        result = pipe.generate(Request(prompt="x", steps=1, width=256, height=256, seed=2))
+    assert "corrupt engine" in caplog.text and "rebuilding" in caplog.text
+    assert np.isfinite(np.asarray(result.images[0], np.float32)).all()
+
+
+# -- tiny bundle -------------------------------------------------------------------------------
+
+
+def test_truncated_tiny_bundle_file_is_rebuilt(tiny_bundle, tmp_path, caplog):
+    from dynamicid_rt.tiny.bundle import write_tiny_bundle
+
+    root = tmp_path / "tiny"
+    shutil.copytree(tiny_bundle, root)
+    saa = root / "dynamicid" / "SAA.bin"
+    good = saa.read_bytes()
+    saa.write_bytes(good[: len(good) // 2])
+    caplog.set_level(logging.INFO)
+    write_tiny_bundle(root)
+    assert saa.read_bytes() == good and "tiny bundle" in caplog.text
+    assert zipfile.is_zipfile(saa)
