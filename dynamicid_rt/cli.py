@@ -161,6 +161,17 @@ def _id_scale(values: list[float], count: int) -> float | list[float]:
     return values
 
 
+def _check_photos(args: argparse.Namespace) -> None:
+    """Every --face and --target-landmarks photo is a readable file, before any model loads."""
+    for photo in [*args.face, *(p for p in args.target_landmarks if p)]:
+        path = Path(photo).expanduser()
+        if not path.is_file():
+            kind = "is a folder" if path.is_dir() else "does not exist"
+            raise DynamicIDError(f"photo {path} {kind}; give the path of an image file (PNG, JPEG or WebP)")
+        if not os.access(path, os.R_OK):
+            raise DynamicIDError(f"photo {path} cannot be read (permission denied); check its permissions")
+
+
 def _output_paths(out: Path, count: int, args: argparse.Namespace) -> list[Path]:
     """``out``, then ``out-0``, ``out-1``... for several images; each checked against the inputs."""
     from . import check_output_path
@@ -187,6 +198,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         check_identities=args.check_identities, best_of=args.best_of,
     )
     request.validate(people=len(args.face))
+    _check_photos(args)
     outputs = _output_paths(args.out or Path(f"dynamicid-{seed}.png"), args.batch * args.best_of, args)
     overrides = {k: v for k, v in (("vae", args.vae), ("tokenizer", args.tokenizer)) if v is not None}
     pipe = Pipeline.load(args.models, backend=args.backend, device=args.device, precision=args.precision, engine_dir=args.engine_dir,

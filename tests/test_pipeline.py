@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from dynamicid_rt import Identity, Request, format_parameters
+from dynamicid_rt.backends.base import Backend
 from dynamicid_rt.errors import Cancelled, ImageError, NoFaceError, NumericalError, RequestError
 
 
@@ -28,7 +29,13 @@ def _record_runs(monkeypatch, pipe):
         return original(engine, inputs)
 
     monkeypatch.setattr(pipe.backend, "run", run)
+    _unet_through_run(monkeypatch, pipe)
     return calls
+
+
+def _unet_through_run(monkeypatch, pipe):
+    """Route the bound UNet (TorchBackend.bind keeps it on the device) through ``run``, where tests look."""
+    monkeypatch.setattr(pipe.backend, "bind", lambda engine, constants: Backend.bind(pipe.backend, engine, constants))
 
 
 def test_two_people_image(tiny_pipeline, people):
@@ -132,6 +139,7 @@ def test_nan_in_unet_is_reported(monkeypatch, tiny_pipeline, people):
         return out
 
     monkeypatch.setattr(tiny_pipeline.backend, "run", run)
+    _unet_through_run(monkeypatch, tiny_pipeline)
     with pytest.raises(NumericalError, match="NaN"):
         tiny_pipeline.generate(Request(prompt="x", identities=people, width=256, height=256, steps=2))
 

@@ -79,6 +79,13 @@ def test_vae_override_checked_with_or_without_models(tiny_bundle, tmp_path, monk
     assert not (tmp_path / "o.png").exists()
 
 
+def test_missing_or_folder_photo_fails_before_models_load(tiny_bundle, tmp_path, no_model_load, caplog):
+    for photo, expected in ((tmp_path / "nobody.png", "does not exist"), (tmp_path, "is a folder")):
+        caplog.clear()
+        code = main(["generate", "--models", str(tiny_bundle), "--face", str(photo), "--prompt", "x", "--out", str(tmp_path / "o.png")])
+        assert code == 1 and expected in _one_line_error(caplog)
+
+
 def test_model_folder_that_is_a_file_is_named_as_such(tmp_path, caplog):
     afile = tmp_path / "models.txt"
     afile.write_text("not a folder")
