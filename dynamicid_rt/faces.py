@@ -183,10 +183,6 @@ class FaceAnalyzer:
             raise ModelFolderError(f"analysing a photo needs the insightface package ({exc}): pip install 'dynamicid-rt[cpu]', "
                                    "or with [gpu] pip install --no-deps insightface") from exc
 
-        # insightface calls scikit-image's deprecated SimilarityTransform.estimate: a FutureWarning
-        # on every face that users cannot act on. Silenced for insightface's own modules only.
-        warnings.filterwarnings("ignore", category=FutureWarning, module=r"insightface(\.|$)")
-
         self._models = {}
         for task, name in PACK_FILES.items():
             path = self.pack_dir / name
@@ -209,6 +205,10 @@ class FaceAnalyzer:
 
     def _detect_raw(self, image: np.ndarray) -> list:
         """Faces of ``image`` (the array as handed to insightface, which takes it for BGR)."""
+        # insightface calls scikit-image's deprecated SimilarityTransform.estimate: a FutureWarning
+        # per face that users cannot act on. Silenced for insightface's modules only, here, where
+        # every analysis starts (re-adding the same filter is a no-op).
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"insightface(\.|$)")
         from insightface.app.common import Face
 
         boxes, kpss = self._models["detection"].detect(image, max_num=0)

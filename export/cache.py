@@ -42,6 +42,11 @@ PRECISIONS = ("fp32", "fp16")
 # Engines whose graph stays fp32 in an fp16 cache: SD1.5's VAE overflows in fp16 (and ORT's CPU
 # provider, which checks builds, computes fp16 MatMuls in fp32, so it cannot see the overflow).
 FP32_IN_FP16_CACHES = frozenset({"vae_decoder"})
+# fp16 entries of these engines also hold CUDA_MODEL_FILE: attention fused into MultiHeadAttention
+# (export/fused_attention.py), so ONNX Runtime's CUDA provider never stores the score tensors.
+# TensorRT has no importer for that contrib op: it and ORT's TensorRT provider read MODEL_FILE.
+FUSED_ATTENTION_ENGINES = frozenset({"unet"})
+CUDA_MODEL_FILE = "model.cuda.onnx"
 # fp32 graphs must match the PyTorch module this closely at build time (max abs error over max |ref|).
 BUILD_TOLERANCE = 1e-3
 _SAMPLE_BYTES = 8 << 20  # per sampled chunk of a large weight file
@@ -64,6 +69,12 @@ class CacheEntry:
     @property
     def onnx(self) -> Path:
         return self.path / MODEL_FILE
+
+    @property
+    def cuda_onnx(self) -> Path:
+        """The graph for ONNX Runtime's CUDA provider: the fused-attention one where the entry has it."""
+        name = self.manifest.get("cuda_graph")
+        return self.path / name if name else self.onnx
 
     @property
     def dims(self) -> ModelDims:
@@ -165,6 +176,11 @@ def graph_precision(engine: str, precision: str) -> str:
     return "fp32" if precision == "fp16" and engine in FP32_IN_FP16_CACHES else precision
 
 
+def cuda_graph(engine: str, precision: str) -> str | None:
+    """The file name of the entry's fused-attention graph for the CUDA provider, if it has one."""
+    return CUDA_MODEL_FILE if engine in FUSED_ATTENTION_ENGINES and graph_precision(engine, precision) == "fp16" else None
+
+
 def expected_manifest(paths: ModelPaths, engine: str, precision: str) -> dict[str, Any]:
     """The manifest fields an entry must carry to be reused (``dims`` and files come from the build)."""
     return {
@@ -174,6 +190,7 @@ def expected_manifest(paths: ModelPaths, engine: str, precision: str) -> dict[st
         "precision": precision,
         "exporter": EXPORTER_VERSION,
         "graph_precision": graph_precision(engine, precision),
+        "cuda_graph": cuda_graph(engine, precision),
         "opset": OPSET,
         "torch": _version("torch"),
         "onnx": _version("onnx"),
@@ -402,6 +419,11 @@ def _export_into(
             onnx_export.save_model(onnx.load(str(source), load_external_data=True), target)  # a copy
         else:
             onnx_export.convert_fp16(source, target)
+        if cuda_graph(engine, precision):
+            from .fused_attention import write_fused_attention
+
+            write_fused_attention(target, tmp / CUDA_MODEL_FILE)
+            onnx_export.check_finite(tmp / CUDA_MODEL_FILE, spec, dims)
         shutil.rmtree(tmp / "fp32", ignore_errors=True)
         onnx_export.check_finite(target, spec, dims)
         return dims, None

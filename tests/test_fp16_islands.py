@@ -17,11 +17,14 @@ from dynamicid_rt.paths import ModelPaths
 ort = pytest.importorskip("onnxruntime")
 
 
-@pytest.fixture(scope="module")
-def graphs(tiny_bundle, tiny_engines) -> dict[str, onnx.ModelProto]:
+@pytest.fixture(scope="module", params=["onnx", "cuda_onnx"])
+def graphs(request, tiny_bundle, tiny_engines) -> dict[str, onnx.ModelProto]:
+    """The fp32 UNet graph and one graph of the fp16 entry: the plain one (TensorRT) or the one with
+    fused attention (ONNX Runtime's CUDA provider), which must keep the same islands."""
     (fp16,) = build_engines(ModelPaths.from_folder(tiny_bundle), tiny_engines, precision="fp16", engines=["unet"])
     fp32 = tiny_engines / "unet-fp32" / "model.onnx"
-    return {p: onnx.shape_inference.infer_shapes(onnx.load(str(path))) for p, path in (("fp32", fp32), ("fp16", fp16.onnx))}
+    fp16_graph = getattr(fp16, request.param)
+    return {p: onnx.shape_inference.infer_shapes(onnx.load(str(path))) for p, path in (("fp32", fp32), ("fp16", fp16_graph))}
 
 
 def _types(model: onnx.ModelProto) -> dict[str, int]:

@@ -110,13 +110,18 @@ class OnnxRuntimeBackend(Backend):
         if TENSORRT in requested(providers):
             log_tensorrt_build(entry.engine, entry.path / "tensorrt")
         try:
-            session = ort.InferenceSession(str(entry.onnx), options, providers=providers)
+            session = ort.InferenceSession(str(self._graph(entry)), options, providers=providers)
         except _graph_load_errors() as exc:  # a graph that passed its hash check but will not parse
             entry = self._rebuild(entry, exc)
-            session = ort.InferenceSession(str(entry.onnx), options, providers=providers)
+            session = ort.InferenceSession(str(self._graph(entry)), options, providers=providers)
         check_session(entry.engine, requested(providers), session.get_providers())
-        log.info("%s: loaded %s with %s", entry.engine, entry.onnx, ", ".join(session.get_providers()))
+        log.info("%s: loaded %s with %s", entry.engine, self._graph(entry), ", ".join(session.get_providers()))
         return session
+
+    def _graph(self, entry: "CacheEntry") -> Path:
+        """The CUDA provider runs the entry's fused-attention graph; TensorRT's provider cannot import
+        MultiHeadAttention (it would split the graph), so it reads the plain one, like the CPU."""
+        return entry.cuda_onnx if self._device_type == "cuda" and not self.trt_provider else entry.onnx
 
     def _rebuild(self, entry: "CacheEntry", exc: Exception) -> "CacheEntry":
         from dynamicid_rt.export.cache import build_engines
