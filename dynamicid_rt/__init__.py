@@ -36,8 +36,8 @@ _LAZY = {
     "Identity": "dynamicid_rt.identity",
     "IdentityMatch": "dynamicid_rt.identity_check",
     "ModelPaths": "dynamicid_rt.paths",
-    "SAMPLERS": "dynamicid_rt.samplers",
-    "canonical_sampler": "dynamicid_rt.samplers",
+    "SAMPLERS": "dynamicid_rt.sampler_names",
+    "canonical_sampler": "dynamicid_rt.sampler_names",
     "AUTO": "dynamicid_rt.backends",
     "BACKENDS": "dynamicid_rt.backends",
     # A1111-format image parameters (a PNG "parameters" chunk).
@@ -65,7 +65,7 @@ if TYPE_CHECKING:
     from .preview import latent_to_rgb
     from .request import MAX_IDENTITIES, SIZE_RANGE, Box, ModelInfo, Person, ProgressInfo, Request, Result, default_boxes
     from .outputs import check_output_path, save_image
-    from .samplers import SAMPLERS, canonical_sampler
+    from .sampler_names import SAMPLERS, canonical_sampler
 
 
 def __getattr__(name: str):

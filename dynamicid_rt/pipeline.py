@@ -29,7 +29,9 @@ from .model_hash import describe_model
 from .paths import ModelPaths, vae_scaling_factor
 from .request import Box, ModelInfo, Person, ProgressInfo, Request, Result, default_boxes
 from .noise import image_seeds, initial_noise, step_noise_source
-from .samplers import SchedulerConfig, canonical_sampler, sample, sampler_for_scheduler_class, timesteps
+from .sampler_names import canonical_sampler, sampler_for_scheduler_class
+from .samplers import sample
+from .schedules import SchedulerConfig, timesteps
 
 log = logging.getLogger(__name__)
 

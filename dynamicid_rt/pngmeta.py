@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from . import __version__
 from .atomic import atomic_write
 from .errors import RequestError
-from .samplers import canonical_sampler
+from .sampler_names import canonical_sampler
 
 if TYPE_CHECKING:
     from PIL import Image

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Literal, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from .errors import RequestError
-from .samplers import canonical_sampler
+from .sampler_names import canonical_sampler
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -49,7 +49,7 @@ class Request:
     height: int = 512
     steps: int = 50
     guidance: float = 5.0
-    sampler: str = "default"  # "default": the base model's scheduler (PNDM for SD1.5); aliases: samplers.canonical_sampler
+    sampler: str = "default"  # "default": the base model's scheduler (PNDM for SD1.5); aliases: sampler_names.canonical_sampler
     seed: int | None = None  # None: a random seed, reported in the result
     batch: int = 1
     id_scale: float | Sequence[float] = 1.0  # identity strength: one for everyone, or one per identity
