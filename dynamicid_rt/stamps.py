@@ -4,7 +4,9 @@ A file is hashed in full (SHA-256) when first checked; after a match its stat (s
 time, change time, inode) is stamped beside it in ``verified.json``. Later checks re-hash only
 files whose stat differs from the stamp. The change time (ctime) cannot be set back by tools that
 restore modification times (``touch -d``, ``cp -p``, ``rsync -t``), so a file rewritten in place
-and given its old mtime is hashed again, and found out.
+and given its old mtime is hashed again, and found out. A file changed less than :data:`RACY_NS` before it was hashed is not stamped (as
+git treats "racily clean" files): a rewrite within the same timestamp tick would leave its stat
+unchanged, so such a file is hashed again next time.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Mapping
 
@@ -20,6 +23,7 @@ from .atomic import atomic_write
 log = logging.getLogger(__name__)
 
 STAMP = "verified.json"
+RACY_NS = 2_000_000_000  # far above any file system's timestamp granularity
 
 
 def sha256_file(path: Path) -> str:
@@ -52,8 +56,9 @@ def first_mismatch(folder: Path, digests: Mapping[str, str], rehash: bool = Fals
             continue
         if sha256_file(path) != digest:
             return name
-        stamps[name] = key
-        changed = True
+        if time.time_ns() - path.stat().st_ctime_ns > RACY_NS:
+            stamps[name] = key
+            changed = True
     if changed:
         with contextlib.suppress(OSError):  # a read-only cache still works, it only hashes again
             with atomic_write(folder / STAMP, "w") as f:
