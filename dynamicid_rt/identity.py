@@ -162,8 +162,14 @@ class IdentityEncoder:
         self._uncond: np.ndarray | None = None
 
     def unconditional_tokens(self) -> np.ndarray:
-        """Projector(zeros(512), CLIP features of all-zero pixel values): (4, C), computed once."""
+        """Projector(zeros(512), CLIP features of all-zero pixel values): (4, C), computed once per
+        model and backend and kept in the identity cache, so a warm start skips the image encoder."""
         if self._uncond is None:
+            key = self._cache_key(np.zeros(0, np.uint8), "unconditional tokens")
+            cached = self._cache_get(key)
+            if cached is not None:
+                self._uncond = cached.tokens
+                return self._uncond
             size = self.backend.dims.clip_image_size
             hidden = self.backend.run("image_encoder", {"pixel_values": np.zeros((1, 3, size, size), np.float32)})
             out = self.backend.run(
@@ -171,6 +177,8 @@ class IdentityEncoder:
                 {"id_embeds": np.zeros((1, 512), np.float32), "clip_hidden": hidden["hidden_states"]},
             )
             self._uncond = _check_finite("face projector", out["id_tokens"][0])
+            # Stored as an identity whose base and final tokens coincide, so the cache validator applies.
+            self._cache_put(key, Identity(tokens=self._uncond, base_tokens=self._uncond, name="unconditional"))
         return self._uncond
 
     @property

@@ -205,3 +205,22 @@ def test_truncated_tiny_bundle_file_is_rebuilt(tiny_bundle, tmp_path, caplog):
     write_tiny_bundle(root)
     assert saa.read_bytes() == good and "tiny bundle" in caplog.text
     assert zipfile.is_zipfile(saa)
+
+
+def test_unconditional_tokens_come_from_the_validated_cache_on_a_warm_start(tiny_bundle, tmp_path, monkeypatch):
+    """A second pipeline on the same cache skips the image encoder; a damaged entry is recomputed."""
+    from dynamicid_rt.backends.torch_backend import TorchBackend
+
+    with Pipeline.load(tiny_bundle, backend="torch", device="cpu", cache_dir=tmp_path) as first:
+        reference = first.identities.unconditional_tokens().copy()
+    calls = []
+    real_run = TorchBackend.run
+    monkeypatch.setattr(TorchBackend, "run", lambda self, engine, inputs: calls.append(engine) or real_run(self, engine, inputs))
+    with Pipeline.load(tiny_bundle, backend="torch", device="cpu", cache_dir=tmp_path) as second:
+        np.testing.assert_array_equal(second.identities.unconditional_tokens(), reference)
+    assert "image_encoder" not in calls
+    for entry in (tmp_path / "identities").glob("*.npz"):
+        entry.write_bytes(b"damaged")
+    with Pipeline.load(tiny_bundle, backend="torch", device="cpu", cache_dir=tmp_path) as third:
+        np.testing.assert_array_equal(third.identities.unconditional_tokens(), reference)
+    assert "image_encoder" in calls
