@@ -6,7 +6,7 @@ last round, the growth between them (must stay under 5 %), and every file left i
 cache folders besides the images, the cache entries and the lock files (a stray temporary would
 show up here). Exits 1 when the growth reaches 5 % or a stray file is left.
 
-    python benchmarks/soak.py                       # 200 rounds, torch and onnxruntime
+    python benchmarks/soak.py                       # 200 rounds on each CPU backend: torch, onnxruntime, openvino
     python benchmarks/soak.py --rounds 50 --backends onnxruntime
 """
 from __future__ import annotations
@@ -41,6 +41,8 @@ def expected_file(path: Path, out_dir: Path) -> bool:
         return path.name.startswith("soak-") and path.suffix == ".png"
     if path.name.startswith(".lock-") or path.name == "verified.json":
         return True
+    if path.parent.name == "openvino":  # OpenVINO's model cache inside an engine entry (README: OpenVINO)
+        return path.suffix == ".blob"
     return path.suffix in (".npz", ".onnx", ".json", ".sha256")
 
 
@@ -80,7 +82,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--backends", nargs="+", default=["torch", "onnxruntime"])
+    parser.add_argument("--backends", nargs="+", default=["torch", "onnxruntime", "openvino"])
     parser.add_argument("--models", type=Path, default=None, help="tiny bundle folder (default: a fresh one in a temp folder)")
     args = parser.parse_args()
     if args.rounds <= WARMUP_ROUNDS:

@@ -29,7 +29,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.backend is not None and args.backend not in BACKENDS:
         parser.error(f"--backend {args.backend}: choose one of {', '.join(BACKENDS)}")
-    app = QApplication.instance() or QApplication(["dynamicid-rt", *qt_args])
+    app = QApplication.instance()
+    if app is None:
+        from .platform_check import qt_platform_problem
+
+        problem = qt_platform_problem(qt_args)  # Qt itself would abort the process (exit 134)
+        if problem is not None:
+            log.error("%s", problem)
+            return 1
+        app = QApplication(["dynamicid-rt", *qt_args])
     app.setOrganizationName("dynamicid-rt")
     app.setApplicationName("desktop")
     override = None

@@ -1,20 +1,17 @@
 """The main window: wires the models bar, the people panel and box canvas, the settings form, the
 run controller and the gallery together. Each of those is its own module; this one only connects
-their signals, builds the request and restores saved settings."""
+their signals, builds the request and runs it (files in and out: :mod:`.window_files`)."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-from PySide6.QtCore import QSettings, Qt, QUrl, Signal
-from PySide6.QtGui import QAction, QColor, QDesktopServices, QKeySequence
+from PySide6.QtCore import QSettings, Qt, Signal
+from PySide6.QtGui import QAction, QColor, QKeySequence
 from PySide6.QtWidgets import (
-    QFileDialog,
     QHBoxLayout,
     QLabel,
     QMainWindow,
-    QMessageBox,
     QProgressBar,
     QPushButton,
     QScrollArea,
@@ -23,25 +20,27 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from dynamicid_rt import Request, RequestError, parse_parameters, read_parameters
+from dynamicid_rt import Request, RequestError
 
 from .gallery import GalleryModel, GalleryPanel, entries_of
 from .image_tabs import ImageTabs
 from .layout_tab import LayoutTab
 from .models_bar import ModelsBar, runs_on_text
 from .people import PeopleModel, Status
-from .people_panel import PeoplePanel
-from .restore import restore_people
-from .run_controller import RunController
-from .settings import AppSettings
+from .people_panel import PANEL_WIDTH, PeoplePanel
+from .run_controller import RunController, progress_text
+from .settings import AppSettings, default_output_dir
+from .lora_panel import FAST_PRESET, LoraPanel
 from .settings_form import DEFAULTS, SettingsForm
+from .views import QuestionBar
+from .window_files import WindowFiles
 from .worker import ModelSpec, default_pipeline_factory
 
 if TYPE_CHECKING:
     from dynamicid_rt import Result
 
 
-class MainWindow(QMainWindow):
+class MainWindow(WindowFiles, QMainWindow):
     runEnded = Signal(str)  # "done", "failed" or "cancelled", once the window has shown the outcome
 
     def __init__(
@@ -59,7 +58,8 @@ class MainWindow(QMainWindow):
         self.loaded_info: dict | None = None
         self.loading = True
         self._run_people: list[tuple[str, tuple[int, int, int]]] = []  # names and colours of the running request
-        self.ask: Callable[[str], bool] = self._ask_user  # questions to the user (tests answer them)
+        self._run_shape = (1, 1)  # steps per image and images of the running request
+        self._left_out_ok: frozenset[tuple[int, int]] = frozenset()  # failed photos the user chose to leave out
 
         self.people = PeopleModel(self)
         self.runner = RunController(pipeline_factory, self)
@@ -68,6 +68,9 @@ class MainWindow(QMainWindow):
         self.layout_tab = LayoutTab(self.people, self.people_panel.list.selectionModel(), DEFAULTS.mix)
         self.canvas = self.layout_tab.canvas
         self.form = SettingsForm()
+        self.lora_panel = LoraPanel()
+        self.form.apply({"width": self.settings.size[0], "height": self.settings.size[1], "steps": self.settings.steps})
+        self.people_panel.photo_folder = self.settings.photo_dir
         self.gallery_model = GalleryModel(self)
         self.gallery = GalleryPanel(self.gallery_model, self.settings.output_dir)
         self._build_ui()
@@ -82,21 +85,28 @@ class MainWindow(QMainWindow):
         # The views tests and the screenshot script look at.
         self.preview_view, self.result_view, self.badges = self.tabs.preview_view, self.tabs.result_view, self.tabs.badges
         self.maps_view, self.maps_legend = self.tabs.maps_view, self.tabs.maps_legend
+        self.tabs.result_tab.layout().addWidget(self.gallery.params_view)  # the selected image's parameters
 
         middle = QSplitter(Qt.Orientation.Vertical)
         middle.addWidget(self.tabs)
         middle.addWidget(self.gallery)
-        middle.setStretchFactor(0, 3)
-        middle.setSizes([520, 230])
+        middle.setStretchFactor(0, 1)
+        middle.setCollapsible(1, False)
+        middle.setSizes([500, 240])
         form_scroll = QScrollArea()
-        form_scroll.setWidget(self.form)
+        form_column = QWidget()  # the settings, then the LoRA list
+        form_layout = QVBoxLayout(form_column)
+        form_layout.addWidget(self.form)
+        form_layout.addWidget(self.lora_panel)
+        form_scroll.setWidget(form_column)
         form_scroll.setWidgetResizable(True)
-        form_scroll.setMinimumWidth(330)
+        form_scroll.setMinimumWidth(300)
         splitter = QSplitter()
         splitter.addWidget(self.people_panel)
         splitter.addWidget(middle)
         splitter.addWidget(form_scroll)
         splitter.setStretchFactor(1, 1)
+        splitter.setSizes([PANEL_WIDTH, 640, 310])  # the middle column holds three results per gallery row
 
         self.generate_button = QPushButton("Generate")
         self.generate_button.setToolTip("Ctrl+Enter")
@@ -109,6 +119,7 @@ class MainWindow(QMainWindow):
         self.error_label.setWordWrap(True)
         self.error_label.setStyleSheet("color: #c62828;")
         self.error_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.question_bar = QuestionBar()
         gen_row = QHBoxLayout()
         gen_row.addWidget(self.generate_button)
         gen_row.addWidget(self.cancel_button)
@@ -118,6 +129,7 @@ class MainWindow(QMainWindow):
         root = QVBoxLayout(central)
         root.addWidget(self.models_bar)
         root.addWidget(splitter, 1)
+        root.addWidget(self.question_bar)
         root.addLayout(gen_row)
         root.addWidget(self.error_label)
         self.setCentralWidget(central)
@@ -144,6 +156,13 @@ class MainWindow(QMainWindow):
         action(file_menu, "Open output folder", self.open_output_folder)
         file_menu.addSeparator()
         action(file_menu, "Quit", self.close, QKeySequence.StandardKey.Quit)
+        edit_menu = self.menuBar().addMenu("&Edit")
+        history = self.people.history
+        self.undo_action = history.createUndoAction(self, "Undo")
+        self.undo_action.setShortcuts([QKeySequence("Ctrl+Z")])
+        self.redo_action = history.createRedoAction(self, "Redo")
+        self.redo_action.setShortcuts([QKeySequence("Ctrl+Shift+Z"), QKeySequence("Ctrl+Y")])
+        edit_menu.addActions([self.undo_action, self.redo_action])
         run_menu = self.menuBar().addMenu("&Generate")
         self.generate_action = action(run_menu, "Generate", self.generate, "Ctrl+Return", "Ctrl+Enter")
         self.cancel_action = action(run_menu, "Cancel", self.cancel, Qt.Key.Key_Escape)
@@ -155,12 +174,18 @@ class MainWindow(QMainWindow):
         w.loadRejected.connect(self._on_load_rejected)
         w.encoded.connect(self.people.set_encoded)
         w.encodeFailed.connect(self.people.set_encode_failed)
+        w.activity.connect(self._on_activity)
         self.runner.progressed.connect(self._on_progress)
         self.runner.finished.connect(self._on_finished)
         self.runner.failed.connect(self._on_failed)
         self.runner.cancelled.connect(self._on_cancelled)
         self.runner.runningChanged.connect(lambda _: self._update_buttons())
         self.people.encodeRequested.connect(self.runner.encode)
+        for signal in (self.people.rowsInserted, self.people.rowsRemoved, self.people.dataChanged):
+            signal.connect(lambda *_: self.form.set_can_rank(any(p.status is not Status.ERROR for p in self.people.people())))
+        self.people_panel.photoFolderChanged.connect(self._remember_photo_folder)
+        self.question_bar.accepted.connect(self._generate_without_left_out)
+        self.people.rowsRemoved.connect(lambda *_: self.question_bar.dismiss())  # the question may no longer apply
         self.models_bar.chosen.connect(self.set_models)
         for spin in (self.form.width_spin, self.form.height_spin):
             spin.valueChanged.connect(lambda _: self.layout_tab.set_output_size(self.form.width_spin.value(), self.form.height_spin.value()))
@@ -168,6 +193,7 @@ class MainWindow(QMainWindow):
         self.cancel_button.clicked.connect(self.cancel)
         self.gallery.selected.connect(self.tabs.show_entry)
         self.gallery.reuseSeed.connect(lambda seed: self.form.apply({"seed": seed}))
+        self.lora_panel.fastPreset.connect(lambda: self.form.apply(FAST_PRESET))
         self.gallery.message.connect(lambda text: self.statusBar().showMessage(text, 10000))
         self.gallery.problem.connect(self.error_label.setText)
         self.gallery.save_button.clicked.connect(lambda: self.gallery.save_current())
@@ -184,6 +210,15 @@ class MainWindow(QMainWindow):
         self._update_buttons()
         self.runner.load(spec)
 
+    def _on_activity(self, text: str) -> None:
+        """What the pipeline thread is busy with, where the user is waiting for it."""
+        if self.loading:
+            self.models_bar.set_activity(text)
+        elif self.runner.running and self.progress_bar.value() == 0:
+            self.progress_bar.setFormat(f"preparing: {text}…")
+        else:  # e.g. the face analysis or the image encoder loading for a first photo
+            self.statusBar().showMessage(f"{text}…", 5000)
+
     def _on_loaded(self, info: dict) -> None:
         spec = ModelSpec(info["folder"], info["backend"])
         changed = self.loaded_info is not None and spec != self.spec
@@ -191,6 +226,8 @@ class MainWindow(QMainWindow):
         self.settings.model_dir, self.settings.backend = spec.folder, spec.backend
         self.settings.save(self.store)
         self.models_bar.set_loaded(spec, info)
+        if not self.people_panel.photo_folder:  # a first photo dialog opens on the samples, else on Pictures
+            self.people_panel.photo_folder = info.get("samples") or str(default_output_dir().parent)
         self.people_panel.set_expressions_enabled(info["has_imr"])
         self.form.set_default_sampler(info.get("default_sampler", ""))
         runs_on = runs_on_text(info)
@@ -214,6 +251,10 @@ class MainWindow(QMainWindow):
         self.runs_on_label.setText("")
         self._update_buttons()
 
+    def _remember_photo_folder(self, folder: str) -> None:
+        self.settings.photo_dir = folder
+        self.settings.save(self.store)
+
     # -- the request ---------------------------------------------------------------------------
 
     def _update_buttons(self) -> None:
@@ -236,6 +277,7 @@ class MainWindow(QMainWindow):
             mix=self.layout_tab.mix(),
             activation_maps=bool(usable),  # shown in the activation view where the backend provides them
             check_identities=bool(usable),  # the badges
+            loras=self.lora_panel.loras(),
             **self.form.values(),
         )
         request.validate()
@@ -243,36 +285,55 @@ class MainWindow(QMainWindow):
 
     # -- generation ----------------------------------------------------------------------------
 
-    def _ask_user(self, question: str) -> bool:
-        answer = QMessageBox.question(self, "DynamicID", question)
-        return answer == QMessageBox.StandardButton.Yes
-
     def generate(self) -> bool:
         """Start a generation in the pipeline thread; False (with the reason shown) when it cannot."""
         if self.runner.running:
             return False
-        if self.loaded_info is None or self.loading:
-            self.error_label.setText("The models are not loaded yet.")
+        problem = self._why_not_generate()
+        request = None
+        if problem is None:
+            try:
+                request = self.build_request()
+            except RequestError as exc:
+                problem = str(exc)
+        if request is None:
+            self.error_label.setText(problem)
+            self.progress_bar.setValue(0)
+            self.progress_bar.setFormat("not started")  # not the previous run's "done"
             return False
-        try:
-            request = self.build_request()
-        except RequestError as exc:
-            self.error_label.setText(str(exc))
+        left_out = [p for p in self.people.people() if p.status is Status.ERROR]
+        if left_out and frozenset((p.key, p.encode_version) for p in left_out) != self._left_out_ok:
+            names = ", ".join(p.name for p in left_out)
+            self.question_bar.ask(
+                f"{names}: no usable face, so {'they are' if len(left_out) > 1 else 'this person is'} not in the image.",
+                "Generate without them",
+            )
             return False
-        left_out = [p.name for p in self.people.people() if p.status is Status.ERROR]
-        if left_out and not self.ask(
-            f"{', '.join(left_out)}: no usable face, so {'they are' if len(left_out) > 1 else 'this person is'} "
-            "not in the image. Generate without them?"
-        ):
-            return False
+        self.question_bar.dismiss()
         self.error_label.clear()
         ready = [p for p in self.people.people() if p.status is Status.READY]
         self._run_people = [(p.name, QColor(p.color).getRgb()[:3]) for p in ready]
+        self._run_shape = (request.steps, request.best_of)
+        self.settings.size, self.settings.steps = (request.width, request.height), request.steps
+        self.settings.save(self.store)
         self.progress_bar.setRange(0, request.steps * request.best_of)
         self.progress_bar.setValue(0)
-        self.progress_bar.setFormat("starting…")
-        self.tabs.show_preview()
+        self.progress_bar.setFormat(f"computing step 1/{request.steps * request.best_of}…")  # the log may say more
+        self.tabs.show_preview()  # once, at the start: during the run the tabs are the user's
         return self.runner.start(request)
+
+    def _why_not_generate(self) -> str | None:
+        if self.loaded_info is None or self.loading:
+            return "The models are not loaded yet."
+        if not self.form.prompt_edit.toPlainText().strip():
+            self.form.prompt_edit.setFocus()
+            return "Write a prompt first: describe the picture you want (the grey text is only an example)."
+        return None
+
+    def _generate_without_left_out(self) -> None:
+        left_out = [p for p in self.people.people() if p.status is Status.ERROR]
+        self._left_out_ok = frozenset((p.key, p.encode_version) for p in left_out)
+        self.generate()
 
     def cancel(self) -> None:
         if self.runner.running:
@@ -283,14 +344,15 @@ class MainWindow(QMainWindow):
         self.progress_bar.setRange(0, total)
         self.progress_bar.setValue(step)
         if not self.runner.cancelling:
-            self.progress_bar.setFormat(f"step {step}/{total} · {seconds_left:.1f} s left")
-        self.tabs.show_preview(preview)
+            self.progress_bar.setFormat(progress_text(step, total, seconds_left, *self._run_shape))
+        self.tabs.set_preview(preview)
 
     def _on_finished(self, result: "Result", seconds: float) -> None:
         self.progress_bar.setFormat(f"done in {seconds:.1f} s")
         first = self.gallery_model.add(entries_of(result, [color for _, color in self._run_people]))
         self.gallery.select(first)  # the best of a best-of run comes first
-        self.tabs.setCurrentWidget(self.tabs.result_tab)
+        if self.tabs.currentWidget() is self.preview_view:  # the user did not pick another tab meanwhile
+            self.tabs.setCurrentWidget(self.tabs.result_tab)
         self.runEnded.emit("done")
 
     def _on_failed(self, message: str) -> None:
@@ -298,75 +360,17 @@ class MainWindow(QMainWindow):
         self.error_label.setText(f"Generation failed: {message}")
         self.runEnded.emit("failed")
 
-    def _on_cancelled(self, message: str) -> None:
+    def _on_cancelled(self, _message: str) -> None:
+        done, total = self.progress_bar.value(), self.progress_bar.maximum()
         self.progress_bar.setFormat("cancelled")
-        self.statusBar().showMessage(message.capitalize(), 10000)
+        # In the user's steps (the sampler's own count can hold one model call more).
+        self.statusBar().showMessage(f"Cancelled after step {done} of {total}" if done else "Cancelled before the first step",
+                                     10000)
         self.runEnded.emit("cancelled")
 
-    # -- results -------------------------------------------------------------------------------
-
-    def save_as(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Save image", str(self.settings.output_dir), "PNG (*.png)")
-        if path:
-            saved = self.gallery.save_current(path if path.lower().endswith(".png") else path + ".png")
-            if saved is not None:
-                self.settings.output_dir = self.gallery.output_dir = saved.parent
-                self.settings.save(self.store)
-
-    def open_output_folder(self) -> None:
-        self.settings.output_dir.mkdir(parents=True, exist_ok=True)
-        QDesktopServices.openUrl(QUrl.fromLocalFile(str(self.settings.output_dir)))
-
-    def restore_parameters(self, path: str | Path) -> bool:
-        """Set the form from the parameters in a saved PNG; False (reason shown) when it has none."""
-        try:
-            text = read_parameters(path)
-        except OSError as exc:
-            self.error_label.setText(f"Could not read {path}: {exc}")
-            return False
-        if not text:
-            self.error_label.setText(f"{Path(path).name} holds no generation parameters")
-            return False
-        self.apply_parameters(parse_parameters(text))
-        self.statusBar().showMessage(f"Restored the settings of {Path(path).name}", 10000)
-        return True
-
-    def apply_parameters(self, params: dict) -> None:
-        """Parsed PNG parameters back into the form (its one binding) and onto the people present."""
-        notes = [f"{name} could not be restored" for name in self.form.apply(params)]
-        if "mix" in params:
-            self.layout_tab.set_mix(params["mix"])
-        notes += restore_people(self.people, params)
-        self.error_label.setText("Restored the settings; " + "; ".join(notes) if notes else "")
-
-    # -- drag and drop, closing ----------------------------------------------------------------
-
-    def dragEnterEvent(self, event) -> None:
-        if event.mimeData().hasUrls():
-            event.acceptProposedAction()
-
-    def dropEvent(self, event) -> None:
-        self.handle_dropped([u.toLocalFile() for u in event.mimeData().urls() if u.isLocalFile()])
-        event.acceptProposedAction()
-
-    def handle_dropped(self, paths: list[str]) -> None:
-        """A saved PNG with parameters restores them; other photos become people."""
-        photos = []
-        for path in paths:
-            if path.lower().endswith(".png") and _has_parameters(path):
-                self.restore_parameters(path)
-            else:
-                photos.append(path)
-        if photos:
-            self.people_panel.add_photos(photos)
-
     def closeEvent(self, event) -> None:
+        self.settings.size = (self.form.width_spin.value(), self.form.height_spin.value())
+        self.settings.steps = self.form.steps_spin.value()
+        self.settings.save(self.store)
         self.runner.shutdown()
         super().closeEvent(event)
-
-
-def _has_parameters(path: str) -> bool:
-    try:
-        return read_parameters(path) is not None
-    except OSError:
-        return False

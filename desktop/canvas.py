@@ -8,11 +8,13 @@ from PySide6.QtWidgets import QSizePolicy, QWidget
 
 from dynamicid_rt import Box
 
+from .layout import LayoutState
 from .people import PeopleModel, Role
 
 
 HANDLE_PX = 8  # grab distance of a box edge, in widget pixels
 MARGIN_PX = 10
+LABEL_PX = 18  # the output size is written under the frame, clear of the boxes' resize handles
 
 
 def clamp_box(box: Box, min_h: float, min_w: float) -> Box:
@@ -39,6 +41,7 @@ class BoxCanvas(QWidget):
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.setMouseTracking(True)
         self._drag: tuple[int, str, QPointF, Box] | None = None  # row (-1: shared), edges, start, box
+        self._before_drag: LayoutState | None = None  # the layout a drag started from (one undo step)
         for sig in (model.dataChanged, model.rowsInserted, model.rowsRemoved, model.modelReset, model.mixChanged):
             sig.connect(self.update)
 
@@ -57,10 +60,10 @@ class BoxCanvas(QWidget):
     def frame_rect(self) -> QRectF:
         """Where the output frame lies in the widget, fitted with the output's aspect ratio."""
         w, h = self.output_size
-        avail_w, avail_h = self.width() - 2 * MARGIN_PX, self.height() - 2 * MARGIN_PX
+        avail_w, avail_h = self.width() - 2 * MARGIN_PX, self.height() - 2 * MARGIN_PX - LABEL_PX
         scale = min(avail_w / w, avail_h / h)
         fw, fh = w * scale, h * scale
-        return QRectF((self.width() - fw) / 2, (self.height() - fh) / 2, fw, fh)
+        return QRectF((self.width() - fw) / 2, MARGIN_PX + (avail_h - fh) / 2, fw, fh)
 
     def placed_rows(self) -> list[int]:
         """The people with a box (a photo without a usable face has none)."""
@@ -99,8 +102,10 @@ class BoxCanvas(QWidget):
         painter.fillRect(frame, QColor("#2b2b2b"))
         painter.setPen(QPen(QColor("#9e9e9e"), 1))
         painter.drawRect(frame)
-        painter.drawText(frame.adjusted(4, 0, -4, -4), Qt.AlignmentFlag.AlignBottom | Qt.AlignmentFlag.AlignRight,
-                         f"{self.output_size[0]}×{self.output_size[1]}")
+        size_label = QRectF(frame.left(), frame.bottom() + 2, frame.width(), LABEL_PX - 2)
+        painter.setPen(self.palette().windowText().color())
+        painter.drawText(size_label, Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignRight,
+                         f"output {self.output_size[0]}×{self.output_size[1]} px")
         selected = self.selected_row()
         for row, _box, colors in self.boxes():
             rect = self.box_rect(row)
@@ -144,6 +149,7 @@ class BoxCanvas(QWidget):
             self.selection.setCurrentIndex(self.model.index(row), QItemSelectionModel.SelectionFlag.ClearAndSelect)
         box = self.model.shared_box if row < 0 else self.model.index(row).data(Role.BOX)
         self._drag = (row, edges, event.position(), box)
+        self._before_drag = self.model.history.snapshot()
 
     def mouseMoveEvent(self, event) -> None:
         if self._drag is None:
@@ -157,7 +163,9 @@ class BoxCanvas(QWidget):
         self._apply(row, _dragged(box, edges, dy, dx, *self.min_fraction()))
 
     def mouseReleaseEvent(self, _event) -> None:
-        self._drag = None
+        if self._drag is not None and self._before_drag is not None:
+            self.model.history.record(self._before_drag, "resize box" if self._drag[1] else "move box")
+        self._drag, self._before_drag = None, None
 
     def _apply(self, row: int, box: Box) -> None:
         min_h, min_w = self.min_fraction()
@@ -168,9 +176,13 @@ class BoxCanvas(QWidget):
             self.model.setData(self.model.index(row), box, Role.BOX)
 
     def fit_boxes(self) -> None:
-        """Re-clamp every box after the output size changed (the minimum size depends on it)."""
+        """Re-clamp the boxes that became too small for a new output size (the minimum is 64 px);
+        the others are left as they are. The default strips are at least 64 px at every size."""
+        if not self.model.arranged:
+            return
         for row, box, _colors in self.boxes():
-            self._apply(row, box)
+            if clamp_box(box, *self.min_fraction()) != tuple(box):
+                self._apply(row, box)
 
 
 def _dragged(box: Box, edges: str, dy: float, dx: float, min_h: float, min_w: float) -> Box:

@@ -9,14 +9,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from PySide6.QtCore import QAbstractListModel, QModelIndex, QPersistentModelIndex, QRectF, QSize, Qt, Signal
-from PySide6.QtGui import QColor, QFont, QIcon, QPainter, QPixmap
+from PySide6.QtCore import QAbstractListModel, QModelIndex, QPersistentModelIndex, Qt, Signal
+from PySide6.QtGui import QPixmap
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QListView, QPlainTextEdit, QPushButton, QVBoxLayout, QWidget
 
 from dynamicid_rt import format_parameters, save_png
 
-from .people import array_to_qimage
-from .views import match_chips
+from .gallery_delegate import CELL, GalleryDelegate
+from .person_display import array_to_qimage
+from .views import RANKING, SCORE_HELP
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from dynamicid_rt import IdentityMatch, Result
 
 ENTRY_ROLE = Qt.ItemDataRole.UserRole + 1
-THUMB_PX = 128
+THUMB_PX = 128  # the thumbnail kept per image; the gallery draws it at its cell's size
 
 
 @dataclass
@@ -52,40 +53,18 @@ def entries_of(result: "Result", colors: list[tuple[int, int, int]]) -> list[Gal
 
 
 def thumbnail(entry: GalleryEntry, size: int = THUMB_PX) -> QPixmap:
-    """The image fitted in a square, with one likeness badge per person along the bottom."""
+    """The image fitted in a square (the gallery paints each person's badge beside it)."""
     rgb = np.asarray(entry.image.convert("RGB"))
-    pixmap = QPixmap.fromImage(array_to_qimage(rgb)).scaled(
+    return QPixmap.fromImage(array_to_qimage(rgb)).scaled(
         size, size, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation
     )
-    matches = entry.matches or []
-    if not matches:
-        return pixmap
-    painter = QPainter(pixmap)
-    font = QFont(painter.font())
-    font.setPixelSize(10)
-    painter.setFont(font)
-    width = pixmap.width() / len(matches)
-    for i, (match, (_text, background, _tip)) in enumerate(zip(matches, match_chips(matches))):
-        rect = QRectF(i * width + 1, pixmap.height() - 16, width - 2, 15)
-        painter.fillRect(rect, QColor(background))
-        painter.setPen(QColor("white"))
-        painter.drawText(rect, Qt.AlignmentFlag.AlignCenter, badge_text(match))
-    painter.end()
-    return pixmap
-
-
-def badge_text(match: "IdentityMatch") -> str:
-    """The few characters a thumbnail has room for."""
-    if match.similarity is None:
-        return "no face"
-    return f"{match.similarity:.2f}{' swap' if match.swapped else ''}"
 
 
 class GalleryModel(QAbstractListModel):
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
         self._entries: list[GalleryEntry] = []
-        self._icons: list[QIcon] = []
+        self._thumbs: list[QPixmap] = []
 
     def rowCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:
         return 0 if parent.isValid() else len(self._entries)
@@ -97,9 +76,10 @@ class GalleryModel(QAbstractListModel):
         if role == Qt.ItemDataRole.DisplayRole:
             return f"seed {entry.seed}"
         if role == Qt.ItemDataRole.DecorationRole:
-            return self._icons[index.row()]
+            return self._thumbs[index.row()]
         if role == Qt.ItemDataRole.ToolTipRole:
-            return "\n".join([entry.parameters, *(m.describe() for m in entry.matches or [])])
+            likeness = [m.describe() for m in entry.matches or []]
+            return "\n".join([f"seed {entry.seed}", *likeness, *([SCORE_HELP] if likeness else []), "", entry.parameters])
         if role == ENTRY_ROLE:
             return entry
         return None
@@ -109,7 +89,7 @@ class GalleryModel(QAbstractListModel):
         first = len(self._entries)
         self.beginInsertRows(QModelIndex(), first, first + len(entries) - 1)
         self._entries += entries
-        self._icons += [QIcon(thumbnail(e)) for e in entries]
+        self._thumbs += [thumbnail(e) for e in entries]
         self.endInsertRows()
         return first
 
@@ -138,10 +118,12 @@ class GalleryPanel(QWidget):
         self.view.setFlow(QListView.Flow.LeftToRight)
         self.view.setWrapping(True)
         self.view.setResizeMode(QListView.ResizeMode.Adjust)
-        self.view.setIconSize(QSize(THUMB_PX, THUMB_PX))
-        self.view.setGridSize(QSize(THUMB_PX + 16, THUMB_PX + 28))
+        self.view.setItemDelegate(GalleryDelegate(ENTRY_ROLE, self.view))
+        self.view.setGridSize(CELL)
         self.view.setUniformItemSizes(True)
-        self.view.setMinimumHeight(THUMB_PX + 36)
+        self.view.setMinimumHeight(2 * CELL.height() + 6)  # two full rows: six results at the default size
+        self.header = QLabel("<b>Results</b> (a best-of run: best first)")
+        self.header.setToolTip(f"{RANKING}\n\n{SCORE_HELP}")
         self.seed_label = QLabel("seed: –")
         self.seed_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.params_view = QPlainTextEdit()
@@ -153,7 +135,7 @@ class GalleryPanel(QWidget):
         self.reuse_button.setToolTip("Put the selected image's seed in the form (random off)")
         self.open_folder_button = QPushButton("Open output folder")
 
-        self.params_view.setFixedHeight(64)
+        self.params_view.setFixedHeight(48)
         actions = QHBoxLayout()
         actions.addWidget(self.seed_label, 1)
         for b in (self.save_button, self.save_as_button, self.reuse_button, self.open_folder_button):
@@ -161,9 +143,10 @@ class GalleryPanel(QWidget):
         # Thumbnails use the panel's whole width (several per row); the selection's details below.
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(3)
+        layout.addWidget(self.header)
         layout.addWidget(self.view, 1)
         layout.addLayout(actions)
-        layout.addWidget(self.params_view)
 
         self.view.selectionModel().currentChanged.connect(lambda *_: self._show_current())
         self.reuse_button.clicked.connect(self._reuse)

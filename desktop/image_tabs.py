@@ -35,10 +35,12 @@ class ImageTabs(QTabWidget):
         self.addTab(self.result_tab, "Result")
         self.addTab(_stacked(self.maps_legend, self.maps_view), "Activation maps")
 
-    def show_preview(self, rgb: np.ndarray | None = None) -> None:
-        if rgb is not None:
-            self.preview_view.set_image(rgb)
+    def show_preview(self) -> None:
         self.setCurrentWidget(self.preview_view)
+
+    def set_preview(self, rgb: np.ndarray) -> None:
+        """A new preview frame; the tab shown stays the user's choice."""
+        self.preview_view.set_image(rgb)
 
     def show_entry(self, entry: GalleryEntry | None) -> None:
         if entry is None:

@@ -21,7 +21,7 @@ class LayoutTab(QWidget):
         self.mix_slider.setToolTip("Share of person 1 in the mixed identity")
         self.mix_label = QLabel()
         self.reset_boxes_button = QPushButton("Reset boxes")
-        self.reset_boxes_button.setToolTip("Equal vertical strips, one per person")
+        self.reset_boxes_button.setToolTip("Equal vertical strips, one per person (undo: Ctrl+Z)")
         row = QHBoxLayout()
         for widget, stretch in ((self.mix_check, 0), (self.mix_slider, 1), (self.mix_label, 0), (self.reset_boxes_button, 0)):
             row.addWidget(widget, stretch)
@@ -29,9 +29,9 @@ class LayoutTab(QWidget):
         column.addWidget(self.canvas, 1)
         column.addLayout(row)
 
-        self.mix_check.toggled.connect(model.set_mix)
+        self.mix_check.clicked.connect(self._set_mix)  # the user's click only: refresh() sets it too
         self.mix_slider.valueChanged.connect(lambda _: self.refresh())
-        self.reset_boxes_button.clicked.connect(model.reset_boxes)
+        self.reset_boxes_button.clicked.connect(self._reset_boxes)
         for signal in (model.rowsInserted, model.rowsRemoved):
             signal.connect(lambda *_: self.refresh())
         model.mixChanged.connect(self.refresh)
@@ -45,7 +45,18 @@ class LayoutTab(QWidget):
 
     def set_output_size(self, width: int, height: int) -> None:
         self.canvas.set_output_size(width, height)
+        self.model.min_box = self.canvas.min_fraction()
         self.canvas.fit_boxes()
+
+    def _reset_boxes(self) -> None:
+        before = self.model.history.snapshot()
+        self.model.reset_boxes()
+        self.model.history.record(before, "reset boxes")
+
+    def _set_mix(self, on: bool) -> None:
+        before = self.model.history.snapshot()
+        self.model.set_mix(on)
+        self.model.history.record(before, "mix people" if on else "separate boxes")
 
     def refresh(self) -> None:
         self.mix_check.setEnabled(self.model.rowCount() >= 2)

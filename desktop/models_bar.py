@@ -8,7 +8,7 @@ from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
 from .settings import BACKENDS
-from .views import Banner
+from .views import Banner, ElidedLabel
 from .worker import ModelSpec
 
 FOLDER_HINT = "Choose the model folder (base/, image_encoder/, dynamicid/, insightface/)"
@@ -29,7 +29,9 @@ class ModelsBar(QWidget):
     def __init__(self, spec: ModelSpec, parent=None) -> None:
         super().__init__(parent)
         self.spec = spec
-        self.model_label = QLabel()
+        self._in_use = ""  # what the model label said about the models in use, before a load began
+        self._loading_text = ""
+        self.model_label = ElidedLabel()  # long folder names and activity lines never widen the window
         self.backend_combo = QComboBox()
         self.backend_combo.addItems(list(BACKENDS))
         self.backend_combo.setCurrentText(spec.backend)
@@ -64,7 +66,8 @@ class ModelsBar(QWidget):
         self.set_loading(spec)
 
     def choose_folder(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, FOLDER_HINT)
+        start = str(self.spec.folder.parent) if self.spec.folder else ""  # beside the folder in use
+        folder = QFileDialog.getExistingDirectory(self, FOLDER_HINT, start)
         if folder:
             self.chosen.emit(ModelSpec(Path(folder), self.backend_combo.currentText()))
 
@@ -74,14 +77,20 @@ class ModelsBar(QWidget):
 
     def set_loading(self, spec: ModelSpec) -> None:
         self.load_bar.setVisible(True)
-        self.model_label.setText(f"Loading {self._where(spec)} on {spec.backend}…")
+        self._loading_text = f"Loading {self._where(spec)} on {spec.backend}"
+        self.model_label.setText(self._loading_text + "…")
+
+    def set_activity(self, text: str) -> None:
+        """What the load is doing now (building the demo bundle, loading an engine…)."""
+        self.model_label.setText(f"{self._loading_text}: {text}…")
 
     def set_loaded(self, spec: ModelSpec, info: dict) -> None:
         """The models in use now; stale problems go."""
         self.spec = spec
         self.load_bar.setVisible(False)
         self.backend_combo.setCurrentText(spec.backend)
-        self.model_label.setText(f"{self._where(spec)} · {runs_on_text(info)}")
+        self._in_use = f"{self._where(spec)} · {runs_on_text(info)}"
+        self.model_label.setText(self._in_use)
         self.banner.dismiss()
         tiny = spec.folder is None or bool(info.get("is_tiny"))
         self.notice_label.setVisible(tiny)
@@ -95,9 +104,8 @@ class ModelsBar(QWidget):
         self.load_bar.setVisible(False)
         self.backend_combo.setCurrentText(self.spec.backend)
         kept = f" Still using {self._where(self.spec)}." if still_loaded else ""
-        self.banner.show_message(f"{self._where(spec)} cannot be used: {problems}{kept}")
-        if not still_loaded:
-            self.model_label.setText("not loaded")
+        self.banner.show_message(f"{self._where(spec)} cannot be used: {problems}.{kept}".replace("..", "."))
+        self.model_label.setText(self._in_use if still_loaded else "not loaded")
 
     def set_failed(self, message: str) -> None:
         self.load_bar.setVisible(False)

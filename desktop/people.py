@@ -2,17 +2,20 @@
 :mod:`.people_panel`)."""
 from __future__ import annotations
 
-import enum
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-from PySide6.QtCore import QAbstractListModel, QModelIndex, QPersistentModelIndex, QRect, Qt, Signal
-from PySide6.QtGui import QColor, QIcon, QImage, QPainter, QPixmap
+from PySide6.QtCore import QAbstractListModel, QModelIndex, QPersistentModelIndex, Qt, Signal
+from PySide6.QtGui import QColor
 
-from dynamicid_rt import MAX_IDENTITIES, Box, default_boxes
+from dynamicid_rt import MAX_IDENTITIES, Box
+
+from .face_prompt import UNCHANGED, build_face_prompt
+from .layout import BoxLayout, LayoutHistory
+from .person_display import Role, Status, display_text, person_icon
 
 if TYPE_CHECKING:
     from dynamicid_rt import Identity
@@ -20,54 +23,8 @@ if TYPE_CHECKING:
 
 # Distinct, colour-blind-friendly hues (Okabe-Ito) for people's boxes and activation overlays.
 PERSON_COLORS = ("#E69F00", "#56B4E9", "#009E73", "#CC79A7")
-EXPRESSIONS = ("neutral", "happy", "sad", "surprised", "angry")
-POSES = ("front view", "side view", "facing up", "facing down")
-UNCHANGED = "unchanged"
 PHOTO_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.bmp)"
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-
-
-def build_face_prompt(expression: str, pose: str, source_prompt: str) -> str | None:
-    """The target face prompt in the release's wording ("in a happy expression, facing up, in front
-    view"); ``unchanged`` parts keep what the source prompt says. None when nothing changes."""
-    if expression == UNCHANGED and pose == UNCHANGED:
-        return None
-    head, _, src_pose = source_prompt.partition(" expression, ")
-    src_expression = head.removeprefix("in a ").strip() or "neutral"
-    expr = src_expression if expression == UNCHANGED else expression
-    if pose == UNCHANGED:
-        pose_text = src_pose or "in front view"
-    elif pose in ("facing up", "facing down"):
-        pose_text = f"{pose}, in front view"
-    else:
-        pose_text = f"in {pose}"
-    return f"in a {expr} expression, {pose_text}"
-
-
-class Status(str, enum.Enum):
-    ENCODING = "encoding"
-    READY = "ready"
-    ERROR = "error"
-
-
-class Role(enum.IntEnum):
-    KEY = Qt.ItemDataRole.UserRole + 1
-    PHOTO = enum.auto()
-    IDENTITY = enum.auto()
-    STATUS = enum.auto()
-    ERROR = enum.auto()
-    WARNINGS = enum.auto()
-    NUM_FACES = enum.auto()
-    FACE_INDEX = enum.auto()
-    FACE_THUMBS = enum.auto()
-    EXPRESSION = enum.auto()
-    POSE = enum.auto()
-    FACE_PROMPT = enum.auto()
-    TARGET = enum.auto()
-    BOX = enum.auto()
-    COLOR = enum.auto()
-    ENCODE_VERSION = enum.auto()
-    ID_SCALE = enum.auto()
 
 
 # Changing one of these re-encodes the person (the pipeline caches identities, so it is cheap).
@@ -81,6 +38,7 @@ class Person:
     photo: Path
     color: str
     box: Box | None  # None: not in the image (the photo has no usable face)
+    parked_box: Box | None = None  # the box of a photo that failed, given back when it is retried
     status: Status = Status.ENCODING
     identity: "Identity | None" = None
     error: str = ""
@@ -112,9 +70,13 @@ class EncodeJob:
     face_index: int | None
 
 
-class PeopleModel(QAbstractListModel):
+class PeopleModel(BoxLayout, QAbstractListModel):
     """Up to four people. Views read roles; every change goes through setData or the methods here,
-    which emit the model's signals, so canvas, panel and generation never disagree."""
+    which emit the model's signals, so canvas, panel and generation never disagree.
+
+    A box set through setData is the user's (a drag, a restore): from then on the layout is
+    ``arranged`` and adding, removing or failing people never moves another box. Until then the
+    boxes are the release's default strips for the people present."""
 
     encodeRequested = Signal(object)  # EncodeJob
     mixChanged = Signal()
@@ -125,6 +87,9 @@ class PeopleModel(QAbstractListModel):
         self._keys = itertools.count(1)
         self._mix = False  # several people share one box (identity mixing)
         self._shared_box: Box = (0.0, 0.0, 1.0, 1.0)
+        self.arranged = False
+        self.min_box = (0.125, 0.125)  # smallest box (height, width fractions) for the output size
+        self.history = LayoutHistory(self)
 
     # -- Qt model API ------------------------------------------------------------------------
 
@@ -136,9 +101,9 @@ class PeopleModel(QAbstractListModel):
             return None
         p = self._people[index.row()]
         if role == Qt.ItemDataRole.DisplayRole:
-            return self._display_text(index.row(), p)
+            return display_text(index.row(), p)
         if role == Qt.ItemDataRole.DecorationRole:
-            return self._icon(p)
+            return person_icon(p)
         if role == Qt.ItemDataRole.ToolTipRole:
             return str(p.photo)
         if role == Qt.ItemDataRole.ForegroundRole and p.status is Status.ERROR:
@@ -169,7 +134,12 @@ class PeopleModel(QAbstractListModel):
             return False
         p = self._people[index.row()]
         if role == Role.BOX:
-            p.box = None if value is None else tuple(float(v) for v in value)  # type: ignore[assignment]
+            box = None if value is None else tuple(float(v) for v in value)
+            if p.status is Status.ERROR:
+                p.parked_box = box or p.parked_box  # not in the image until the photo works; then here
+            else:
+                p.box = box  # type: ignore[assignment]
+            self.arranged = True
         elif role == Role.ID_SCALE:
             p.id_scale = float(value)
         elif role == Role.FACE_INDEX:
@@ -205,8 +175,7 @@ class PeopleModel(QAbstractListModel):
         self.beginInsertRows(QModelIndex(), row, row)
         self._people.append(Person(key=next(self._keys), photo=Path(photo), color=color, box=None))
         self.endInsertRows()
-        self.reset_boxes()
-        self._request_encode(row)
+        self._request_encode(row)  # which also places the new box
         return row
 
     def remove(self, row: int) -> None:
@@ -217,20 +186,11 @@ class PeopleModel(QAbstractListModel):
         self.endRemoveRows()
         if len(self._people) < 2:
             self.set_mix(False)
-        self.reset_boxes()
+        if not self.arranged:
+            self._default_layout()
 
     def row_of(self, key: int) -> int | None:
         return next((i for i, p in enumerate(self._people) if p.key == key), None)
-
-    def reset_boxes(self) -> None:
-        """The release's default layout, equal vertical strips, over the people whose photo can be
-        used; a photo without a usable face gets no box."""
-        placed = [row for row, p in enumerate(self._people) if p.status is not Status.ERROR]
-        for row, box in zip(placed, default_boxes(len(placed))):
-            self.setData(self.index(row), box, Role.BOX)
-        for row, p in enumerate(self._people):
-            if p.status is Status.ERROR and p.box is not None:
-                self.setData(self.index(row), None, Role.BOX)
 
     # -- encoding results (called by the window with the worker's signals) --------------------
 
@@ -240,8 +200,11 @@ class PeopleModel(QAbstractListModel):
         p.status = Status.ENCODING
         p.error = ""
         self._changed(row)
-        if p.box is None:
-            self.reset_boxes()  # a retried photo comes back into the layout
+        if p.box is None:  # a new or retried photo comes (back) into the layout
+            if self.arranged:
+                self._place_arranged(row)
+            else:
+                self._default_layout()
         self.encodeRequested.emit(
             EncodeJob(p.key, p.encode_version, p.photo, p.face_prompt, p.target, p.face_index)
         )
@@ -268,72 +231,11 @@ class PeopleModel(QAbstractListModel):
         p = self._people[row]
         p.identity, p.status, p.error = None, Status.ERROR, message
         self._changed(row)
-        self.reset_boxes()  # its box goes; the others share the image
+        if self.arranged:
+            self._place(row, None)  # its box goes (kept for a retry); the others stay
+        else:
+            self._default_layout()
 
     def _changed(self, row: int) -> None:
         index = self.index(row)
         self.dataChanged.emit(index, index, [])
-
-    # -- identity mixing ------------------------------------------------------------------------
-
-    @property
-    def mix(self) -> bool:
-        return self._mix
-
-    @property
-    def shared_box(self) -> Box:
-        return self._shared_box
-
-    def set_mix(self, on: bool) -> None:
-        on = bool(on) and len(self._people) >= 2
-        if on != self._mix:
-            self._mix = on
-            self.mixChanged.emit()
-
-    def set_shared_box(self, box: Box) -> None:
-        self._shared_box = tuple(float(v) for v in box)  # type: ignore[assignment]
-        self.mixChanged.emit()
-
-    def request_boxes(self, people: Sequence[Person]) -> list[Box]:
-        """Request.boxes for these people: one box each, or the shared box when mixing."""
-        return [self._shared_box] if self._mix else [p.box for p in people]
-
-    # -- display ---------------------------------------------------------------------------
-
-    @staticmethod
-    def _display_text(row: int, p: Person) -> str:
-        lines = [f"{row + 1}. {p.name}"]
-        if p.status is Status.ENCODING:
-            lines.append("encoding…")
-        elif p.status is Status.ERROR:
-            lines.append(f"⚠ not in the image: {p.error}")
-        elif p.identity is not None:
-            lines.append(p.identity.source_prompt)
-            if p.face_prompt:
-                lines.append(f"→ {p.face_prompt}")
-            if p.num_faces > 1:
-                lines.append(f"{p.num_faces} faces: using face {p.identity.face_index + 1}")
-            if p.id_scale != 1.0:
-                lines.append(f"strength {p.id_scale:.2f}")
-        return "\n".join(lines)
-
-    @staticmethod
-    def _icon(p: Person) -> QIcon:
-        """The face in a frame of the person's box colour (no frame: no box)."""
-        pix = QPixmap(64, 64)
-        if p.status is Status.ERROR:
-            pix.fill(QColor("#ffcdd2"))
-            return QIcon(pix)
-        pix.fill(QColor(p.color))
-        if p.identity is not None and p.identity.thumbnail is not None:
-            painter = QPainter(pix)
-            painter.drawImage(QRect(5, 5, 54, 54), array_to_qimage(p.identity.thumbnail))
-            painter.end()
-        return QIcon(pix)
-
-
-def array_to_qimage(array: np.ndarray) -> QImage:
-    """An (H, W, 3) uint8 array as a QImage that owns its pixels."""
-    rgb = np.ascontiguousarray(array[..., :3], dtype=np.uint8)
-    h, w, _ = rgb.shape
-    return QImage(rgb.data, w, h, 3 * w, QImage.Format.Format_RGB888).copy()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from PySide6.QtCore import QModelIndex, QSize
+from PySide6.QtCore import QModelIndex, QSize, Signal
 from PySide6.QtGui import QIcon, QPixmap
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -24,9 +24,11 @@ from PySide6.QtWidgets import (
 
 from dynamicid_rt import MAX_IDENTITIES
 
-from .people import EXPRESSIONS, PHOTO_FILTER, PHOTO_SUFFIXES, POSES, UNCHANGED, PeopleModel, Role, Status, array_to_qimage
+from .face_prompt import EXPRESSIONS, POSES, UNCHANGED
+from .people import PHOTO_FILTER, PHOTO_SUFFIXES, PeopleModel, Role, Status
+from .person_display import array_to_qimage
 
-PANEL_WIDTH = 320  # fixed, so that photos and messages never resize the window's columns
+PANEL_WIDTH = 300  # fixed, so that photos and messages never resize the window's columns
 
 
 def degrees(value: float) -> str:
@@ -48,9 +50,13 @@ def _message_label(color: str) -> QLabel:
 
 
 class PeoplePanel(QWidget):
+    photoFolderChanged = Signal(str)  # the folder photos were last chosen from (remembered by the window)
+
     def __init__(self, model: PeopleModel, parent=None) -> None:
         super().__init__(parent)
         self.model = model
+        self.photo_folder = ""  # where the photo dialogs open ("": the current folder)
+        self._editor_key: int | None = None  # whose values the editor shows
         self.setAcceptDrops(True)
         self.setFixedWidth(PANEL_WIDTH)
         self.expressions_enabled = True
@@ -158,9 +164,14 @@ class PeoplePanel(QWidget):
         return problems
 
     def choose_photos(self) -> None:
-        paths, _ = QFileDialog.getOpenFileNames(self, "Add reference photos", "", PHOTO_FILTER)
+        paths, _ = QFileDialog.getOpenFileNames(self, "Add reference photos", self.photo_folder, PHOTO_FILTER)
         if paths:
+            self._remember_folder(paths[0])
             self.add_photos(paths)
+
+    def _remember_folder(self, path: str) -> None:
+        self.photo_folder = str(Path(path).parent)
+        self.photoFolderChanged.emit(self.photo_folder)
 
     def _select_new(self, _parent: QModelIndex, first: int, _last: int) -> None:
         self.list.setCurrentIndex(self.model.index(first))
@@ -189,8 +200,9 @@ class PeoplePanel(QWidget):
             self._set(Role.FACE_PROMPT, self.face_prompt_edit.text())
 
     def _choose_target(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Target face layout from a photo", "", PHOTO_FILTER)
+        path, _ = QFileDialog.getOpenFileName(self, "Target face layout from a photo", self.photo_folder, PHOTO_FILTER)
         if path:
+            self._remember_folder(path)
             self._set(Role.TARGET, path)
 
     def refresh(self) -> None:
@@ -201,6 +213,7 @@ class PeoplePanel(QWidget):
         self.add_button.setEnabled(not self.model.is_full())
         self.editor.setEnabled(has)
         if not has:
+            self._editor_key = None
             self.retry_button.setEnabled(False)
             self.error_label.clear()
             self.warning_label.clear()
@@ -238,10 +251,15 @@ class PeoplePanel(QWidget):
         self.face_prompt_edit.setEnabled(editable)
         self.target_button.setEnabled(editable)
         self.strength_spin.setEnabled(not failed)
-        self.strength_spin.blockSignals(True)
-        self.strength_spin.setValue(index.data(Role.ID_SCALE))
-        self.strength_spin.blockSignals(False)
-        if not self.face_prompt_edit.hasFocus():
+        # Fields the user is typing in are theirs: writing the model's value back while they type
+        # would turn "0.6" into "0.00" after its first key. Another person's values always show.
+        other_person = index.data(Role.KEY) != self._editor_key
+        self._editor_key = index.data(Role.KEY)
+        if other_person or not self.strength_spin.hasFocus():
+            self.strength_spin.blockSignals(True)
+            self.strength_spin.setValue(index.data(Role.ID_SCALE))
+            self.strength_spin.blockSignals(False)
+        if other_person or not self.face_prompt_edit.hasFocus():
             self.face_prompt_edit.setText(index.data(Role.FACE_PROMPT) or "")
         target = index.data(Role.TARGET)
         self.target_label.setText(target.name if target else "none")

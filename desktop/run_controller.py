@@ -25,6 +25,16 @@ def user_steps(step: int, total: int, asked: int) -> int:
     return asked if total <= 0 else min(asked, step * asked // total)
 
 
+def progress_text(step: int, total: int, seconds_left: float, steps: int, images: int) -> str:
+    """The progress bar's words. After an image's last step the pipeline decodes it (and checks
+    faces) with no step to report, so it says that instead of "0.0 s left"."""
+    if step > 0 and (step >= total or step % steps == 0):
+        image = step // steps
+        which = f" image {image} of {images}" if images > 1 else ""
+        return f"step {step}/{total} · decoding{which}…"
+    return f"step {step}/{total} · {seconds_left:.1f} s left"
+
+
 class RunController(QObject):
     progressed = Signal(int, int, float, object)  # user steps done, user steps in all, seconds left, preview
     finished = Signal(object, float)  # Result, seconds

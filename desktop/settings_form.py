@@ -24,8 +24,13 @@ from PySide6.QtWidgets import (
 
 from dynamicid_rt import SAMPLERS, SIZE_RANGE, Request, RequestError, canonical_sampler
 
+from .views import RANKING
+
 DEFAULTS = Request(prompt="")  # the form starts on the Request defaults
 MAX_BEST_OF = 16
+PROMPT_HINT = "Describe the picture, e.g.: two friends at the beach, photo"
+BATCH_TIP = "Images per run, from consecutive seeds"
+BEST_OF_TIP = "Generate this many seeds, one image each, and show them ranked. " + RANKING
 Binding = dict[str, tuple[Callable[[], Any], Callable[[Any], None]]]
 
 
@@ -58,8 +63,13 @@ def _text_box(height: int, placeholder: str = "") -> QPlainTextEdit:
 class SettingsForm(QWidget):
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
-        self.prompt_edit = _text_box(80, "a photo of two people at the beach")
-        self.negative_edit = _text_box(50)
+        self.prompt_edit = _text_box(80, PROMPT_HINT)
+        self.negative_edit = _text_box(50, "what to keep out, e.g.: blurry, lowres")
+        # The hints are examples, not text: italic and faint, so that they never pass for a prompt.
+        for box in (self.prompt_edit, self.negative_edit):
+            box.setStyleSheet("QPlainTextEdit[empty=\"true\"] { font-style: italic; }")
+            box.textChanged.connect(lambda box=box: _mark_empty(box))
+            _mark_empty(box)
         self.width_spin = _spin(DEFAULTS.width, *SIZE_RANGE, step=64, suffix=" px")
         self.height_spin = _spin(DEFAULTS.height, *SIZE_RANGE, step=64, suffix=" px")
         self.steps_spin = _spin(DEFAULTS.steps, 1, 1000)
@@ -73,10 +83,8 @@ class SettingsForm(QWidget):
         self.seed_edit = QLineEdit("0")
         self.seed_edit.setToolTip("The same seed and settings give the same image")
         self.batch_spin = _spin(DEFAULTS.batch, 1, 16)
-        self.batch_spin.setToolTip("Images per run, from consecutive seeds")
         self.best_of_spin = _spin(DEFAULTS.best_of, 1, MAX_BEST_OF)
-        self.best_of_spin.setToolTip("Generate this many seeds and show them best first, ranked by how "
-                                     "recognisable the least recognisable person is (needs people; batch 1)")
+        self.can_rank = False  # best-of ranks by people's likeness: it needs at least one person
         self.boost_spin = _double_spin(DEFAULTS.boost, 0.0, 20.0, 0.5)
         self.boost_spin.setToolTip("Extra weight of the identities inside their boxes in the first steps "
                                    "(settles who goes where); 0 turns it off")
@@ -114,6 +122,8 @@ class SettingsForm(QWidget):
         column.addStretch(1)
 
         self.random_seed_check.toggled.connect(lambda on: self.seed_edit.setEnabled(not on))
+        for spin in (self.batch_spin, self.best_of_spin):
+            spin.valueChanged.connect(lambda _: self._update_batch_and_best_of())
         self.binding: Binding = {
             "prompt": (lambda: self.prompt_edit.toPlainText().strip(), self.prompt_edit.setPlainText),
             "negative_prompt": (lambda: self.negative_edit.toPlainText().strip(), self.negative_edit.setPlainText),
@@ -124,12 +134,13 @@ class SettingsForm(QWidget):
             "sampler": (self.sampler_combo.currentData, self._set_sampler),
             "seed": (self._seed, self._set_seed),
             "batch": (self.batch_spin.value, self.batch_spin.setValue),
-            "best_of": (self.best_of_spin.value, self.best_of_spin.setValue),
+            "best_of": (self.best_of, self.best_of_spin.setValue),
             "boost": (self.boost_spin.value, self.boost_spin.setValue),
             "boost_steps": (self.boost_steps_spin.value, self.boost_steps_spin.setValue),
             "gating": (self.gating_combo.currentText, self._set_gating),
         }
         self.set_request(DEFAULTS)
+        self._update_batch_and_best_of()
 
     # -- the binding ---------------------------------------------------------------------------
 
@@ -179,7 +190,40 @@ class SettingsForm(QWidget):
             raise ValueError(gating)
         self.gating_combo.setCurrentText(text)
 
+    def best_of(self) -> int:
+        """Best of N in effect: a greyed-out Best of (no one to rank, or a batch) is 1."""
+        return self.best_of_spin.value() if self.best_of_spin.isEnabledTo(self) else 1
+
+    def set_can_rank(self, can_rank: bool) -> None:
+        """Whether there is anyone whose likeness best-of can rank (the window's people)."""
+        self.can_rank = can_rank
+        self._update_batch_and_best_of()
+
+    def _update_batch_and_best_of(self) -> None:
+        """Batch and best-of exclude each other (best-of makes one image per seed), and best-of
+        needs a person: the form greys out what cannot apply, keeping its value, and says why."""
+        batch = self.batch_spin.value()
+        self.best_of_spin.setEnabled(self.can_rank and batch == 1)
+        if not self.can_rank:
+            self.best_of_spin.setToolTip("Add a person: best of N ranks images by each person's likeness. " + RANKING)
+        elif batch > 1:
+            self.best_of_spin.setToolTip(f"Set Batch to 1 to use Best of (now: batch {batch}). " + BEST_OF_TIP)
+        else:
+            self.best_of_spin.setToolTip(BEST_OF_TIP)
+        ranking = self.best_of() > 1
+        self.batch_spin.setEnabled(not ranking)
+        self.batch_spin.setToolTip(f"Set Best of to 1 for a batch: best of {self.best_of()} makes one image per seed"
+                                   if ranking else BATCH_TIP)
+
     def set_default_sampler(self, name: str) -> None:
         """Say which sampler “default” is for the loaded model (SD1.5: PNDM)."""
         index = self.sampler_combo.findData("default")
         self.sampler_combo.setItemText(index, f"default ({name})" if name else "default")
+
+
+def _mark_empty(box: QPlainTextEdit) -> None:
+    empty = not box.toPlainText()
+    if box.property("empty") != empty:
+        box.setProperty("empty", empty)
+        box.style().unpolish(box)
+        box.style().polish(box)

@@ -5,17 +5,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-from PySide6.QtCore import QRect, Qt, Signal
+from PySide6.QtCore import QRect, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QImage, QPainter
-from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QSizePolicy, QToolButton, QWidget
+from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QPushButton, QSizePolicy, QToolButton, QWidget
 
-from .people import array_to_qimage
+from .person_display import array_to_qimage
 
 if TYPE_CHECKING:
     from dynamicid_rt import IdentityMatch
 
 GOOD, BAD = "#2e7d32", "#c62828"
-Chip = tuple[str, str, str]  # text, background colour, tooltip
+ChipSpec = tuple[str, str, str]  # text, background colour, tooltip
 
 
 class ImageView(QWidget):
@@ -59,9 +59,62 @@ class ImageView(QWidget):
         painter.drawImage(self.image_rect(), self._image)
 
 
-def match_chips(matches: Sequence["IdentityMatch"]) -> list[Chip]:
+RANKING = ("Best first: images where every person's face was found, then those with fewer swapped faces "
+           "(a face that looks more like another person), then by the score of the least recognisable person.")
+SCORE_HELP = ("ID match: how alike the face in a person's box is to their photo (ArcFace cosine similarity, "
+              "from −1 to 1; higher is more alike, about 0 or below means no likeness). “no face”: no face was "
+              "found in the box. “swap”: the face looks more like another person of the picture. "
+              "On the tiny demo bundle the images are noise, and so are the scores.")
+
+
+def chip_text(match: "IdentityMatch") -> str:
+    """A result's badge, in words: ``anna 0.61``, ``ben: no face``, ``ben 0.20, looks like anna``."""
+    if match.similarity is None:
+        return f"{match.name}: no face"
+    if match.swapped:
+        return f"{match.name} {match.similarity:.2f}, looks like {match.looks_like}"
+    return f"{match.name} {match.similarity:.2f}"
+
+
+def match_chips(matches: Sequence["IdentityMatch"]) -> list[ChipSpec]:
     """One badge per person: the ArcFace match score, red when the face is missing or swapped."""
-    return [(m.label(), GOOD if m.ok else BAD, m.describe()) for m in matches]
+    return [(chip_text(m), GOOD if m.ok else BAD, f"{m.describe()}\n\n{SCORE_HELP}") for m in matches]
+
+
+class ElidedLabel(QLabel):
+    """A label that, short of room, shortens its text with "…" instead of widening the window;
+    ``text()`` is the whole text."""
+
+    PADDING = 14  # room for a chip's padding
+
+    def __init__(self, text: str = "", parent=None) -> None:
+        super().__init__(parent)
+        self._full = ""
+        self.setText(text)
+
+    def setText(self, text: str) -> None:
+        self._full = text
+        self._fit()
+        self.updateGeometry()
+
+    def text(self) -> str:
+        return self._full
+
+    def sizeHint(self) -> QSize:
+        return QSize(self.fontMetrics().horizontalAdvance(self._full) + self.PADDING + 4, super().sizeHint().height())
+
+    def minimumSizeHint(self) -> QSize:
+        return QSize(40, super().minimumSizeHint().height())
+
+    def resizeEvent(self, event) -> None:
+        self._fit()
+        super().resizeEvent(event)
+
+    def _fit(self) -> None:
+        room = self.width() - self.PADDING
+        shown = self._full if self.fontMetrics().horizontalAdvance(self._full) <= room else (
+            self.fontMetrics().elidedText(self._full, Qt.TextElideMode.ElideRight, room))
+        QLabel.setText(self, shown)
 
 
 class ChipRow(QWidget):
@@ -72,15 +125,15 @@ class ChipRow(QWidget):
         self._layout = QHBoxLayout(self)
         self._layout.setContentsMargins(0, 2, 0, 2)
         self._layout.addStretch(1)
-        self.labels: list[QLabel] = []
+        self.labels: list[ElidedLabel] = []
         self.setVisible(False)
 
-    def set_chips(self, chips: Sequence[Chip]) -> None:
+    def set_chips(self, chips: Sequence[ChipSpec]) -> None:
         for label in self.labels:
             label.deleteLater()
         self.labels = []
         for i, (text, background, tooltip) in enumerate(chips):
-            label = QLabel(text)
+            label = ElidedLabel(text)
             label.setToolTip(tooltip)
             label.setProperty("background", background)
             label.setStyleSheet(f"background: {background}; color: white; border-radius: 3px; padding: 1px 6px;")
@@ -119,6 +172,48 @@ class Banner(QFrame):
         self.label.clear()
         self.setVisible(False)
         self.closed.emit()
+
+    def text(self) -> str:
+        return self.label.text() if self.isVisible() else ""
+
+
+class QuestionBar(QFrame):
+    """A question in the window with two answers. Unlike a dialog it never takes the keyboard:
+    its buttons take no focus, so typing goes on in the field the user is in, and only a click
+    answers."""
+
+    accepted = Signal()
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self.setStyleSheet("QuestionBar { background: #fff3cd; } QLabel { color: #5c4400; }")
+        self.label = QLabel()
+        self.label.setWordWrap(True)
+        self.label.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        self.yes_button = QPushButton()
+        self.no_button = QPushButton("Don't generate")
+        row = QHBoxLayout(self)
+        row.setContentsMargins(6, 4, 6, 4)
+        row.addWidget(self.label, 1)
+        for button in (self.yes_button, self.no_button):
+            button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+            button.setAutoDefault(False)
+            row.addWidget(button)
+        self.yes_button.clicked.connect(self._accept)
+        self.no_button.clicked.connect(self.dismiss)
+        self.setVisible(False)
+
+    def ask(self, question: str, yes: str) -> None:
+        self.label.setText(question)
+        self.yes_button.setText(yes)
+        self.setVisible(True)
+
+    def dismiss(self) -> None:
+        self.setVisible(False)
+
+    def _accept(self) -> None:
+        self.setVisible(False)
+        self.accepted.emit()
 
     def text(self) -> str:
         return self.label.text() if self.isVisible() else ""

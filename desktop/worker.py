@@ -3,6 +3,8 @@ talks to the window only through signals, so the GUI never blocks and never runs
 from __future__ import annotations
 
 import logging
+import os
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -43,10 +45,18 @@ def validate_model_folder(spec: ModelSpec) -> str | None:
         return None  # the tiny demo bundle is built on demand
     from dynamicid_rt import ModelPaths
 
+    folder = Path(spec.folder)
+    if not folder.is_dir():
+        return "it is not a folder"
+    parts = ("base", "image_encoder", "dynamicid", "insightface")
+    missing = [part for part in parts if not any(folder.glob(part + "*"))]
+    if len(missing) == len(parts):
+        return f"it is not a model folder (none of {', '.join(p + '/' for p in parts)} in it); choose the folder that holds them"
     try:
-        ModelPaths.from_folder(spec.folder).check()
+        ModelPaths.from_folder(folder).check()
     except DynamicIDError as exc:
-        return str(exc)
+        # Said once, with paths inside the folder relative to it: one line, not a wall of paths.
+        return str(exc).replace(f"{folder}{os.sep}", "").replace(f"model folder {folder} is not usable: ", "")
     return None
 
 
@@ -66,10 +76,30 @@ def face_thumbnails(photo: Path, boxes: list[tuple[float, float, float, float]],
     return [face_thumbnail(pixels, box, size) for box in boxes]
 
 
+class _ActivityHandler(logging.Handler):
+    """Passes on what the library logs from the pipeline thread (loading, building or compiling an
+    engine, writing the demo bundle), so that the window can say what a long wait is for."""
+
+    def __init__(self, activity: Signal) -> None:
+        super().__init__(logging.INFO)
+        self._activity = activity
+        self.thread_id: int | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self.thread_id:
+            self._activity.emit(activity_text(record.getMessage()))
+
+
+def activity_text(message: str) -> str:
+    """A log line as a short status: paths shortened to their last part, first letter capital."""
+    text = re.sub(r"(?:[A-Za-z]:)?[/\\][^\s,;()]+", lambda m: Path(m.group(0)).name or m.group(0), message)
+    return text[:1].upper() + text[1:]
+
+
 class PipelineWorker(QObject):
     """Lives in its own QThread; its slots are called through queued signals from the window."""
 
-    loading = Signal(str)  # what is being loaded
+    activity = Signal(str)  # what the pipeline is doing now (from its log), while loading or starting a run
     loaded = Signal(object)  # dict of facts about the pipeline
     loadFailed = Signal(str)
     loadRejected = Signal(object, str)  # spec, problems: the folder is unusable and the loaded models stay
@@ -90,16 +120,26 @@ class PipelineWorker(QObject):
         self._factory = factory
         self._validate = validate
         self._pipe: Any = None
+        self._activity = _ActivityHandler(self.activity)
+        library = logging.getLogger("dynamicid_rt")
+        self._library_level = library.level
+        if library.level == logging.NOTSET:
+            library.setLevel(logging.INFO)  # the activity line needs the library's INFO records
+        library.addHandler(self._activity)
+
+    def detach_log(self) -> None:
+        library = logging.getLogger("dynamicid_rt")
+        library.removeHandler(self._activity)
+        library.setLevel(self._library_level)
 
     @Slot(object)
     def load(self, spec: ModelSpec) -> None:
+        self._activity.thread_id = threading.get_ident()  # this slot runs in the pipeline thread
         problem = self._validate(spec)
         if problem is not None:
             self.loadRejected.emit(spec, problem)
             return
         self._close_pipe()
-        where = str(spec.folder) if spec.folder else "the tiny demo bundle"
-        self.loading.emit(f"Loading {where} on {spec.backend}…")
         t = time.perf_counter()
         try:
             self._pipe = self._factory(spec)
@@ -108,8 +148,10 @@ class PipelineWorker(QObject):
             self.loadFailed.emit(describe_error(exc))
             return
         describe = getattr(self._pipe, "describe", None)
+        root = getattr(getattr(self._pipe, "paths", None), "root", None)
         self.loaded.emit(
             {
+                "samples": str(Path(root) / "samples") if root and (Path(root) / "samples").is_dir() else "",
                 "folder": spec.folder,
                 "backend": spec.backend,
                 "runs_on": dict(describe()) if describe else {},  # the backend and device actually in use
@@ -216,3 +258,4 @@ class PipelineThread(QObject):
         self.thread.quit()
         if not self.thread.wait(timeout_ms):
             log.warning("the pipeline thread did not stop within %d ms", timeout_ms)
+        self.worker.detach_log()

@@ -39,6 +39,11 @@ _LAZY = {
     "SAMPLERS": "dynamicid_rt.sampler_names",
     "canonical_sampler": "dynamicid_rt.sampler_names",
     "AUTO": "dynamicid_rt.backends",
+    # User LoRAs (Request.loras): a file and its strength, and the CLI's PATH[:SCALE].
+    "LoraRef": "dynamicid_rt.lora",
+    "parse_lora_arg": "dynamicid_rt.lora",
+    "prompt_loras": "dynamicid_rt.lora_tags",  # <lora:name:scale> tags of a restored prompt
+    "lora_short_hash": "dynamicid_rt.lora_tags",
     "BACKENDS": "dynamicid_rt.backends",
     # A1111-format image parameters (a PNG "parameters" chunk).
     "format_parameters": "dynamicid_rt.pngmeta",
@@ -59,6 +64,8 @@ if TYPE_CHECKING:
     from .faces import face_thumbnail, load_photo
     from .identity import Identity
     from .identity_check import IdentityMatch
+    from .lora import LoraRef, parse_lora_arg
+    from .lora_tags import lora_short_hash, prompt_loras
     from .paths import ModelPaths
     from .pipeline import Pipeline
     from .pngmeta import format_parameters, parse_parameters, read_parameters, save_png

@@ -1,4 +1,4 @@
-"""The ``dynamicid-rt`` command line: generate, demo, inspect, doctor, build-engines, desktop."""
+"""The ``dynamicid-rt`` command line: generate, demo, inspect, doctor, build-engines, desktop, serve."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 # Only the public API (SPEC §6: the CLI stands on layer 5's public names).
-from . import AUTO, BACKENDS, SAMPLERS, DynamicIDError, __version__, canonical_sampler
+from . import AUTO, BACKENDS, SAMPLERS, DynamicIDError, __version__, canonical_sampler, parse_lora_arg
 from .messages import user_message
 
 log = logging.getLogger("dynamicid_rt")
@@ -31,9 +31,29 @@ def _box(text: str) -> tuple[float, float, float, float]:
 
 def _size(text: str) -> tuple[int, int]:
     w, sep, h = text.lower().partition("x")
-    if not sep or not w.isdigit() or not h.isdigit():
+    if not sep or not _is_count(w) or not _is_count(h):
         raise argparse.ArgumentTypeError(f"size {text!r}: expected WIDTHxHEIGHT, e.g. 512x768")
     return int(w), int(h)
+
+
+def _is_count(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes "²", which int() refuses."""
+    return 0 < len(text) <= 6 and text.isascii() and text.isdigit()
+
+
+def _face_index(text: str) -> int:
+    if not _is_count(text.strip()):
+        raise argparse.ArgumentTypeError(f"face index {text!r}: expected a whole number >= 0 (faces are counted from 0)")
+    return int(text)
+
+
+def _text(text: str) -> str:
+    """Command-line text the tokenizer can take: a byte that is not UTF-8 arrives as a lone surrogate."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} holds a byte that is not UTF-8 at position {exc.start}; give the text in UTF-8") from None
+    return text
 
 
 def _sampler(text: str) -> str:
@@ -75,12 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="generate images with one to four people")
     _add_model_args(g)
     g.add_argument("--face", action="append", default=[], metavar="PHOTO", help="reference photo, once per person")
-    g.add_argument("--face-prompt", action="append", default=[], metavar="TEXT",
+    g.add_argument("--face-prompt", action="append", default=[], type=_text, metavar="TEXT",
                    help='per person, in --face order: target expression/pose, e.g. "in a happy expression, facing up" ("" = none)')
-    g.add_argument("--source-prompt", action="append", default=[], metavar="TEXT", help="per person: override the automatic source face prompt")
+    g.add_argument("--source-prompt", action="append", default=[], type=_text, metavar="TEXT", help="per person: override the automatic source face prompt")
     g.add_argument("--target-landmarks", action="append", default=[], metavar="PHOTO", help="per person: photo whose face layout to take")
-    g.add_argument("--face-index", action="append", default=[], type=int, metavar="I", help="per person: which face of the photo")
-    g.add_argument("--emotion", action="append", default=[], metavar="WORD",
+    g.add_argument("--face-index", action="append", default=[], type=_face_index, metavar="I", help="per person: which face of the photo")
+    g.add_argument("--emotion", action="append", default=[], type=_text, metavar="WORD",
                    help="per person: the photo's expression for the automatic source prompt (default neutral)")
     g.add_argument("--box", action="append", default=[], type=_box, metavar="Y0,X0,Y1,X1", help="per person region (fractions)")
     g.add_argument("--prompt", required=True, help="what the image shows (CLIP's 77-token limit; longer is cut with a warning)")
@@ -92,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sampler", type=_sampler, default="default", choices=("default", *SAMPLERS), metavar="NAME",
                    help="one of: %(choices)s (default: the base model's scheduler, PNDM for SD1.5); diffusers, "
                         "ComfyUI and A1111 names also work, e.g. euler_ancestral, 'Euler a', 'DPM++ 2M Karras'")
+    g.add_argument("--lora", action="append", default=[], type=parse_lora_arg, metavar="PATH[:SCALE]",
+                   help="a kohya or diffusers LoRA .safetensors and its strength (default 1), repeatable")
+    g.add_argument("--tcd-gamma", type=float, default=0.3, metavar="G", help="the tcd sampler's stochasticity, 0-1 (default: %(default)s)")
     g.add_argument("--seed", type=int, default=None, help="0 to 2**32-1; image k of a batch uses seed+k (default: random, written to the PNG)")
     g.add_argument("--batch", type=int, default=1, help="images per run, 1-16 (default: %(default)s)")
     g.add_argument("--id-scale", action="append", default=[], type=float, metavar="S",
@@ -138,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
         register_build_engines = None
     if register_build_engines is not None:
         register_build_engines(sub)
+    from .server.command import register as register_serve  # argparse only; FastAPI loads when it runs
+
+    register_serve(sub, _add_model_args)
     return parser
 
 
@@ -166,7 +192,8 @@ def _check_photos(args: argparse.Namespace) -> None:
     for photo in [*args.face, *(p for p in args.target_landmarks if p)]:
         path = Path(photo).expanduser()
         if not path.is_file():
-            kind = "is a folder" if path.is_dir() else "does not exist"
+            kind = ("is a folder" if path.is_dir() else "is not a regular file (a FIFO, device or socket)" if path.exists()
+                    else "is a broken symlink or a symlink loop" if os.path.lexists(path) else "does not exist")
             raise DynamicIDError(f"photo {path} {kind}; give the path of an image file (PNG, JPEG or WebP)")
         if not os.access(path, os.R_OK):
             raise DynamicIDError(f"photo {path} cannot be read (permission denied); check its permissions")
@@ -196,6 +223,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         sampler=args.sampler, seed=seed, batch=args.batch, id_scale=id_scale, gating=args.gating,
         boost=args.boost, boost_steps=args.boost_steps, mix=args.mix,
         check_identities=args.check_identities, best_of=args.best_of,
+        loras=[(ref.path, ref.scale) for ref in args.lora], tcd_gamma=args.tcd_gamma,
     )
     request.validate(people=len(args.face))
     _check_photos(args)

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError, ModelFolderError, NoFaceError, NumericalError, RequestError
+from .files import check_regular_file
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +75,7 @@ def _array_to_rgb(array: np.ndarray, name: str) -> np.ndarray:
 
 
 def _open(path: Path) -> Image.Image:
-    if not path.is_file():
-        raise ImageError(f"photo {path} does not exist or is not a file")
+    check_regular_file(path, "photo", ImageError)  # a FIFO or /dev/zero would block or never end
     try:
         image = Image.open(path)
         image.load()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -56,6 +56,18 @@ class Identity:
     # Which weights made the tokens (dynamicid_rt.fingerprint); saved files record it. "" = unknown.
     model_fingerprint: str = ""
 
+    def __post_init__(self) -> None:
+        """An Identity that exists can be generated with: finite (4, C) tokens, text fields."""
+        from .request import check_text
+
+        self.tokens = _checked_tokens(self.tokens)
+        if self.base_tokens is not None:
+            self.base_tokens = _checked_tokens(self.base_tokens, "base_tokens")
+        for name in ("name", "source_prompt"):
+            check_text(name, getattr(self, name))
+        if self.face_prompt is not None:
+            check_text("face_prompt", self.face_prompt)
+
     @property
     def edited(self) -> bool:
         return self.face_prompt is not None
@@ -77,27 +89,47 @@ class Identity:
 
     @classmethod
     def load(cls, path: str | Path) -> "Identity":
-        path = Path(path)
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                meta = json.loads(bytes(data["meta"]).decode())
-                arrays = {k: data[k] for k in _ARRAYS + ("embedding",) if k in data}
-        except Exception as exc:
-            raise ImageError(f"{path} is not a saved identity ({type(exc).__name__}: {exc})") from exc
+        """A saved identity; ImageError for any file that is not one (read by
+        :func:`~dynamicid_rt.identity_file.read_identity_file`, with its caps)."""
+        from .identity_file import read_identity_file
+
+        meta, arrays = read_identity_file(path)
         if meta.pop("format", None) not in (1, IDENTITY_FORMAT):  # format 1 lacks only the embedding
             raise ImageError(f"{path} was saved by an incompatible version of dynamicid-rt; encode the photo again")
-        for key in ("face_box", "pose"):
-            meta[key] = tuple(meta[key]) if meta.get(key) is not None else None
-        return cls(**arrays, **meta)
+        unknown = set(meta) - {f.name for f in fields(cls)} | set(meta) & set(_ARRAYS + ("embedding",))
+        if unknown:
+            raise ImageError(f"{path} is not an identity file this version can read (unknown fields {sorted(unknown)}); encode the photo again")
+        try:
+            for key in ("face_box", "pose"):
+                meta[key] = tuple(float(v) for v in meta[key]) if meta.get(key) is not None else None
+            return cls(**arrays, **meta)
+        except (TypeError, ValueError) as exc:  # RequestError is a ValueError: NaN tokens, a bad field
+            raise ImageError(f"{path} is not a usable saved identity ({exc}); encode the photo again") from exc
 
 
-def _checked_tokens(tokens) -> np.ndarray:
-    array = np.asarray(tokens)
+def _checked_tokens(tokens, name: str = "tokens") -> np.ndarray:
+    try:
+        array = np.asarray(tokens)
+    except ValueError as exc:  # ragged nested lists
+        raise RequestError(f"{name} is not a (4, C) array ({exc})") from None
     if array.ndim != 2 or array.shape[0] != 4 or not np.issubdtype(array.dtype, np.floating):
-        raise RequestError(f"tokens have shape {array.shape} and dtype {array.dtype}; expected (4, C) floats (C = 768 for SD1.5)")
+        raise RequestError(f"{name} have shape {array.shape} and dtype {array.dtype}; expected (4, C) floats (C = 768 for SD1.5)")
     if not np.all(np.isfinite(array)):
-        raise RequestError("tokens hold NaN or infinite values")
+        raise RequestError(f"{name} hold NaN or infinite values")
     return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def _check_options(face_index: int | None = None, **texts: str | None) -> None:
+    """Encoding options checked before any photo is read or model runs."""
+    from .request import check_text
+
+    for name, value in texts.items():
+        if value is not None:
+            check_text(name, value)
+    if face_index is not None and (isinstance(face_index, bool) or not isinstance(face_index, (int, np.integer)) or face_index < 0):
+        raise RequestError(
+            f"face_index={face_index!r}: must be a whole number >= 0 (faces are counted from 0), or None for the largest face"
+        )
 
 
 def _checked_embedding(embedding) -> np.ndarray:
@@ -202,8 +234,10 @@ class IdentityEncoder:
         face_crop_input: bool = False,
         name: str | None = None,
     ) -> Identity:
-        if name is None:
-            name = Path(photo).stem if isinstance(photo, (str, Path)) else "person"
+        _check_options(face_prompt=face_prompt, source_prompt=source_prompt, emotion=emotion, name=name, face_index=face_index)
+        if name is None:  # a file name's undecodable bytes (surrogates) become U+FFFD: names go into the PNG parameters
+            stem = Path(photo).stem if isinstance(photo, (str, Path)) else "person"
+            name = "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in stem)
         pixels = load_photo(photo)
         self._check_can_edit(face_prompt)
         target = self._target_raster(target_landmarks) if face_prompt is not None else None
@@ -267,6 +301,7 @@ class IdentityEncoder:
         (the whole photo, as the release does). No face analysis runs: an expression edit
         (``face_prompt``) needs the face's 106 ``landmarks`` in the pixels of the photo resized
         to 512x512 and a ``source_prompt``, and takes ``target_landmarks`` the same way."""
+        _check_options(face_prompt=face_prompt, source_prompt=source_prompt, name=name)
         unit = _checked_embedding(embedding)
         pixels = load_photo(photo)
         self._check_can_edit(face_prompt)

@@ -3,7 +3,6 @@ against the loaded model (shapes, dtypes, finite values, every metadata field pr
 the model fingerprint). A cache entry that fails is a miss with a logged reason, never an error."""
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import fields
 from pathlib import Path
@@ -11,8 +10,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import RequestError
+from .errors import ImageError, RequestError
 from .identity import IDENTITY_FORMAT, Identity
+from .identity_file import read_identity_file
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +36,9 @@ def _array_problem(name: str, array: np.ndarray, shape: tuple, dtype) -> str | N
 def entry_problem(path: Path, context_dim: int, fingerprint: str) -> str | None:
     """Why the identity file at ``path`` cannot be trusted for this model, or None."""
     try:
-        with np.load(path, allow_pickle=False) as data:
-            meta = json.loads(bytes(data["meta"]).decode())
-            arrays = {k: data[k] for k in data.files if k != "meta"}
-    except Exception as exc:  # zip, npy and JSON errors come in many types
-        return f"unreadable ({type(exc).__name__})"
-    if not isinstance(meta, dict):
-        return "its metadata is not a JSON object"
+        meta, arrays = read_identity_file(path)
+    except ImageError as exc:
+        return f"unreadable ({exc})"
     if meta.get("format") != IDENTITY_FORMAT:
         return f"format {meta.get('format')!r}, this version writes {IDENTITY_FORMAT}"
     unknown, missing = set(meta) - _meta_fields(), _meta_fields() - set(meta)

@@ -111,12 +111,15 @@ def match_identities(
     return matches
 
 
-def rank_key(matches: Sequence[IdentityMatch]) -> tuple[int, float]:
-    """Sort key for best-of-N, best first: fewer missing or swapped faces, then the highest
-    lowest per-person similarity (the image is as good as its least recognisable person)."""
-    problems = sum(not m.ok for m in matches)
+def rank_key(matches: Sequence[IdentityMatch]) -> tuple[int, int, float]:
+    """Sort key for best-of-N, best first: fewer missing faces (a person absent from the picture
+    is the worst defect), then fewer swapped faces (the person is there, in another's place),
+    then the highest lowest per-person similarity (an image is as good as its least recognisable
+    person)."""
+    missing = sum(not m.found for m in matches)
+    swapped = sum(m.found and m.swapped for m in matches)
     lowest = min((m.similarity for m in matches if m.similarity is not None), default=-1.0)
-    return problems, -lowest
+    return missing, swapped, -lowest
 
 
 def parameters_text(matches: Sequence[IdentityMatch]) -> str:

@@ -11,7 +11,8 @@ from typing import Callable
 from .checkpoints import PROCESSOR_SECTIONS, PROJECTOR_SECTIONS, _unflatten_sections, load_tensor_file
 from .errors import DynamicIDError
 from .paths import ModelPaths
-from .weightcheck import weight_file_problem, weight_problems
+from .preflight import folder_problems
+from .weightcheck import weight_file_problem
 
 
 def _shape(t) -> str:
@@ -73,6 +74,17 @@ def _describe_checkpoint(path: Path) -> tuple[list[str], bool]:
     return lines, True
 
 
+def checkpoint_problems(paths: ModelPaths) -> list[str]:
+    """Why each DynamicID checkpoint of the folder does not load (as this report loads it)."""
+    out = []
+    for ckpt in (paths.saa, paths.projector, paths.imr, paths.keypoint_encoder):
+        if ckpt is not None:
+            lines, ok = _describe_checkpoint(ckpt)
+            if not ok:
+                out.append(f"checkpoint {ckpt}: " + (lines[-1].strip().removeprefix("loads: NO ") if len(lines) > 1 else "does not load"))
+    return out
+
+
 def inspect_path(path: Path) -> tuple[str, bool]:
     """Human-readable report of a checkpoint file or a model folder, and whether it loads."""
     path = Path(path)
@@ -86,7 +98,7 @@ def inspect_path(path: Path) -> tuple[str, bool]:
     for name in ("base", "vae", "tokenizer", "image_encoder", "saa", "projector", "imr", "keypoint_encoder", "insightface"):
         value = getattr(paths, name)
         lines.append(f"  {name:17s} {value if value is not None else '-'}")
-    problems = paths.problems() + weight_problems(paths)
+    problems = folder_problems(paths)  # the checks Pipeline.load makes: what is unusable here is refused there
     ok = not problems
     if not problems:
         from .models.base import read_model_dims
@@ -144,7 +156,9 @@ def _backend_lines() -> list[str]:
             lines.append(f"  {info.name:12s} not installed ({', '.join(missing)}): {info.install_advice()}")
             continue
         devices = info.usable_devices()
-        runs = "; ".join(f"{kind} {'/'.join(info.precisions_here(kind))}" for kind in devices) or "no usable device"
+        runs = "; ".join(f"{kind} {'/'.join(info.precisions_here(kind))}" for kind in devices) or "no usable device" + (
+            f" ({info.no_device_hint()})" if info.no_device_hint is not None else ""
+        )
         extras = f" [{', '.join(sorted(info.capabilities))}]" if info.capabilities else ""
         lines.append(f"  {info.name:12s} {runs}{extras}")
     try:
@@ -157,7 +171,8 @@ def _backend_lines() -> list[str]:
 def doctor_report(models: Path | None) -> tuple[str, bool]:
     lines = [f"python {sys.version.split()[0]} on {platform.platform()}"]
     for dist in ("dynamicid-rt", "numpy", "torch", "diffusers", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu",
-                 "insightface", "tensorrt", "polygraphy", "PySide6-Essentials"):
+                 "insightface", "tensorrt", "tensorrt-rtx-cu13-bindings", "tensorrt-rtx-cu12-bindings", "cuda-python",
+                 "PySide6-Essentials"):
         lines.append(f"  {dist:20s} {_version(dist)}")
     if importlib.util.find_spec("onnxruntime") is not None:
         import onnxruntime
@@ -179,7 +194,7 @@ def doctor_report(models: Path | None) -> tuple[str, bool]:
     else:
         try:
             folder = ModelPaths.from_folder(models)
-            problems = folder.problems() + weight_problems(folder)
+            problems = folder_problems(folder)
         except DynamicIDError as exc:
             problems = [str(exc)]
         lines.append(f"model folder {models}: " + ("complete" if not problems else "INCOMPLETE"))

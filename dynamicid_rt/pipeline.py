@@ -25,13 +25,16 @@ from .guided_unet import GuidedUNet
 from .identity import Identity, IdentityEncoder, stack_identity_tokens
 from .identity_cache import check_same_model, load_saved
 from .identity_check import IdentityMatch, match_identities, reference_embeddings
+from .lora import check_lora_refs, load_loras
+from .lora_tags import lora_hashes, strip_lora_tags, with_prompt_tags
 from .model_hash import describe_model
 from .paths import ModelPaths, vae_scaling_factor
+from .preflight import check_folder
 from .request import Box, ModelInfo, Person, ProgressInfo, Request, Result, default_boxes
 from .noise import image_seeds, initial_noise, step_noise_source
 from .sampler_names import canonical_sampler, sampler_for_scheduler_class
 from .samplers import sample
-from .schedules import SchedulerConfig, timesteps
+from .schedules import SchedulerConfig, check_sampler_steps, timesteps
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +104,7 @@ class Pipeline:
             paths = ModelPaths.from_folder(models)
             is_tiny = (Path(models) / "tiny_bundle.json").is_file()
         paths = paths.with_overrides(**overrides)  # --vae etc. apply to every kind of model folder
-        paths.check()
+        check_folder(paths)  # every check `inspect` makes that needs no weights loaded, before any work
         cache = Path(cache_dir) if cache_dir is not None else _user_cache_dir()
         engine = create_backend(
             backend, paths, device=device, precision=precision, engine_dir=Path(engine_dir) if engine_dir else None,
@@ -243,6 +246,13 @@ class Pipeline:
         seeds = image_seeds(seed, request.batch)
         gating = request.gating_on()
         resolved = request.with_updates(seed=seed, sampler=sampler, gating="on" if gating else "off")
+        check_sampler_steps(sampler, request.steps, self.scheduler_config)  # LCM/TCD: at most 50, before any work
+        t = time.perf_counter()
+        lora_refs = check_lora_refs(request.loras)
+        self.backend.set_loras(lora_refs)  # changes nothing when this set is merged already
+        timings["loras"] = time.perf_counter() - t
+        loras = load_loras(lora_refs)  # read by set_loras: remembered
+        resolved = resolved.with_updates(prompt=with_prompt_tags(request.prompt, loras))  # as A1111 writes it
 
         batch, lh, lw = request.batch, request.height // 8, request.width // 8
         if request.initial_latents is not None:
@@ -252,7 +262,8 @@ class Pipeline:
             noise = initial_noise(seeds, (4, lh, lw))
 
         t = time.perf_counter()
-        states, _ = self.prompts.encode([request.negative_prompt, request.prompt])
+        # A1111's <lora:name:w> tags (restored PNG prompts carry them) are not text for CLIP.
+        states, _ = self.prompts.encode([strip_lora_tags(request.negative_prompt), strip_lora_tags(request.prompt)])
         _check("text encoder", states)
         timings["text"] = time.perf_counter() - t
 
@@ -280,7 +291,7 @@ class Pipeline:
         if cancel is not None and cancel.is_set():
             raise Cancelled("cancelled before the first step")
         latents = sample(sampler, denoise, noise, self.scheduler_config, request.steps,
-                         noise_source=step_noise_source(seeds), callback=on_step)
+                         noise_source=step_noise_source(seeds), callback=on_step, gamma=request.tcd_gamma)
         timings["denoise"] = time.perf_counter() - t_sample
 
         maps = None
@@ -300,6 +311,7 @@ class Pipeline:
         t = time.perf_counter()
         images = [self._decode(latents[i : i + 1]) for i in range(batch)]
         timings["decode"] = time.perf_counter() - t
+        self.backend.generation_done()
         timings["total"] = time.perf_counter() - t_start
         return Result(
             images=images,
@@ -312,6 +324,7 @@ class Pipeline:
             activation_maps=maps,
             latents=latents.astype(np.float32),
             model=self.model_info(),
+            lora_hashes=lora_hashes(loras),
         )
 
     def _id_inputs(self, request: Request, gating: bool) -> dict:

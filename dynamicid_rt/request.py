@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 from .errors import RequestError
+from .lora import check_lora_refs
 from .sampler_names import canonical_sampler
 
 if TYPE_CHECKING:
@@ -18,6 +20,30 @@ if TYPE_CHECKING:
 Box = tuple[float, float, float, float]  # (y0, x0, y1, x1) in [0, 1] of the image
 MAX_IDENTITIES = 4
 SIZE_RANGE = (256, 1024)
+# Bounds of the numeric settings: wide enough for any use, narrow enough that nothing overflows
+# (guidance 1e300 made NaN at step 2, -1e300 an image of noise).
+NUMBER_RANGES = {"guidance": (0.0, 100.0), "boost": (0.0, 100.0), "mix": (0.0, 1.0)}
+ID_SCALE_RANGE = (0.0, 10.0)
+MAX_PROMPT_CHARS = 16384  # CLIP reads 77 tokens; this keeps hostile input (and the PNG parameters) bounded
+
+
+def check_text(name: str, value: object) -> str:
+    """``value`` if it is text the tokenizer and the image parameters can take, else a RequestError:
+    not a str, longer than :data:`MAX_PROMPT_CHARS`, or not encodable as UTF-8 (a lone surrogate,
+    which is what Python makes of a command-line byte that is not UTF-8)."""
+    if not isinstance(value, str):
+        raise RequestError(f"{name}={value!r}: must be text (use \"\" for none)")
+    if len(value) > MAX_PROMPT_CHARS:
+        raise RequestError(f"{name} is {len(value)} characters long; at most {MAX_PROMPT_CHARS} are accepted (CLIP reads 77 tokens)")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = value[exc.start]
+        raise RequestError(
+            f"{name} holds U+{ord(bad):04X} at position {exc.start}, which is not text (a byte that is not UTF-8, or a lone "
+            "surrogate); give the text in UTF-8"
+        ) from None
+    return value
 
 
 def default_boxes(count: int) -> list[Box]:
@@ -61,6 +87,9 @@ class Request:
     activation_maps: bool = False  # also return each person's SAA activation map (backends that can)
     check_identities: bool = False  # measure each person's likeness in every result (Result.identity_scores)
     best_of: int = 1  # generate this many seeds and return them best first (implies check_identities)
+    # User LoRAs as (path, scale) pairs, merged into the UNet and text encoder (dynamicid_rt.lora).
+    loras: Sequence[tuple[str | Path, float]] = ()
+    tcd_gamma: float = 0.3  # the tcd sampler's stochasticity (diffusers' eta), from 0 to 1
 
     def resolved_boxes(self) -> list[Box]:
         if self.boxes is None:
@@ -80,12 +109,22 @@ class Request:
             return len(self.identities) >= 2
         return self.gating == "on"
 
+    def __post_init__(self) -> None:
+        self.check_fields()  # a Request that exists is well-formed; validate() adds the cross-checks
+
     def validate(self, people: int | None = None) -> None:
         """Raise RequestError naming the first inconsistent field and how to fix it. ``people``:
         check the settings for that many identities before their faces are encoded."""
         if people is not None:
             return replace(self, identities=[_PendingPerson()] * people).validate()
+        self.check_fields()  # again: a dataclass field may have been assigned since
+        self._check_consistency()
+
+    def check_fields(self) -> None:
+        """Each field on its own: types, ranges, encodable text, box shapes. Runs when a Request
+        is made (and in :meth:`validate`); every per-field validator belongs here."""
         self._validate_types()
+        self._validate_texts()
         lo, hi = SIZE_RANGE
         for name in ("width", "height"):
             v = getattr(self, name)
@@ -98,48 +137,80 @@ class Request:
         if not isinstance(self.sampler, str):
             raise RequestError(f"sampler={self.sampler!r}: must be a sampler name such as 'default' or 'euler_a'")
         canonical_sampler(self.sampler)  # raises for unknown names, listing the choices
-        for name in ("guidance", "boost", "mix"):
+        for name, (lo_v, hi_v) in NUMBER_RANGES.items():
             v = getattr(self, name)
-            if not isinstance(v, (int, float, np.floating)) or not math.isfinite(v):
-                raise RequestError(f"{name}={v!r}: must be a finite number")
-        self._validate_id_scale()
-        if self.boost < 0 or self.boost_steps < 0:
-            raise RequestError("boost and boost_steps must be >= 0")
-        if not 0.0 <= self.mix <= 1.0:
-            raise RequestError(f"mix={self.mix}: must lie in [0, 1]")
+            if not _is_number(v) or not math.isfinite(v) or not lo_v <= v <= hi_v:
+                raise RequestError(f"{name}={v!r}: must be a number from {lo_v:g} to {hi_v:g}")
+        if not 0 <= self.boost_steps <= 1000:
+            raise RequestError(f"boost_steps={self.boost_steps!r}: must be an integer from 0 to 1000")
+        self._validate_id_scale_values()
         if self.gating not in ("auto", "on", "off", True, False):
             raise RequestError(f"gating={self.gating!r}: use 'auto', 'on' or 'off'")
         if self.seed is not None and not (isinstance(self.seed, (int, np.integer)) and 0 <= self.seed < 2**32):
             raise RequestError(f"seed={self.seed!r}: must be an integer in [0, 2**32)")
-        n = len(self.identities)
-        if n > MAX_IDENTITIES:
-            raise RequestError(f"{n} identities given; at most {MAX_IDENTITIES} people per image are supported")
-        boxes = self.resolved_boxes()
-        if n == 0 and self.boxes:
-            raise RequestError("boxes were given but no identities: add a face or drop the boxes")
-        if n and len(boxes) not in (n, 1):
-            raise RequestError(
-                f"{len(boxes)} boxes for {n} identities: give one box per identity (or one box to mix them)"
-            )
-        for i, b in enumerate(boxes):
-            if len(b) != 4 or not all(math.isfinite(v) for v in b):
-                raise RequestError(f"box {i} {b!r}: expected four numbers y0,x0,y1,x1")
-            y0, x0, y1, x1 = b
-            if not all(0.0 <= v <= 1.0 for v in b):
-                raise RequestError(f"box {i} {b}: coordinates must lie in [0, 1] (fractions of the image)")
-            if not (y1 > y0 and x1 > x0):
-                raise RequestError(f"box {i} {b}: empty box; need y1 > y0 and x1 > x0 (order is y0,x0,y1,x1)")
-            # The coarsest SAA layer is 1/64 of the image: a box must cover at least one of its cells.
-            if (int(y1 * self.height / 64) - int(y0 * self.height / 64)) < 1 or (int(x1 * self.width / 64) - int(x0 * self.width / 64)) < 1:
-                raise RequestError(f"box {i} {b}: too small for a {self.width}x{self.height} image (at least 64 px each way)")
+        self._validate_boxes()
         if self.initial_latents is not None:
             shape = (self.batch, 4, self.height // 8, self.width // 8)
-            lat = np.asarray(self.initial_latents)
+            try:
+                lat = np.asarray(self.initial_latents, dtype=np.float64)
+            except (TypeError, ValueError) as exc:
+                raise RequestError(f"initial_latents is not an array of numbers ({exc}); pass a float array of shape {shape}") from None
             if lat.shape != shape:
                 raise RequestError(f"initial_latents has shape {lat.shape}; expected {shape} for this size and batch")
             if not np.all(np.isfinite(lat)):
                 raise RequestError("initial_latents holds NaN or infinite values")
-        self._validate_best_of()
+        if not isinstance(self.best_of, (int, np.integer)) or isinstance(self.best_of, bool) or not 1 <= self.best_of <= 64:
+            raise RequestError(f"best_of={self.best_of!r}: must be an integer from 1 to 64")
+        check_lora_refs(self.loras)  # files exist, scales finite and >= 0; weights are read at generation
+        if not _is_number(self.tcd_gamma) or not 0.0 <= self.tcd_gamma <= 1.0:
+            raise RequestError(f"tcd_gamma={self.tcd_gamma!r}: must be a number from 0 to 1 (0.3 is the usual value)")
+
+    def _check_consistency(self) -> None:
+        """The fields against each other and against the identities."""
+        n = len(self.identities)
+        if n > MAX_IDENTITIES:
+            raise RequestError(f"{n} identities given; at most {MAX_IDENTITIES} people per image are supported")
+        if n == 0 and self.boxes:
+            raise RequestError("boxes were given but no identities: add a face or drop the boxes")
+        if n and len(self.resolved_boxes()) not in (n, 1):
+            raise RequestError(
+                f"{len(self.resolved_boxes())} boxes for {n} identities: give one box per identity (or one box to mix them)"
+            )
+        if not _is_number(self.id_scale) and len(self.id_scale) != n:
+            raise RequestError(
+                f"id_scale has {len(self.id_scale)} value(s) for {n} identities: give one number for everyone or one per identity"
+            )
+        if self.best_of > 1 and not self.identities:
+            raise RequestError("best_of ranks results by each person's likeness: add at least one face, or set best_of=1")
+        if self.best_of > 1 and (self.batch != 1 or self.initial_latents is not None):
+            raise RequestError("best_of draws one image per seed: use batch=1 and no initial_latents with it")
+
+    def _validate_texts(self) -> None:
+        """Text the tokenizer and the PNG parameters can take: UTF-8 encodable (no lone surrogate,
+        which is what a byte that is not UTF-8 becomes in a command-line argument) and bounded."""
+        check_text("prompt", self.prompt)
+        check_text("negative_prompt", self.negative_prompt)
+        for i, person in enumerate(self.identities):
+            if person.face_prompt is not None:
+                check_text(f"identities[{i}].face_prompt", person.face_prompt)
+            if not isinstance(person.name, str):
+                raise RequestError(f"identities[{i}].name={person.name!r}: must be text")
+            check_text(f"identities[{i}].name", person.name)
+
+    def _validate_boxes(self) -> None:
+        for i, b in enumerate(self.boxes or ()):
+            if isinstance(b, (str, bytes)) or not isinstance(b, Sequence) or len(b) != 4 or not all(_is_number(v) for v in b):
+                raise RequestError(f"box {i} {b!r}: expected four numbers (y0, x0, y1, x1), e.g. (0, 0, 1, 0.5)")
+            if not all(math.isfinite(v) for v in b):
+                raise RequestError(f"box {i} {b!r}: expected four finite numbers y0,x0,y1,x1")
+            y0, x0, y1, x1 = (float(v) for v in b)
+            if not all(0.0 <= v <= 1.0 for v in (y0, x0, y1, x1)):
+                raise RequestError(f"box {i} {tuple(b)}: coordinates must lie in [0, 1] (fractions of the image)")
+            if not (y1 > y0 and x1 > x0):
+                raise RequestError(f"box {i} {tuple(b)}: empty box; need y1 > y0 and x1 > x0 (order is y0,x0,y1,x1)")
+            # The coarsest SAA layer is 1/64 of the image: a box must cover at least one of its cells.
+            if (int(y1 * self.height / 64) - int(y0 * self.height / 64)) < 1 or (int(x1 * self.width / 64) - int(x0 * self.width / 64)) < 1:
+                raise RequestError(f"box {i} {tuple(b)}: too small for a {self.width}x{self.height} image (at least 64 px each way)")
 
     def _validate_types(self) -> None:
         """Wrong types (None, a float step count) get a RequestError, never a TypeError deep inside."""
@@ -160,15 +231,7 @@ class Request:
         if isinstance(self.seed, (bool, np.bool_)):
             raise RequestError(f"seed={self.seed!r}: must be an integer in [0, 2**32) or None")
 
-    def _validate_best_of(self) -> None:
-        if not isinstance(self.best_of, (int, np.integer)) or isinstance(self.best_of, bool) or not 1 <= self.best_of <= 64:
-            raise RequestError(f"best_of={self.best_of!r}: must be an integer from 1 to 64")
-        if self.best_of > 1 and not self.identities:
-            raise RequestError("best_of ranks results by each person's likeness: add at least one face, or set best_of=1")
-        if self.best_of > 1 and (self.batch != 1 or self.initial_latents is not None):
-            raise RequestError("best_of draws one image per seed: use batch=1 and no initial_latents with it")
-
-    def _validate_id_scale(self) -> None:
+    def _validate_id_scale_values(self) -> None:
         scales = self.id_scale
         if _is_number(scales):
             values = [scales]
@@ -176,14 +239,10 @@ class Request:
             values = list(scales)
         else:
             raise RequestError(f"id_scale={scales!r}: give a number, or a list with one number per identity")
+        lo, hi = ID_SCALE_RANGE
         for v in values:
-            if not _is_number(v) or not math.isfinite(v) or v < 0:
-                raise RequestError(f"id_scale={scales!r}: every value must be a finite number >= 0 (1.0 is the release's strength)")
-        n = len(self.identities)
-        if not _is_number(scales) and len(values) != n:
-            raise RequestError(
-                f"id_scale has {len(values)} value(s) for {n} identities: give one number for everyone or one per identity"
-            )
+            if not _is_number(v) or not math.isfinite(v) or not lo <= v <= hi:
+                raise RequestError(f"id_scale={scales!r}: every value must be a finite number >= {lo:g} and <= {hi:g} (1.0 is the release's strength)")
 
     def with_updates(self, **changes) -> "Request":
         return replace(self, **changes)
@@ -240,3 +299,4 @@ class Result:
     # scale: for img2img chains and checks.
     latents: np.ndarray | None = None
     model: ModelInfo | None = None  # what made the images, for the PNG parameters
+    lora_hashes: dict[str, str] = field(default_factory=dict)  # A1111's "Lora hashes": LoRA name -> short hash

@@ -14,7 +14,11 @@ from .errors import RequestError
 
 logger = logging.getLogger(__name__)
 
-SAMPLERS: tuple[str, ...] = ("ddim", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "pndm")
+SAMPLERS: tuple[str, ...] = (
+    "ddim", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "pndm",
+    # Few-step samplers for distilled models (LCM, TCD, Hyper-SD LoRAs): see dynamicid_rt.fewstep.
+    "lcm", "tcd", "ddim_trailing",
+)
 
 # Other tools' names for our samplers, as :func:`canonical_sampler` normalises them (lower case,
 # "++" -> "pp", spaces and dashes -> "_"); names already equal to ours need no entry.
@@ -34,17 +38,23 @@ SAMPLER_ALIASES: dict[str, str] = {
     "eulerdiscretescheduler": "euler",
     "eulerancestraldiscretescheduler": "euler_a",
     "dpmsolvermultistepscheduler": "dpmpp_2m",
+    "lcmscheduler": "lcm",  # A1111 and ComfyUI spell it "LCM" / "lcm", which normalise to ours
+    "tcdscheduler": "tcd",
 }
 # Schedules (ComfyUI "scheduler", A1111 >= 1.9 "Schedule type") that leave a sampler as it is;
 # A1111's "Automatic" is each sampler's own default there, Karras for DPM++ 2M.
 _PLAIN_SCHEDULES = ("", "normal", "default")
 _A1111_AUTOMATIC = {"dpmpp_2m": "dpmpp_2m_karras"}
+# diffusers' timestep_spacing="trailing" as a schedule name: DDIM with it is Hyper-SD's sampler.
+_TRAILING = {"ddim": "ddim_trailing", "ddim_trailing": "ddim_trailing"}
 # DPMSolverMultistepScheduler is not here: its sampler depends on use_karras_sigmas.
 _SCHEDULER_CLASSES = {
     "PNDMScheduler": "pndm",
     "DDIMScheduler": "ddim",
     "EulerDiscreteScheduler": "euler",
     "EulerAncestralDiscreteScheduler": "euler_a",
+    "LCMScheduler": "lcm",
+    "TCDScheduler": "tcd",
 }
 
 
@@ -58,8 +68,9 @@ def canonical_sampler(name: str, schedule: str | None = None) -> str:
     k-diffusion or AUTOMATIC1111 spell it: "euler_ancestral", "Euler a", "DPM++ 2M Karras"...
 
     ``schedule`` is ComfyUI's scheduler or A1111's "Schedule type": "karras" turns dpmpp_2m into
-    dpmpp_2m_karras, as does "automatic" (A1111's default schedule for DPM++ 2M); "normal" (or none)
-    leaves the sampler as it is.
+    dpmpp_2m_karras, as does "automatic" (A1111's default schedule for DPM++ 2M); "trailing"
+    (diffusers' timestep_spacing) turns ddim into ddim_trailing; "normal" (or none) leaves the
+    sampler as it is.
     """
     key = _normalise_name(name)
     sampler = key if key in SAMPLERS or key == "default" else SAMPLER_ALIASES.get(key)
@@ -75,7 +86,9 @@ def canonical_sampler(name: str, schedule: str | None = None) -> str:
         return _A1111_AUTOMATIC.get(sampler, sampler)
     if kind == "karras" and sampler in ("dpmpp_2m", "dpmpp_2m_karras"):
         return "dpmpp_2m_karras"
-    raise RequestError(f"schedule {schedule!r} is not available for sampler {name!r}; use karras with dpmpp_2m, or no schedule")
+    if kind == "trailing" and sampler in _TRAILING:
+        return _TRAILING[sampler]
+    raise RequestError(f"schedule {schedule!r} is not available for sampler {name!r}; use karras with dpmpp_2m, trailing with ddim, or no schedule")
 
 
 

@@ -4,7 +4,8 @@ Each ``sample_*`` function keeps its history (previous predictions, the PNDM tri
 locals, so one function call is one generation and nothing is stored between calls. Timesteps and
 updates follow diffusers' schedulers built from the same scheduler config (DDIMScheduler with
 eta 0, EulerDiscreteScheduler, EulerAncestralDiscreteScheduler, DPMSolverMultistepScheduler with
-``algorithm_type="dpmsolver++"`` and ``solver_order=2``, PNDMScheduler with ``skip_prk_steps``).
+``algorithm_type="dpmsolver++"`` and ``solver_order=2``, PNDMScheduler with ``skip_prk_steps``;
+LCMScheduler, TCDScheduler and trailing DDIM, the few-step ones, in :mod:`dynamicid_rt.fewstep`).
 Schedules and timesteps come from :mod:`dynamicid_rt.schedules`, sampler names from
 :mod:`dynamicid_rt.sampler_names`; both are re-exported here, this module's public API being unchanged.
 
@@ -18,11 +19,14 @@ This module imports only numpy and the standard library.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
+from functools import partial
 from typing import Callable
 
 import numpy as np
 
 from .errors import RequestError
+from .fewstep import sample_lcm, sample_tcd
 from .sampler_names import SAMPLER_ALIASES, SAMPLERS, canonical_sampler, sampler_for_scheduler_class
 from .schedules import (
     SchedulerConfig,
@@ -59,7 +63,9 @@ __all__ = [
     "sample_dpmpp_2m",
     "sample_euler",
     "sample_euler_ancestral",
+    "sample_lcm",
     "sample_pndm",
+    "sample_tcd",
     "sampler_for_scheduler_class",
     "sigma_to_t",
     "timesteps",
@@ -239,15 +245,17 @@ def sample(
     rng: np.random.Generator | None = None,
     noise_source: NoiseSource | None = None,
     callback: Callback | None = None,
+    gamma: float = 0.3,
 ) -> np.ndarray:
     """Run sampler ``name`` from unit Gaussian ``noise`` (B,4,h,w); returns the final latent, float32.
 
-    The sampler scales ``noise`` by the scheduler's initial σ itself. Euler a draws its ancestral
-    noise from ``noise_source(shape)`` when given (the pipeline passes one stream per image,
+    The sampler scales ``noise`` by the scheduler's initial σ itself. Euler a, LCM and TCD draw
+    their step noise from ``noise_source(shape)`` when given (the pipeline passes one stream per image,
     :func:`dynamicid_rt.noise.step_noise_source`; tests replay another implementation's noise),
     else from ``rng.standard_normal`` (a fresh unseeded generator when ``rng`` is None).
     ``callback(step, total, latent)`` runs after every model call, ``total`` being
-    :func:`num_model_calls`; an exception raised from it stops sampling and propagates.
+    :func:`num_model_calls`; an exception raised from it stops sampling and propagates. ``gamma``
+    is TCD's stochasticity (diffusers' ``eta``), unused by the other samplers.
     """
     check_sampler_steps(name, steps, config)
     if rng is not None and noise_source is not None:
@@ -257,13 +265,20 @@ def sample(
         raise RequestError(f"noise must be a float (B,4,h,w) array, got {noise.dtype} {noise.shape}")
     if name == "ddim":
         return sample_ddim(denoise, noise, config, steps, callback)
+    if name == "ddim_trailing":
+        return sample_ddim(denoise, noise, replace(config, timestep_spacing="trailing"), steps, callback)
     if name == "euler":
         return sample_euler(denoise, noise, config, steps, callback)
+    if noise_source is None:
+        generator = rng if rng is not None else np.random.default_rng()
+        noise_source = generator.standard_normal
     if name == "euler_a":
-        if noise_source is None:
-            generator = rng if rng is not None else np.random.default_rng()
-            noise_source = generator.standard_normal
         return sample_euler_ancestral(denoise, noise, config, steps, noise_source, callback)
+    if name in ("lcm", "tcd"):
+        eps, report = partial(_call, denoise), partial(_report, callback)
+        if name == "lcm":
+            return sample_lcm(eps, noise, config, steps, noise_source, report)
+        return sample_tcd(eps, noise, config, steps, gamma, noise_source, report)
     if name in ("dpmpp_2m", "dpmpp_2m_karras"):
         return sample_dpmpp_2m(denoise, noise, config, steps, karras=name == "dpmpp_2m_karras", callback=callback)
     return sample_pndm(denoise, noise, config, steps, callback)

@@ -43,6 +43,8 @@ _DEFAULT_SPACING = {
     "euler_a": "linspace",  # EulerAncestralDiscreteScheduler
     "dpmpp_2m": "linspace",  # DPMSolverMultistepScheduler
     "dpmpp_2m_karras": "linspace",
+    "lcm": "leading",  # LCMScheduler, TCDScheduler: the spacing is unused, their timesteps are their own
+    "tcd": "leading",
 }
 
 
@@ -69,6 +71,8 @@ class SchedulerConfig:
     prediction_type: str = "epsilon"
     skip_prk_steps: bool = True
     solver_type: str = "midpoint"  # DPM-Solver++ second-order variant ("midpoint" or "heun")
+    original_inference_steps: int = 50  # LCM/TCD: the distillation schedule their timesteps are taken from
+    timestep_scaling: float = 10.0  # LCM: c_skip/c_out boundary-condition scaling of t
 
     def __post_init__(self) -> None:
         if self.prediction_type != "epsilon":
@@ -90,6 +94,10 @@ class SchedulerConfig:
             raise RequestError(f"solver_type {self.solver_type!r} is not supported; use one of {', '.join(_SOLVER_TYPES)}")
         if self.num_train_timesteps < 2:
             raise RequestError(f"num_train_timesteps must be at least 2, got {self.num_train_timesteps}")
+        if not 1 <= self.original_inference_steps <= self.num_train_timesteps:
+            raise RequestError(
+                f"original_inference_steps must lie in 1..{self.num_train_timesteps}, got {self.original_inference_steps}"
+            )
         if self.trained_betas is not None and len(self.trained_betas) != self.num_train_timesteps:
             raise RequestError(
                 f"trained_betas has {len(self.trained_betas)} values but num_train_timesteps is "
@@ -133,7 +141,10 @@ class SchedulerConfig:
 
 def for_sampler(config: SchedulerConfig, name: str) -> SchedulerConfig:
     """``config`` with the timestep spacing sampler ``name`` runs with: the config's own, or, where the
-    config names none, the default of the sampler's diffusers scheduler class."""
+    config names none, the default of the sampler's diffusers scheduler class. ``ddim_trailing`` is
+    always "trailing", as ``DDIMScheduler.from_config(config, timestep_spacing="trailing")``."""
+    if name == "ddim_trailing":
+        return replace(config, timestep_spacing="trailing")
     if config.timestep_spacing is not None:
         return config
     return replace(config, timestep_spacing=_DEFAULT_SPACING[name])
@@ -231,6 +242,15 @@ def pndm_timesteps(config: SchedulerConfig, steps: int) -> np.ndarray:
     return np.concatenate([ts[:1], ts[1:2], ts[1:]]) if steps > 1 else ts
 
 
+def consistency_timesteps(config: SchedulerConfig, steps: int) -> np.ndarray:
+    """LCMScheduler/TCDScheduler timesteps: ``steps`` evenly spaced indices into the distillation
+    schedule ``k-1, 2k-1, ... `` (k = num_train // original_inference_steps), from its end."""
+    k = config.num_train_timesteps // config.original_inference_steps
+    origin = (np.arange(1, config.original_inference_steps + 1) * k - 1)[::-1]
+    picked = np.floor(np.linspace(0, len(origin), num=steps, endpoint=False)).astype(np.int64)
+    return origin[picked].astype(np.float64)
+
+
 def check_sampler_steps(name: str, steps: int, config: SchedulerConfig | None = None) -> None:
     if name not in SAMPLERS:
         raise RequestError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
@@ -238,14 +258,21 @@ def check_sampler_steps(name: str, steps: int, config: SchedulerConfig | None = 
         raise RequestError(f"steps must be a positive integer, got {steps!r}")
     if config is not None and steps > config.num_train_timesteps:
         raise RequestError(f"steps ({steps}) cannot exceed num_train_timesteps ({config.num_train_timesteps})")
+    if config is not None and name in ("lcm", "tcd") and steps > config.original_inference_steps:
+        raise RequestError(
+            f"{name} takes at most {config.original_inference_steps} steps (its distillation schedule), got {steps}; "
+            "few-step samplers are meant for 1-8 steps"
+        )
 
 
 def timesteps(name: str, config: SchedulerConfig, steps: int) -> np.ndarray:
     """The timesteps passed to the model, in call order (float64; integral except Euler linspace)."""
     check_sampler_steps(name, steps, config)
     config = for_sampler(config, name)
-    if name == "ddim":
+    if name in ("ddim", "ddim_trailing"):
         return spaced_timesteps(config, steps, round_linspace=True)
+    if name in ("lcm", "tcd"):
+        return consistency_timesteps(config, steps)
     if name in ("euler", "euler_a"):
         return euler_schedule(config, steps)[0]
     if name in ("dpmpp_2m", "dpmpp_2m_karras"):

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Mapping
 
 from .atomic import atomic_write
+from .errors import OutputError
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def first_mismatch(folder: Path, digests: Mapping[str, str], rehash: bool = Fals
             stamps[name] = key
             changed = True
     if changed:
-        with contextlib.suppress(OSError):  # a read-only cache still works, it only hashes again
+        with contextlib.suppress(OSError, OutputError):  # a read-only cache still works, it only hashes again
             with atomic_write(folder / STAMP, "w") as f:
                 json.dump(stamps, f)
     return None

@@ -1,16 +1,17 @@
 """Build one TensorRT plan from one ONNX graph with the TensorRT Python API.
 
-Precision, by TensorRT version:
-- TensorRT 11 builds strongly typed networks only (its precision flags are gone): the network takes
+Precision, by the library's declaration (``library.TensorRTLibrary``):
+- strongly typed libraries (TensorRT 11, TensorRT-RTX) have no precision flags: the network takes
   its types from the ONNX graph, so fp16 plans are built from the exporter's fp16 graph, whose fp32
-  islands (softmax, normalisation statistics, the SAA gating sums, the timestep embedding) stay fp32.
+  islands (softmax, normalisation statistics, the SAA gating sums, the timestep embedding) stay fp32;
 - TensorRT 10 builds from the same fp16 graph with ``BuilderFlag.FP16`` and pins every layer the
   graph computes in fp32 to fp32 (``OBEY_PRECISION_CONSTRAINTS``), so it keeps the same islands.
 fp32 plans are built from the fp32 graph without precision flags.
 
-Build settings: the workspace limit, the optimisation level, a timing cache carried between builds
-(stored beside the plans), and refittable weights for the UNet. Progress goes through a TensorRT
-progress monitor to tqdm bars; a build that runs out of GPU memory says how to lower the workspace.
+Build settings: the workspace limit, the optimisation level, refittable weights for the UNet, the
+target compute capabilities of portable libraries, and (for libraries with a timing cache) the
+timing cache carried between builds. Progress goes through a TensorRT progress monitor to tqdm
+bars; a build that runs out of GPU memory says how to lower the workspace.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from typing import Any
 
 from dynamicid_rt.errors import DynamicIDError
 
-from .library import is_strongly_typed_only
+from .library import TIMING_CACHE, LoadedTensorRT
 from .profiles import Profile
 
 log = logging.getLogger(__name__)
@@ -38,17 +39,34 @@ class EngineBuildError(DynamicIDError):
 @dataclass(frozen=True)
 class BuildSettings:
     """``workspace_gib``: cap on the builder's scratch memory (None: TensorRT's default, up to the
-    GPU's free memory); ``optimization_level``: 0-5; ``refittable``: weights can be replaced later."""
+    GPU's free memory); ``optimization_level``: 0-5; ``refittable``: weights can be replaced later;
+    ``targets``: compute capabilities of a portable plan (empty: the library's default targets)."""
 
     workspace_gib: float | None = None
     optimization_level: int = DEFAULT_OPTIMIZATION_LEVEL
     refittable: bool = False
+    targets: tuple[str, ...] = ()
 
     def check(self) -> None:
         if not 0 <= self.optimization_level <= 5:
             raise DynamicIDError(f"optimisation level {self.optimization_level} is outside 0..5")
         if self.workspace_gib is not None and self.workspace_gib <= 0:
             raise DynamicIDError(f"workspace {self.workspace_gib} GiB must be positive")
+
+    def targets_for(self, lib: LoadedTensorRT) -> tuple[str, ...]:
+        """The compute capabilities a plan is built for: ours, or the library's defaults (empty for
+        libraries whose plans are tuned on the building GPU)."""
+        if not lib.spec.portable_plans:
+            if self.targets:
+                raise DynamicIDError(f"{lib.spec.name} builds for the GPU it runs on; --targets is for tensorrt-rtx")
+            return ()
+        offered = lib.spec.targets + lib.spec.optional_targets
+        unknown = [t for t in self.targets if t not in offered]
+        if unknown:
+            raise DynamicIDError(
+                f"compute capability {', '.join(unknown)} is not a {lib.spec.name} target; choose from {', '.join(offered)}"
+            )
+        return tuple(self.targets) or lib.spec.targets
 
 
 def make_logger(trt: ModuleType) -> Any:
@@ -119,57 +137,85 @@ def pin_fp32_islands(trt: ModuleType, network: Any) -> int:
     return pinned
 
 
-def _parse(trt: ModuleType, builder: Any, logger: Any, onnx_path: Path) -> Any:
+def parse_network(lib: LoadedTensorRT, builder: Any, logger: Any, onnx_path: Path, engine: str = "") -> tuple[Any, Any]:
+    """The network TensorRT's own ONNX parser makes of ``onnx_path`` (and the parser, which must
+    outlive the build); a graph it rejects gives one line naming the engine, the op and the node."""
+    trt = lib.trt
     flags = 0
-    if is_strongly_typed_only(trt):
+    if lib.spec.strongly_typed:
         creation = trt.NetworkDefinitionCreationFlag
-        if hasattr(creation, "STRONGLY_TYPED"):  # TensorRT 11 may drop the flag, being typed anyway
+        if hasattr(creation, "STRONGLY_TYPED"):  # a library may drop the flag, being typed anyway
             flags |= 1 << int(creation.STRONGLY_TYPED)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise EngineBuildError(f"TensorRT cannot parse {onnx_path}: {errors or 'no reason given'}; rebuild the ONNX entry with --force")
+        errors = "; ".join(_parser_error(parser.get_error(i)) for i in range(parser.num_errors))
+        raise EngineBuildError(
+            f"{lib.label} cannot parse the {engine or 'ONNX'} graph {onnx_path}: {errors or 'no reason given'}"
+        )
     return network, parser
 
 
+def _parser_error(error: Any) -> str:
+    """One parser error on one line: "op X (node N): UNSUPPORTED_NODE (detail)"."""
+    def field(name: str) -> str:
+        getter = getattr(error, name, None)
+        return " ".join(str(getter()).split()) if callable(getter) else ""
+
+    code = field("code").rpartition(".")[2]  # "ErrorCode.UNSUPPORTED_NODE"
+    desc = field("desc")
+    # The parser's description is often the bare failed check ("false"); the code says more then.
+    what = code + (f" ({desc})" if desc and desc.lower() not in ("false", "true") else "") or " ".join(str(error).split())
+    op, node = field("node_operator"), field("node_name")
+    return (f"op {op}" + (f" (node {node})" if node else "") + f": {what}") if op else what
+
+
 def configure(
-    trt: ModuleType, builder: Any, network: Any, precision: str, profile: Profile, settings: BuildSettings,
+    lib: LoadedTensorRT, builder: Any, network: Any, precision: str, profile: Profile, settings: BuildSettings,
     timing_cache: bytes, monitor: Any,
 ) -> Any:
     """The builder config for one plan (separate from :func:`build_plan` so tests can read it)."""
+    trt = lib.trt
     config = builder.create_builder_config()
     if settings.workspace_gib is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(settings.workspace_gib * 2**30))
     config.builder_optimization_level = settings.optimization_level
-    if precision == "fp16" and not is_strongly_typed_only(trt):
+    if precision == "fp16" and not lib.spec.strongly_typed:
         config.set_flag(trt.BuilderFlag.FP16)
         config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
         log.debug("pinned %d fp32 layers", pin_fp32_islands(trt, network))
     if settings.refittable:
         config.set_flag(trt.BuilderFlag.REFIT)
+    targets = settings.targets_for(lib)
+    if targets:
+        config.num_compute_capabilities = len(targets)
+        for i, target in enumerate(targets):
+            config.set_compute_capability(getattr(trt.ComputeCapability, "SM" + target.replace(".", "")), i)
     optimization_profile = builder.create_optimization_profile()
     for name, (lo, opt, hi) in profile.items():
         optimization_profile.set_shape(name, lo, opt, hi)
     config.add_optimization_profile(optimization_profile)
-    config.set_timing_cache(config.create_timing_cache(timing_cache), False)
+    if lib.spec.kernel_cache == TIMING_CACHE:
+        config.set_timing_cache(config.create_timing_cache(timing_cache), False)
     config.progress_monitor = monitor
     return config
 
 
 def build_plan(
-    trt: ModuleType, onnx_path: Path, precision: str, profile: Profile, settings: BuildSettings,
+    lib: LoadedTensorRT, onnx_path: Path, precision: str, profile: Profile, settings: BuildSettings,
     timing_cache: bytes = b"", desc: str = "tensorrt",
 ) -> tuple[bytes, bytes]:
-    """Build a serialized plan from ``onnx_path``; returns ``(plan, updated timing cache)``."""
+    """Build a serialized plan from ``onnx_path``; returns ``(plan, updated timing cache)``, the
+    timing cache empty for libraries that keep none."""
     settings.check()
+    trt = lib.trt
     logger = make_logger(trt)
     builder = trt.Builder(logger)
-    network, _parser = _parse(trt, builder, logger, onnx_path)  # the parser must outlive the build
+    network, _parser = parse_network(lib, builder, logger, onnx_path, desc)  # the parser must outlive the build
     missing = sorted({network.get_input(i).name for i in range(network.num_inputs)} - set(profile))
     if missing:
         raise EngineBuildError(f"{onnx_path} has inputs {missing} that the contract's profile lacks; rebuild the ONNX entry")
-    config = configure(trt, builder, network, precision, profile, settings, timing_cache, make_progress_monitor(trt, desc))
+    config = configure(lib, builder, network, precision, profile, settings, timing_cache, make_progress_monitor(trt, desc))
     try:
         plan = builder.build_serialized_network(network, config)
     except (RuntimeError, MemoryError) as exc:
@@ -177,7 +223,8 @@ def build_plan(
         plan = None
     if plan is None:
         raise build_failure(desc, logger.errors, settings)
-    return bytes(plan), bytes(config.get_timing_cache().serialize())
+    timing = bytes(config.get_timing_cache().serialize()) if lib.spec.kernel_cache == TIMING_CACHE else b""
+    return bytes(plan), timing
 
 
 def build_failure(desc: str, errors: list[str], settings: BuildSettings) -> EngineBuildError:

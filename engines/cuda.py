@@ -15,7 +15,7 @@ import numpy as np
 
 from dynamicid_rt.errors import DynamicIDError
 
-from .library import TensorRTUnavailable, install_command
+from .library import TensorRTUnavailable
 from .plans import GpuInfo
 
 
@@ -30,7 +30,10 @@ def runtime() -> ModuleType:
             return importlib.import_module(name)
         except ImportError:
             continue
-    raise TensorRTUnavailable(f"the tensorrt backend needs cuda-python; install it with: {install_command(None)}")
+    raise TensorRTUnavailable(
+        "the TensorRT backends need cuda-python; install it with: pip install 'dynamicid-rt[tensorrt]' "
+        "(or 'dynamicid-rt[tensorrt-rtx]')"
+    )
 
 
 def call(name: str, *args: Any) -> Any:
@@ -48,6 +51,15 @@ def gpu_info(device: int = 0) -> GpuInfo:
     props = call("cudaGetDeviceProperties", device)
     name = props.name.decode(errors="replace").rstrip("\0") if isinstance(props.name, bytes) else str(props.name)
     return GpuInfo(name, f"{props.major}.{props.minor}", str(call("cudaDriverGetVersion")), int(props.totalGlobalMem))
+
+
+def gpu_here(device: int = 0) -> GpuInfo | None:
+    """The GPU ``device`` when this machine has one and cuda-python can reach it, else None (a build
+    machine without a GPU)."""
+    try:
+        return gpu_info(device)
+    except (CudaError, TensorRTUnavailable):
+        return None
 
 
 class DeviceBuffer:

@@ -8,12 +8,19 @@
 - ``infer`` uploads the given inputs, runs, and downloads the outputs; with ``graph=True`` the run
   is captured once as a CUDA graph and replayed while shapes and addresses stay the same;
 - ``release`` frees buffers, graph and context.
+
+What differs between libraries comes from the declaration (``library.TensorRTLibrary``): how the
+context is given its memory, and who captures CUDA graphs. TensorRT-RTX's contexts are made from an
+``IRuntimeConfig`` that turns on its own whole-graph capture (which also covers dynamic shapes, so
+our capture is not used), its runtime cache, and the LAZY kernel specialisation: a new shape runs
+at once on generic kernels while kernels specialised for it compile in the background, so the
+first image never waits for compilation; the runtime cache then has them ready from the start of
+the next run.
 """
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Mapping
 
 import numpy as np
@@ -21,15 +28,19 @@ import numpy as np
 from dynamicid_rt.errors import DynamicIDError
 
 from .cuda import CudaGraph, DeviceBuffer, Stream
-from .library import tensorrt_major
+from .library import LIBRARY_CAPTURE, RUNTIME_CACHE, USER_MANAGED, LoadedTensorRT
 from .profiles import Profile, Shape
+from .runtime_cache import RuntimeCacheFile, attach
 
 log = logging.getLogger(__name__)
 
 
 class Engine:
-    def __init__(self, trt: ModuleType, name: str, plan_path: Path, profile: Profile) -> None:
-        self.trt = trt
+    def __init__(
+        self, lib: LoadedTensorRT, name: str, plan_path: Path, profile: Profile, runtime_cache: RuntimeCacheFile | None = None
+    ) -> None:
+        self.lib = lib
+        self.trt = lib.trt
         self.name = name
         self.plan_path = Path(plan_path)
         self.profile = profile  # what the plan was built for: callers pick plans by it
@@ -39,6 +50,9 @@ class Engine:
         self.shapes: dict[str, Shape] = {}
         self.graph: CudaGraph | None = None
         self.owner: object | None = None  # the bound call whose constants sit in the input buffers
+        self.stored_cache = runtime_cache
+        self.runtime_config: Any = None
+        self.runtime_cache: Any = None
 
     # -- load / activate -----------------------------------------------------------------------
 
@@ -60,15 +74,34 @@ class Engine:
 
     def activate(self, block: DeviceBuffer) -> None:
         """Create the execution context on ``block`` (user-managed memory, shared by engines)."""
-        trt = self.trt
-        if tensorrt_major(trt) >= 11:
-            self.context = self.engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
-            self.context.set_device_memory(block.ptr, self.device_memory_size)
+        trt, spec = self.trt, self.lib.spec
+        strategy = getattr(trt, "ExecutionContextAllocationStrategy", None)
+        if spec.cuda_graphs == LIBRARY_CAPTURE or spec.kernel_cache == RUNTIME_CACHE:
+            config = self.engine.create_runtime_config()
+            config.set_execution_context_allocation_strategy(strategy.USER_MANAGED)
+            if spec.cuda_graphs == LIBRARY_CAPTURE:
+                config.cuda_graph_strategy = trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
+            config.dynamic_shapes_kernel_specialization_strategy = trt.DynamicShapesKernelSpecializationStrategy.LAZY
+            if spec.kernel_cache == RUNTIME_CACHE and self.stored_cache is not None:
+                self.runtime_cache = attach(config, self.stored_cache, self.name)
+            self.runtime_config = config  # the context uses it for as long as it lives
+            self.context = self.engine.create_execution_context(config)
+        elif spec.context_memory == USER_MANAGED:
+            self.context = self.engine.create_execution_context(strategy.USER_MANAGED)
         else:
             self.context = self.engine.create_execution_context_without_device_memory()
-            self.context.device_memory = block.ptr
         if self.context is None:
-            raise DynamicIDError(f"TensorRT could not create an execution context for {self.name}")
+            raise DynamicIDError(f"{spec.name} could not create an execution context for {self.name}")
+        if spec.context_memory == USER_MANAGED:
+            self.context.set_device_memory(block.ptr, self.device_memory_size)
+        else:
+            self.context.device_memory = block.ptr
+
+    def save_runtime_cache(self) -> bool:
+        """Store the runtime cache when it grew; returns whether it wrote."""
+        if self.runtime_cache is None or self.stored_cache is None:
+            return False
+        return self.stored_cache.save(bytes(self.runtime_cache.serialize()))
 
     # -- allocate / infer ----------------------------------------------------------------------
 
@@ -104,6 +137,7 @@ class Engine:
     def infer(self, inputs: Mapping[str, np.ndarray], stream: Stream, graph: bool = False) -> dict[str, np.ndarray]:
         """Upload ``inputs`` (the others keep what was uploaded before), run, return all outputs."""
         self.upload(inputs, stream)
+        graph = graph and self.lib.spec.cuda_graphs != LIBRARY_CAPTURE  # the library replays its own
         if graph and self.graph is not None:
             self.graph.launch(stream)
         else:
@@ -115,7 +149,7 @@ class Engine:
 
     def _enqueue(self, stream: Stream) -> None:
         if not self.context.execute_async_v3(int(stream)):
-            raise DynamicIDError(f"TensorRT failed to run {self.name} (see the log above)")
+            raise DynamicIDError(f"{self.lib.spec.name} failed to run {self.name} (see the log above)")
 
     def _drop_graph(self) -> None:
         if self.graph is not None:
@@ -130,4 +164,6 @@ class Engine:
             buffer.free()
         self.buffers.clear()
         self.context = None
+        self.runtime_config = None
+        self.runtime_cache = None
         self.engine = None

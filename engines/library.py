@@ -1,8 +1,16 @@
-"""Finding TensorRT: import it, tell TensorRT 10 from 11, and say how to install it when it is missing.
+"""The TensorRT libraries the engine layer drives, each declared once, and how to import one.
 
-TensorRT's pip packages are per CUDA major version (``tensorrt-cu12``, ``tensorrt-cu13``), so the
-error for a missing library names the command for the CUDA version this machine's driver supports,
-read from ``nvidia-smi`` (or torch's build, when torch is installed); with neither it gives both.
+Two libraries build and run our plans:
+- data-center **TensorRT** 10/11 (``import tensorrt``): plans are tuned on, and run only on, the GPU
+  and driver that built them; a builder timing cache carries the tactic timings between builds;
+- **TensorRT for RTX** 1.x (``import tensorrt_rtx``, or ``tensorrt_rtx_bindings`` from the
+  ``-bindings`` wheel): plans are built ahead of time, without a GPU, for a list of compute
+  capabilities, and specialised just in time on the user's GPU; a runtime cache keeps that work.
+
+Everything that differs between them is a field of :class:`TensorRTLibrary`; the builder, the plan
+cache, the engine and the backend read those fields and never test a library's name or version.
+A library is told apart by its module and its version's major (TensorRT-RTX 1.x is its own
+declaration, never "TensorRT 1").
 """
 from __future__ import annotations
 
@@ -12,26 +20,199 @@ import logging
 import re
 import shutil
 import subprocess
+from dataclasses import dataclass, replace
 from types import ModuleType
 
 from dynamicid_rt.errors import DynamicIDError
 
 log = logging.getLogger(__name__)
 
-# The CUDA majors TensorRT 10/11 publish wheels for.
-TENSORRT_CUDA_MAJORS = (12, 13)
-SUPPORTED_MAJORS = (10, 11)
+# Kernel caches: the builder's timing cache (per GPU, at build time) or the runtime cache of
+# just-in-time kernels (per GPU and driver, at run time).
+TIMING_CACHE, RUNTIME_CACHE = "timing", "runtime"
+# CUDA graphs: our own capture and replay of static plans, or the library's whole-graph capture
+# (IRuntimeConfig.cuda_graph_strategy), which covers dynamic shapes too.
+OUR_CAPTURE, LIBRARY_CAPTURE = "capture", "library"
+# Context memory handed in by us: TensorRT 10's create_execution_context_without_device_memory, or
+# the USER_MANAGED allocation strategy with set_device_memory.
+WITHOUT_DEVICE_MEMORY, USER_MANAGED = "without_device_memory", "user_managed"
 
 
 class TensorRTUnavailable(DynamicIDError, ImportError):
-    """TensorRT (or cuda-python, which the TensorRT backend moves buffers with) is not installed."""
+    """A TensorRT library (or cuda-python, which the backends move buffers with) is not installed."""
 
 
-def install_command(cuda_major: int | None) -> str:
-    """The pip command that installs TensorRT and this project's TensorRT extra for ``cuda_major``."""
-    if cuda_major in TENSORRT_CUDA_MAJORS:
-        return f"pip install 'dynamicid-rt[tensorrt]' tensorrt-cu{cuda_major}"
-    return " or ".join(f"pip install 'dynamicid-rt[tensorrt]' tensorrt-cu{m} (CUDA {m})" for m in TENSORRT_CUDA_MAJORS)
+@dataclass(frozen=True)
+class TensorRTLibrary:
+    """One TensorRT library: what differs, as data.
+
+    ``packages``: the pip packages for one CUDA major, ``{cuda}`` standing for it; ``extra``: this
+    project's extra for it (``{cuda}`` likewise, when the extra is per CUDA major); ``libs_wheel``:
+    the distribution whose name tells the installed CUDA major.
+    ``targets``: compute capabilities a plan is built for (empty: the GPU it is built on);
+    ``optional_targets``: more that a user may ask for. ``strongly_typed``: networks take their
+    types from the ONNX graph (no precision flags). ``refit_without_gpu``: a refittable plan can be
+    built on a machine without a GPU. ``checks_validity``: the runtime says whether a plan suits
+    this GPU before loading it (``Runtime.get_engine_validity``).
+    """
+
+    name: str
+    backend: str
+    modules: tuple[str, ...]
+    majors: tuple[int, ...]
+    packages: str
+    extra: str
+    libs_wheel: str
+    cuda_majors: tuple[int, ...]
+    strongly_typed: bool
+    kernel_cache: str
+    targets: tuple[str, ...]
+    optional_targets: tuple[str, ...]
+    needs_gpu_to_build: bool
+    refit_without_gpu: bool
+    cuda_graphs: str
+    context_memory: str
+    checks_validity: bool
+
+    @property
+    def portable_plans(self) -> bool:
+        """Plans run on any GPU of their targets, so the GPU and driver do not key them."""
+        return bool(self.targets)
+
+    def install_command(self, cuda_major: int | None) -> str:
+        """The pip command for this library and CUDA major (both majors when it is unknown)."""
+        if cuda_major in self.cuda_majors:
+            return self._command(cuda_major)
+        return " or ".join(f"{self._command(m)} (CUDA {m})" for m in self.cuda_majors)
+
+    def _command(self, cuda: int) -> str:
+        extra = self.extra.format(cuda=cuda)
+        packages = self.packages.format(cuda=cuda)
+        return f"pip install 'dynamicid-rt[{extra}]'" + (f" {packages}" if packages else "")
+
+    def installed_cuda_major(self) -> int | None:
+        """The CUDA major of the installed wheels, from their distribution name."""
+        import importlib.metadata
+
+        for cuda in self.cuda_majors:
+            try:
+                importlib.metadata.version(self.libs_wheel.format(cuda=cuda))
+            except importlib.metadata.PackageNotFoundError:
+                continue
+            return cuda
+        return None
+
+    def supports_gpu(self, compute_capability: str) -> bool:
+        """Whether a GPU of this compute capability runs this library's plans."""
+        return not self.targets or compute_capability in self.targets + self.optional_targets
+
+
+TENSORRT_10 = TensorRTLibrary(
+    name="TensorRT 10", backend="tensorrt", modules=("tensorrt",), majors=(10,),
+    packages="tensorrt-cu{cuda}", extra="tensorrt", libs_wheel="tensorrt-cu{cuda}-libs", cuda_majors=(12, 13),
+    strongly_typed=False, kernel_cache=TIMING_CACHE, targets=(), optional_targets=(),
+    needs_gpu_to_build=True, refit_without_gpu=False, cuda_graphs=OUR_CAPTURE,
+    context_memory=WITHOUT_DEVICE_MEMORY, checks_validity=False,
+)
+# TensorRT 11 dropped the precision flags (networks are strongly typed) and the context made
+# without device memory; everything else is TensorRT 10's.
+TENSORRT_11 = replace(TENSORRT_10, name="TensorRT 11", majors=(11,), strongly_typed=True, context_memory=USER_MANAGED)
+# TensorRT-RTX 1.7: REFIT and STRIP_PLAN builds fail without a GPU (Myelin's JIT asks CUDA), and
+# the timing cache would force a GPU query, so neither is used on a machine without one. Its
+# default targets are these four; 7.5 (Turing) only on request. sm90/sm100 (H100, B200) are not
+# targets at all: data-center TensorRT is the library for those.
+TENSORRT_RTX_1 = TensorRTLibrary(
+    name="TensorRT-RTX 1", backend="tensorrt-rtx", modules=("tensorrt_rtx", "tensorrt_rtx_bindings"), majors=(1,),
+    packages="", extra="tensorrt-rtx-cu{cuda}", libs_wheel="tensorrt-rtx-cu{cuda}-libs", cuda_majors=(12, 13),
+    strongly_typed=True, kernel_cache=RUNTIME_CACHE, targets=("8.0", "8.6", "8.9", "12.0"), optional_targets=("7.5",),
+    needs_gpu_to_build=False, refit_without_gpu=False, cuda_graphs=LIBRARY_CAPTURE,
+    context_memory=USER_MANAGED, checks_validity=True,
+)
+LIBRARIES = (TENSORRT_10, TENSORRT_11, TENSORRT_RTX_1)
+
+
+@dataclass(frozen=True)
+class LoadedTensorRT:
+    """An imported library: its declaration and its Python module."""
+
+    spec: TensorRTLibrary
+    trt: ModuleType
+
+    @property
+    def version(self) -> str:
+        return str(self.trt.__version__)
+
+    @property
+    def label(self) -> str:
+        return f"{self.spec.name.rsplit(' ', 1)[0]} {self.version}"
+
+
+def libraries_of(backend: str) -> tuple[TensorRTLibrary, ...]:
+    found = tuple(lib for lib in LIBRARIES if lib.backend == backend)
+    if not found:
+        raise DynamicIDError(f"no TensorRT library runs the {backend!r} backend; choose tensorrt or tensorrt-rtx")
+    return found
+
+
+def declaration_for(backend: str, module_name: str, version: str) -> TensorRTLibrary | None:
+    """The declaration of ``backend`` whose module and version major match, or None."""
+    major = _major(version)
+    return next(
+        (lib for lib in libraries_of(backend) if module_name in lib.modules and major in lib.majors), None
+    )
+
+
+def wrap(backend: str, module: ModuleType, module_name: str | None = None) -> LoadedTensorRT:
+    """A :class:`LoadedTensorRT` for an already imported module (a test's stand-in, say)."""
+    name = module_name or module.__name__
+    spec = declaration_for(backend, name, str(module.__version__))
+    if spec is None:
+        supported = " and ".join(lib.name for lib in libraries_of(backend))
+        raise TensorRTUnavailable(
+            f"the {backend} backend supports {supported}, but {name} {module.__version__} is installed; install a "
+            f"supported one with: {libraries_of(backend)[-1].install_command(detect_cuda_major())}"
+        )
+    return LoadedTensorRT(spec, module)
+
+
+def load(backend: str = "tensorrt", what: str | None = None) -> LoadedTensorRT:
+    """Import the library of ``backend``, or raise :class:`TensorRTUnavailable` naming the pip
+    command for this machine's CUDA major."""
+    libs = libraries_of(backend)
+    what = what or f"the {backend} backend"
+    for module_name in dict.fromkeys(m for lib in libs for m in lib.modules):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        return wrap(backend, module, module_name)
+    raise TensorRTUnavailable(missing_message(what, libs[-1], detect_cuda_major()))
+
+
+def installed_module(backend: str) -> str | None:
+    """The first importable module of ``backend``'s libraries, found without importing it."""
+    for lib in libraries_of(backend):
+        for name in lib.modules:
+            try:
+                if importlib.util.find_spec(name) is not None:
+                    return name
+            except (ImportError, ValueError):
+                continue
+    return None
+
+
+def _major(version: str) -> int:
+    head = str(version).split(".")[0]
+    return int(head) if head.isdigit() else -1
+
+
+def missing_message(what: str, lib: TensorRTLibrary, cuda_major: int | None) -> str:
+    return f"{what} needs {lib.name.rsplit(' ', 1)[0]}, which is not installed; install it with: {lib.install_command(cuda_major)}"
+
+
+def install_command(cuda_major: int | None, backend: str = "tensorrt") -> str:
+    """The pip command that installs ``backend``'s library and this project's extra for ``cuda_major``."""
+    return libraries_of(backend)[-1].install_command(cuda_major)
 
 
 def parse_nvidia_smi_cuda(text: str) -> int | None:
@@ -53,37 +234,14 @@ def detect_cuda_major() -> int | None:
             if major is not None:
                 return major
     if importlib.util.find_spec("torch") is not None:
-        import torch  # only on this error path: the TensorRT backend itself never needs torch
+        import torch  # only on this error path: the TensorRT backends themselves never need torch
 
         if torch.version.cuda:
             return int(torch.version.cuda.split(".")[0])
     return None
 
 
-def missing_message(what: str, cuda_major: int | None) -> str:
-    return f"{what} needs TensorRT, which is not installed; install it with: {install_command(cuda_major)}"
-
-
 def import_tensorrt(what: str = "the tensorrt backend") -> ModuleType:
-    """``import tensorrt``, or a :class:`TensorRTUnavailable` naming the pip command for this machine."""
-    try:
-        trt = importlib.import_module("tensorrt")
-    except ImportError as exc:
-        raise TensorRTUnavailable(missing_message(what, detect_cuda_major())) from exc
-    major = tensorrt_major(trt)
-    if major not in SUPPORTED_MAJORS:
-        raise TensorRTUnavailable(
-            f"{what} supports TensorRT {' and '.join(map(str, SUPPORTED_MAJORS))}, but TensorRT {trt.__version__} is "
-            f"installed; install a supported one with: {install_command(detect_cuda_major())}"
-        )
-    return trt
-
-
-def tensorrt_major(trt: ModuleType) -> int:
-    return int(str(trt.__version__).split(".")[0])
-
-
-def is_strongly_typed_only(trt: ModuleType) -> bool:
-    """TensorRT 11 removed the precision builder flags: networks are strongly typed, their
-    precision is the ONNX graph's own (fp16 graphs with fp32 islands)."""
-    return tensorrt_major(trt) >= 11
+    """``import tensorrt`` (data-center TensorRT 10/11), or a :class:`TensorRTUnavailable` naming
+    the pip command for this machine. Kept for callers that want the bare module."""
+    return load("tensorrt", what).trt

@@ -1,11 +1,13 @@
 """The plan cache: TensorRT plans beside the ONNX entries they are built from.
 
-``<engine_dir>/tensorrt/<engine>-<precision>/`` holds ``dynamic.plan`` (and ``static-WxH.plan``),
-each with a JSON manifest of the same stem, and the builder's ``timing.cache``. A plan is keyed by
-the hash of its ONNX entry, the TensorRT version, the GPU (name, compute capability), the driver,
-the precision and the optimisation profile: any change makes it stale, and it is rebuilt with the
-reason logged. A plan is trusted only when its manifest matches that key and the file has the
-recorded size and SHA-256 (re-hashed whenever its size or modification time changed).
+``<engine_dir>/<backend>/<engine>-<precision>/`` (``tensorrt/`` or ``tensorrt-rtx/``) holds
+``dynamic.plan`` (and ``static-WxH.plan``), each with a JSON manifest of the same stem, and, for
+data-center TensorRT, the builder's ``timing.cache``. A plan is keyed by the hash of its ONNX entry,
+the library and its version, the precision and the optimisation profile, and by what the plan runs
+on: the GPU (name, compute capability) and driver for TensorRT's GPU-tuned plans, the target
+compute capabilities for TensorRT-RTX's portable ones. Any change makes it stale, and it is rebuilt
+with the reason logged. A plan is trusted only when its manifest matches that key and the file has
+the recorded size and SHA-256 (re-hashed whenever its size or modification time changed).
 
 Writes: the old manifest is removed first, then the plan and the manifest are each written
 atomically, the manifest last; so an interrupted build leaves a plan without a manifest, which is
@@ -21,15 +23,16 @@ from pathlib import Path
 from typing import Any
 
 from dynamicid_rt.atomic import atomic_write
-from dynamicid_rt.export.cache import _sha256  # the ONNX cache's file hash, shared rather than copied
+from dynamicid_rt.stamps import sha256_file
 
+from .library import LoadedTensorRT
 from .profiles import Profile, StaticSize
 
 log = logging.getLogger(__name__)
 
-PLAN_FORMAT = "dynamicid_rt.engines/1"  # bump when the plan layout or build procedure changes
-PLAN_DIR = "tensorrt"
-TIMING_CACHE = "timing.cache"
+PLAN_FORMAT = "dynamicid_rt.engines/2"  # bump when the plan layout or build procedure changes
+TIMING_CACHE_FILE = "timing.cache"
+PLAN_SUFFIX = ".plan"
 LOCK_FILE = ".lock"
 
 
@@ -43,8 +46,13 @@ class GpuInfo:
     total_memory: int = 0  # bytes; for messages, not part of the key
 
 
-def plan_folder(engine_dir: Path, engine: str, precision: str) -> Path:
-    return Path(engine_dir) / PLAN_DIR / f"{engine}-{precision}"
+def plan_root(engine_dir: Path, backend: str) -> Path:
+    """Where one backend's plans live: each library's plans apart from the other's."""
+    return Path(engine_dir) / backend
+
+
+def plan_folder(engine_dir: Path, engine: str, precision: str, backend: str = "tensorrt") -> Path:
+    return plan_root(engine_dir, backend) / f"{engine}-{precision}"
 
 
 def plan_tag(static: StaticSize | None) -> str:
@@ -62,20 +70,25 @@ def onnx_hash(entry_manifest: dict[str, Any]) -> str:
 
 
 def plan_key(
-    engine: str, precision: str, entry_manifest: dict[str, Any], tensorrt: str, gpu: GpuInfo, profile: Profile
+    engine: str, precision: str, entry_manifest: dict[str, Any], lib: LoadedTensorRT, gpu: GpuInfo | None,
+    profile: Profile, targets: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Everything a plan depends on; a plan whose manifest differs in any field is stale."""
-    return {
+    """Everything a plan depends on; a plan whose manifest differs in any field is stale. Portable
+    plans are keyed by their ``targets``; the others by the ``gpu`` they are tuned on."""
+    key = {
         "format": PLAN_FORMAT,
         "engine": engine,
         "precision": precision,
         "onnx_sha256": onnx_hash(entry_manifest),
-        "tensorrt": tensorrt,
-        "gpu": gpu.name,
-        "compute_capability": gpu.compute_capability,
-        "driver": gpu.driver,
+        "library": lib.spec.name,
+        "tensorrt": lib.version,
         "profile": {name: [list(s) for s in shapes] for name, shapes in profile.items()},
     }
+    if lib.spec.portable_plans:
+        return key | {"targets": list(targets)}
+    if gpu is None:
+        raise ValueError(f"{lib.spec.name} plans are keyed by the GPU they are built on")
+    return key | {"gpu": gpu.name, "compute_capability": gpu.compute_capability, "driver": gpu.driver}
 
 
 _REASONS = {
@@ -83,7 +96,9 @@ _REASONS = {
     "engine": "the plan is for another engine",
     "precision": "precision changed",
     "onnx_sha256": "the ONNX graph changed (new weights or export)",
+    "library": "built by another TensorRT library",
     "tensorrt": "TensorRT version changed",
+    "targets": "the target compute capabilities changed",
     "gpu": "built on another GPU",
     "compute_capability": "built for another compute capability",
     "driver": "the GPU driver changed",
@@ -99,16 +114,16 @@ def describe_stale(manifest: dict[str, Any], key: dict[str, Any]) -> str:
     parts = []
     for field in stale_fields(manifest, key):
         have, want = manifest.get(field), key[field]
-        detail = f" ({have} -> {want})" if field in ("format", "tensorrt", "gpu", "compute_capability", "driver", "precision") else ""
+        detail = f" ({have} -> {want})" if field in ("format", "library", "tensorrt", "gpu", "compute_capability", "driver", "precision", "targets") else ""
         parts.append(_REASONS.get(field, f"{field} changed") + detail)
     return "; ".join(parts)
 
 
-def read_manifest(folder: Path, tag: str) -> tuple[dict[str, Any] | None, str]:
+def read_manifest(folder: Path, tag: str, suffix: str = PLAN_SUFFIX) -> tuple[dict[str, Any] | None, str]:
     """``(manifest, "")`` or ``(None, why)`` when there is no readable manifest for ``tag``."""
     path = folder / f"{tag}.json"
     if not path.is_file():
-        if (folder / f"{tag}.plan").exists():
+        if (folder / f"{tag}{suffix}").exists():
             return None, "plan without a manifest (an earlier build did not finish)"
         return None, "not built yet"
     try:
@@ -120,36 +135,43 @@ def read_manifest(folder: Path, tag: str) -> tuple[dict[str, Any] | None, str]:
     return manifest, ""
 
 
-def check_plan_file(folder: Path, tag: str, manifest: dict[str, Any], verify: bool = False) -> str:
+def check_plan_file(
+    folder: Path, tag: str, manifest: dict[str, Any], verify: bool = False, suffix: str = PLAN_SUFFIX
+) -> str:
     """Empty when the plan file matches its manifest, else why not (missing, truncated, corrupt)."""
-    path = folder / f"{tag}.plan"
+    path = folder / f"{tag}{suffix}"
     record = manifest["plan"]
     if not path.is_file():
         return "the plan file is missing"
     stat = path.stat()
     if stat.st_size != record.get("size"):
         return f"the plan has {stat.st_size} bytes, its manifest says {record.get('size')} (truncated or corrupt)"
-    if (verify or stat.st_mtime_ns != record.get("mtime_ns")) and _sha256(path) != record.get("sha256"):
+    if (verify or stat.st_mtime_ns != record.get("mtime_ns")) and sha256_file(path) != record.get("sha256"):
         return "the plan does not match its SHA-256 (corrupt)"
     return ""
 
 
-def check_plan(folder: Path, tag: str, key: dict[str, Any], verify: bool = False) -> tuple[dict[str, Any] | None, str]:
-    """``(manifest, "")`` when the plan ``tag`` in ``folder`` is valid for ``key``, else ``(None, why)``."""
-    manifest, why = read_manifest(folder, tag)
+def check_plan(
+    folder: Path, tag: str, key: dict[str, Any], verify: bool = False, suffix: str = PLAN_SUFFIX
+) -> tuple[dict[str, Any] | None, str]:
+    """``(manifest, "")`` when the plan ``tag`` in ``folder`` is valid for ``key``, else ``(None, why)``.
+    ``suffix`` names other files kept the same way (TensorRT-RTX's runtime caches)."""
+    manifest, why = read_manifest(folder, tag, suffix)
     if manifest is None:
         return None, why
     if stale_fields(manifest, key):
         return None, describe_stale(manifest, key)
-    why = check_plan_file(folder, tag, manifest, verify)
+    why = check_plan_file(folder, tag, manifest, verify, suffix)
     return (None, why) if why else (manifest, "")
 
 
-def write_plan(folder: Path, tag: str, plan: bytes, key: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def write_plan(
+    folder: Path, tag: str, plan: bytes, key: dict[str, Any], extra: dict[str, Any], suffix: str = PLAN_SUFFIX
+) -> dict[str, Any]:
     """Store ``plan`` and its manifest (``key`` plus ``extra``: build settings, structure hash...)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{tag}.json").unlink(missing_ok=True)  # from here until the end, no valid-looking plan
-    path = folder / f"{tag}.plan"
+    path = folder / f"{tag}{suffix}"
     with atomic_write(path) as f:
         f.write(plan)
     stat = path.stat()
@@ -160,9 +182,9 @@ def write_plan(folder: Path, tag: str, plan: bytes, key: dict[str, Any], extra: 
     return manifest
 
 
-def describe_cache(engine_dir: Path) -> list[str]:
-    """One line per stored plan, for ``doctor``: engine, precision, tag, TensorRT, GPU, size."""
-    root = Path(engine_dir) / PLAN_DIR
+def describe_cache(engine_dir: Path, backend: str = "tensorrt") -> list[str]:
+    """One line per stored plan, for ``doctor``: engine, precision, tag, library, what it runs on, size."""
+    root = plan_root(engine_dir, backend)
     lines = []
     for manifest_path in sorted(root.glob("*/*.json")):
         manifest, why = read_manifest(manifest_path.parent, manifest_path.stem)
@@ -172,7 +194,10 @@ def describe_cache(engine_dir: Path) -> list[str]:
             continue
         problem = check_plan_file(manifest_path.parent, manifest_path.stem, manifest)
         state = problem or f"{manifest['plan']['size'] / 2**20:.1f} MiB"
-        lines.append(
-            f"{name}: TensorRT {manifest.get('tensorrt')}, {manifest.get('gpu')} (sm {manifest.get('compute_capability')}), {state}"
+        runs_on = (
+            f"sm {', '.join(manifest['targets'])}" if "targets" in manifest
+            else f"{manifest.get('gpu')} (sm {manifest.get('compute_capability')})"
         )
+        library = str(manifest.get("library", "TensorRT")).rsplit(" ", 1)[0]
+        lines.append(f"{name}: {library} {manifest.get('tensorrt')}, {runs_on}, {state}")
     return lines

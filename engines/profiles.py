@@ -1,9 +1,9 @@
 """Optimisation profiles and shape dictionaries, all read from the contract (``dynamicid_rt.contract``).
 
 A dynamic plan is built for the contract's min/opt/max ranges (opt: 512², batch 2 for classifier-free
-guidance, 2 identities). A static plan fixes the image size and the UNet batch for one resolution
-(CUDA graphs need shapes that repeat); the number of people stays dynamic, so one static plan serves
-one to four faces.
+guidance, 2 identities). A static plan fixes the image size for one resolution (CUDA graphs need
+shapes that repeat) and the UNet batch to one image, with guidance (2) or without (1, few-step
+samplers); the number of people stays dynamic, so one static plan serves one to four faces.
 """
 from __future__ import annotations
 
@@ -39,16 +39,17 @@ class StaticSize:
 
 
 def engine_profile(spec: EngineSpec, dims: ModelDims, static: StaticSize | None = None) -> Profile:
-    """``{input: (min, opt, max)}`` for every input of ``spec``; with ``static`` the size (and the
-    UNet's batch of 2, one image with guidance) is fixed and only the identity axes stay dynamic."""
+    """``{input: (min, opt, max)}`` for every input of ``spec``; with ``static`` the size is fixed,
+    the batch spans one image without and with guidance (the UNet's 1..2, tuned for 2), and only
+    the identity axes stay dynamic."""
     if static is None or spec.name not in SIZED_ENGINES:
         return spec.profile(dims)
     fixed = {"h": static.height // LATENT_FACTOR, "w": static.width // LATENT_FACTOR}
-    fixed["B"] = spec.axis("B").opt
-    free = [a for a in spec.axes if a.name not in fixed]
-    lo = spec.shapes(dims, **fixed, **{a.name: a.min for a in free})
-    mid = spec.shapes(dims, **fixed, **{a.name: a.opt for a in free})
-    hi = spec.shapes(dims, **fixed, **{a.name: a.max for a in free})
+    batch = spec.axis("B")
+    free = [a for a in spec.axes if a.name not in fixed and a.name != "B"]
+    lo = spec.shapes(dims, **fixed, B=batch.min, **{a.name: a.min for a in free})
+    mid = spec.shapes(dims, **fixed, B=batch.opt, **{a.name: a.opt for a in free})
+    hi = spec.shapes(dims, **fixed, B=batch.opt, **{a.name: a.max for a in free})
     return {t.name: (lo[t.name], mid[t.name], hi[t.name]) for t in spec.inputs}
 
 

@@ -26,7 +26,9 @@ from typing import Any, Callable, Sequence
 from filelock import FileLock
 
 from dynamicid_rt.contract import CONTRACT_CHANGES, CONTRACT_VERSION, ENGINES, ModelDims
+from dynamicid_rt.atomic import write_error
 from dynamicid_rt.errors import DynamicIDError, ModelFolderError
+from dynamicid_rt.preflight import check_before_export
 from dynamicid_rt.paths import ModelPaths
 from dynamicid_rt.stamps import first_mismatch, sha256_file
 
@@ -288,24 +290,35 @@ def build_engines(
                 "folder; leave imr out of --engines or add the files"
             )
     engine_dir = Path(engine_dir) if engine_dir is not None else default_engine_dir(paths)
-    engine_dir.mkdir(parents=True, exist_ok=True)
-    _remove_abandoned_builds(engine_dir)
+    expected = {name: expected_manifest(paths, name, precision) for name in names}
+    to_build = [n for n in names if force or check_entry(entry_dir(engine_dir, n, precision), expected[n], verify)[0] is None]
+    if to_build:  # what `inspect` would refuse is refused here, before the first export
+        check_before_export(paths, [f for n in to_build for f in source_files(paths, n)])
     report = progress or (lambda *_: None)
     out = []
-    for i, name in enumerate(names):
-        report(name, i, len(names), "checking")
-        # One builder per entry across processes sharing the folder: the second waits, then reuses.
-        with FileLock(str(engine_dir / f".lock-{name}-{precision}")):
-            entry = _ensure_entry(paths, name, precision, engine_dir, force, verify, lambda status: report(name, i, len(names), status))
-        out.append(entry)
+    try:
+        engine_dir.mkdir(parents=True, exist_ok=True)
+        _remove_abandoned_builds(engine_dir)
+        for i, name in enumerate(names):
+            report(name, i, len(names), "checking")
+            # One builder per entry across processes sharing the folder: the second waits, then reuses.
+            with FileLock(str(engine_dir / f".lock-{name}-{precision}")):
+                entry = _ensure_entry(paths, name, precision, engine_dir, force, verify, expected[name],
+                                      lambda status: report(name, i, len(names), status))
+            out.append(entry)
+    except Exception as exc:  # torch and onnx report a full disk in their own exception types
+        error = write_error(engine_dir, exc)
+        if error is None:
+            raise
+        raise error from exc
     return out
 
 
 def _ensure_entry(
-    paths: ModelPaths, name: str, precision: str, engine_dir: Path, force: bool, verify: bool, report: Callable[[str], None]
+    paths: ModelPaths, name: str, precision: str, engine_dir: Path, force: bool, verify: bool, expected: dict[str, Any],
+    report: Callable[[str], None],
 ) -> CacheEntry:
     folder = entry_dir(engine_dir, name, precision)
-    expected = expected_manifest(paths, name, precision)
     manifest, why = (None, "--force") if force else check_entry(folder, expected, verify)
     if manifest is not None:
         report("reused")

@@ -26,7 +26,7 @@ def register(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParse
     parser.add_argument("--engine-dir", type=Path, default=None, help="engine cache folder (default: the user cache)")
     parser.add_argument(
         "--precision", choices=PRECISIONS, default=None,
-        help="fp16 graphs are for GPUs (default: fp32; fp16 with --backend tensorrt)",
+        help="fp16 graphs are for GPUs (default: fp32; fp16 with --backend tensorrt or tensorrt-rtx)",
     )
     parser.add_argument(
         "--engines", nargs="+", choices=list(ENGINES), default=None, metavar="ENGINE",
@@ -51,12 +51,12 @@ def run_build_engines(args: argparse.Namespace) -> int:
 
     if args.models is None:
         raise ModelFolderError("build-engines needs the model folder: pass --models DIR or set DYNAMICID_MODELS")
-    if args.backend == "tensorrt":
+    if args.backend != "onnxruntime":
         from dynamicid_rt.engines.cli import run_build_plans
 
         return run_build_plans(args)
-    if args.static is not None:
-        raise DynamicIDError("--static builds TensorRT plans: add --backend tensorrt")
+    if args.static is not None or args.targets:
+        raise DynamicIDError("--static and --targets build TensorRT plans: add --backend tensorrt or tensorrt-rtx")
     paths = ModelPaths.from_folder(args.models)
     names = args.engines or default_engines(paths)
     engine_dir = args.engine_dir or default_engine_dir(paths)

@@ -177,8 +177,11 @@ def convert_fp16(src: Path, dst: Path) -> Path:
     island = fp32_island_nodes(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "values clamped to fp16 range" for tiny weights: expected
+        # The fp32 graph was saved with its inferred shapes (_infer_and_check); the converter's own
+        # in-memory inference would serialize the model, which fails above 2 GB (a full SD1.5 UNet).
         half = convert_float_to_float16(
-            model, keep_io_types=True, op_block_list=list(FP16_KEEP_FP32_OPS), node_block_list=sorted(island)
+            model, keep_io_types=True, disable_shape_infer=True, op_block_list=list(FP16_KEEP_FP32_OPS),
+            node_block_list=sorted(island),
         )
     # Blocked nodes still pass fp16 between them: keep the islands fp32 from end to end.
     drop_fp16_round_trips(half.graph)

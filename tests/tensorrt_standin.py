@@ -1,8 +1,10 @@
-"""STAND-IN for the TensorRT Python module (TensorRT cannot be installed on our machines or in CI).
+"""STAND-IN for data-center TensorRT's Python module (TensorRT 10/11 cannot be installed on our
+machines or in CI; TensorRT-RTX can, and tests/test_tensorrt_rtx.py uses the real one).
 
-It records the calls our builder and refitter make, so tests can check OUR side of them: which
-flags, profiles, workspace, optimisation level, timing cache and progress monitor we hand TensorRT,
-for the TensorRT 10 branch and the TensorRT 11 branch. It optimises nothing and runs nothing: a
+It records the calls our builder and refitter make, so tests can check OUR side of them where
+TensorRT 10/11 differ from TensorRT-RTX: which precision flags, pinned layers, workspace,
+optimisation level, timing cache and progress monitor we hand TensorRT 10 and TensorRT 11, and the
+refit of a plan (TensorRT-RTX cannot build refittable plans without a GPU). It optimises nothing and runs nothing: a
 "plan" is the JSON record of the build. Its ONNX "parser" reads the real graph with ``onnx`` so
 that network inputs and layer output types are the graph's own. Nothing here says that TensorRT
 accepts our graphs: that is checked only by the tests marked ``tensorrt`` on a real GPU.
@@ -11,7 +13,6 @@ from __future__ import annotations
 
 import enum
 import json
-import time
 import types
 from pathlib import Path
 
@@ -179,7 +180,6 @@ class Builder:
 
     def build_serialized_network(self, network: _Network, config: _Config):
         STATE["builds"] += 1
-        time.sleep(STATE["build_seconds"])  # widens the window in which a second process could race us
         if STATE["out_of_memory"]:
             self.logger.log(ILogger.Severity.ERROR, "[defaultAllocator.cpp::allocate] Error Code 1: Cuda Runtime (out of memory)")
             return None
@@ -236,7 +236,7 @@ class OnnxParserRefitter:
         return True
 
 
-STATE = {"builds": 0, "refits": 0, "out_of_memory": False, "build_seconds": 0.0}
+STATE = {"builds": 0, "refits": 0, "out_of_memory": False}
 
 
 def make_standin(version: str) -> types.ModuleType:
@@ -250,5 +250,5 @@ def make_standin(version: str) -> types.ModuleType:
     flags = ["REFIT"] + ([] if version.startswith("11.") else ["FP16", "OBEY_PRECISION_CONSTRAINTS"])
     module.BuilderFlag = enum.Enum("BuilderFlag", flags)
     module.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", {"STRONGLY_TYPED": 5})
-    STATE.update(builds=0, refits=0, out_of_memory=False, build_seconds=0.0)
+    STATE.update(builds=0, refits=0, out_of_memory=False)
     return module

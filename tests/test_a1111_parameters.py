@@ -39,7 +39,7 @@ def test_reads_a1111_1_10():
     p = parse_parameters(A1111_1_10)
     assert (p["prompt"], p["negative_prompt"]) == ("a man and a woman at the beach, photo", "lowres, watermark")
     assert (p["steps"], p["sampler"], p["guidance"], p["seed"], p["width"], p["height"]) == (30, "dpmpp_2m_karras", 7.0, 42, 768, 512)
-    assert p["extra"]["Lora hashes"] == "add_detail: 7c6bad76eb54, film: 1d2b3c4e5f60"
+    assert p["lora_hashes"] == {"add_detail": "7c6bad76eb54", "film": "1d2b3c4e5f60"} and "Lora hashes" not in p["extra"]
     assert p["extra"]["VAE"] == "vae-ft-mse-840000-ema-pruned.safetensors" and "Schedule type" not in p["extra"]
 
 

@@ -16,151 +16,17 @@ import pytest  # noqa: E402
 pytest.importorskip("PySide6", reason="the desktop app needs PySide6 (pip install 'dynamicid-rt[desktop]')")
 pytest.importorskip("pytestqt", reason="the desktop tests need pytest-qt")
 
-from PySide6.QtCore import QMimeData, QPointF, QSettings, Qt, QUrl  # noqa: E402
-from PySide6.QtGui import QColor, QDropEvent  # noqa: E402
+from PySide6.QtCore import QPointF, QSettings, Qt  # noqa: E402
+from PySide6.QtGui import QColor  # noqa: E402
 
+from desktop_fixtures import GUI_THREAD, _drag, _drop, _small, _wait_people, recorder, store, window  # noqa: E402,F401
 from dynamicid_rt.desktop.app import MainWindow  # noqa: E402
 from dynamicid_rt.desktop.views import overlay_activation_maps  # noqa: E402
-from dynamicid_rt.desktop.people import Role, Status, build_face_prompt  # noqa: E402
+from dynamicid_rt.desktop.face_prompt import build_face_prompt  # noqa: E402
+from dynamicid_rt.desktop.people import Role, Status  # noqa: E402
 from dynamicid_rt.desktop.settings import AppSettings  # noqa: E402
 from dynamicid_rt.desktop.worker import ModelSpec  # noqa: E402
 from dynamicid_rt import read_parameters  # noqa: E402
-
-GUI_THREAD = threading.get_ident()  # pytest (and Qt's GUI thread) run in the main thread
-
-
-class RecordingPipeline:
-    """The real pipeline plus a log of (method, thread) for every call; optionally slows each step
-    (so a cancel lands mid-run) or fails (so the error path runs) or attaches activation maps."""
-
-    def __init__(self, pipe) -> None:
-        self._pipe = pipe
-        self.calls: list[tuple[str, int]] = []
-        self.step_delay = 0.0
-        self.fail_with: Exception | None = None
-        self.steps_run: list[int] = []
-        self.cancel_seen_after: int | None = None  # steps done when the cancel flag was first seen
-        self.maps = False
-
-    @property
-    def is_tiny(self) -> bool:
-        return self._pipe.is_tiny
-
-    @property
-    def has_imr(self) -> bool:
-        return self._pipe.has_imr
-
-    @property
-    def default_sampler(self) -> str:
-        return self._pipe.default_sampler
-
-    def describe(self) -> dict:
-        return self._pipe.describe()
-
-    def encode_identity(self, *args, **kwargs):
-        self.calls.append(("encode_identity", threading.get_ident()))
-        return self._pipe.encode_identity(*args, **kwargs)
-
-    def detect_faces(self, *args, **kwargs):
-        self.calls.append(("detect_faces", threading.get_ident()))
-        return self._pipe.detect_faces(*args, **kwargs)
-
-    def generate(self, request, progress=None, cancel=None):
-        self.calls.append(("generate", threading.get_ident()))
-        self.steps_run = []
-        self.cancel_seen_after = None
-        if self.fail_with is not None:
-            raise self.fail_with
-
-        def on_step(info):
-            self.steps_run.append(info.step)
-            progress(info)
-            time.sleep(self.step_delay)
-            if cancel.is_set() and self.cancel_seen_after is None:
-                self.cancel_seen_after = info.step
-
-        result = self._pipe.generate(request, progress=on_step, cancel=cancel)
-        if self.maps:
-            n = len(request.identities)
-            # Person k lights up the k-th vertical strip: a map the overlay test can predict.
-            maps = np.zeros((n, 8, 8), np.float32)
-            for k in range(n):
-                maps[k, :, k * 8 // n : (k + 1) * 8 // n] = 1.0
-            result.activation_maps = [maps for _ in result.images]
-        return result
-
-    def close(self) -> None:
-        self.calls.append(("close", threading.get_ident()))  # the shared pipeline stays open
-
-
-@pytest.fixture(scope="module")
-def recorder(tiny_bundle, tmp_path_factory):
-    from dynamicid_rt import Pipeline
-
-    pipe = Pipeline.load(tiny_bundle, backend="torch", device="cpu", cache_dir=tmp_path_factory.mktemp("desktop-cache"))
-    yield RecordingPipeline(pipe)
-    pipe.close()
-
-
-@pytest.fixture
-def store(tmp_path) -> QSettings:
-    s = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
-    s.setValue("output/folder", str(tmp_path / "out"))
-    return s
-
-
-@pytest.fixture
-def window(qtbot, recorder, store, tiny_bundle):
-    recorder.step_delay, recorder.fail_with, recorder.maps = 0.0, None, False
-    loads: list[int] = []
-
-    def factory(spec):
-        loads.append(threading.get_ident())
-        return recorder
-
-    win = MainWindow(store=store, pipeline_factory=factory, spec_override=ModelSpec(tiny_bundle, "torch"))
-    qtbot.addWidget(win)
-    win.show()
-    qtbot.waitUntil(lambda: win.loaded_info is not None, timeout=10000)
-    yield win
-    win.close()
-    assert loads and all(t != GUI_THREAD for t in loads)
-    assert recorder.calls and all(t != GUI_THREAD for _, t in recorder.calls), "model code ran in the GUI thread"
-
-
-def _wait_people(qtbot, win, n: int) -> None:
-    def done():
-        people = win.people.people()
-        return len(people) == n and all(p.status is not Status.ENCODING for p in people)
-
-    qtbot.waitUntil(done, timeout=20000)
-
-
-def _small(win, steps: int = 2) -> None:
-    win.form.width_spin.setValue(256)
-    win.form.height_spin.setValue(256)
-    win.form.steps_spin.setValue(steps)
-    win.form.random_seed_check.setChecked(False)
-    win.form.seed_edit.setText("11")
-    win.form.prompt_edit.setPlainText("two people in a park")
-
-
-def _drag(qtbot, widget, start: QPointF, end: QPointF) -> None:
-    qtbot.mousePress(widget, Qt.MouseButton.LeftButton, pos=start.toPoint())
-    qtbot.mouseMove(widget, pos=((start + end) / 2).toPoint())
-    qtbot.mouseMove(widget, pos=end.toPoint())
-    qtbot.mouseRelease(widget, Qt.MouseButton.LeftButton, pos=end.toPoint())
-
-
-def _drop(widget, paths) -> None:
-    """Hand the widget a file drop event, as Qt does at the end of a drag."""
-    mime = QMimeData()
-    mime.setUrls([QUrl.fromLocalFile(str(p)) for p in paths])
-    pos = QPointF(widget.width() / 2, widget.height() / 2)
-    event = QDropEvent(pos, Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
-    widget.dropEvent(event)
-    assert event.isAccepted()
-
 
 def test_people_boxes_and_expression(qtbot, window, samples):
     win = window
@@ -479,25 +345,29 @@ def test_photo_without_face_gets_no_box_and_generate_asks(qtbot, window, samples
     assert not panel.expression_combo.isEnabled() and not panel.pose_combo.isEnabled()
     assert "left out" in panel.error_label.text()
     _small(win, steps=1)
-    questions = []
-    win.ask = lambda text: questions.append(text) or False
-    assert not win.generate() and "no_face" in questions[0] and not win.runner.running
-    win.ask = lambda text: questions.append(text) or True
+    bar = win.question_bar
+    assert not win.generate() and "no_face" in bar.text() and not win.runner.running
+    qtbot.mouseClick(bar.no_button, Qt.MouseButton.LeftButton)
+    assert not bar.isVisible() and not win.runner.running
+    assert not win.generate() and bar.isVisible()
     with qtbot.waitSignal(win.runEnded, timeout=60000):
-        assert win.generate()
+        qtbot.mouseClick(bar.yes_button, Qt.MouseButton.LeftButton)
     entry = win.gallery_model.entry(0)
     assert entry.names == ["person_a"] and len(entry.matches) == 1
-    # Without the failed photo nothing is asked any more, and its error is gone from the panel.
-    win.people.remove(1)
-    assert panel.error_label.text() == ""
-    asked = len(questions)
+    # Answered once for this photo: the next run does not ask again.
     with qtbot.waitSignal(win.runEnded, timeout=60000):
         assert win.generate()
-    assert len(questions) == asked
+    assert not bar.isVisible()
+    # Without the failed photo nothing is asked either, and its error is gone from the panel.
+    win.people.remove(1)
+    assert panel.error_label.text() == ""
+    with qtbot.waitSignal(win.runEnded, timeout=60000):
+        assert win.generate()
+    assert not bar.isVisible()
 
 
 def test_best_of_two_shows_a_badge_per_person(qtbot, window, samples):
-    from dynamicid_rt.desktop.views import BAD, GOOD
+    from dynamicid_rt.desktop.views import BAD, GOOD, chip_text
     from dynamicid_rt.identity_check import rank_key
 
     win = window
@@ -516,7 +386,7 @@ def test_best_of_two_shows_a_badge_per_person(qtbot, window, samples):
     assert [rank_key(e.matches) for e in entries] == sorted(rank_key(e.matches) for e in entries)
     assert win.gallery.current_entry() is entries[0]  # the best is shown first
     shown = [(label.text(), label.property("background")) for label in win.badges.labels]
-    assert shown == [(m.label(), GOOD if m.ok else BAD) for m in entries[0].matches] and len(shown) == 2
+    assert shown == [(chip_text(m), GOOD if m.ok else BAD) for m in entries[0].matches] and len(shown) == 2
     assert "ID match" in entries[0].parameters
     # The activation maps carry a legend: each person's name in their colour.
     assert [label.text() for label in win.maps_legend.labels] == ["person_a", "person_b"]

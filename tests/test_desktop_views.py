@@ -78,13 +78,16 @@ def test_settings_form_seed_tab_and_default_sampler(qtbot):
 
 def test_badges_are_red_for_missing_or_swapped_faces(qtbot):
     chips = match_chips([OK, MISSING, SWAPPED])
-    assert [c[:2] for c in chips] == [("anna 0.61", GOOD), ("ben no face", BAD), ("ben 0.20 swap", BAD)]
+    words = ["anna 0.61", "ben: no face", "ben 0.20, looks like anna"]
+    assert [c[:2] for c in chips] == list(zip(words, [GOOD, BAD, BAD]))
     row = ChipRow()
     qtbot.addWidget(row)
     row.set_chips(chips)
-    assert [label.text() for label in row.labels] == ["anna 0.61", "ben no face", "ben 0.20 swap"]
+    assert [label.text() for label in row.labels] == words
     assert [label.property("background") for label in row.labels] == [GOOD, BAD, BAD]
+    # Each badge explains itself: what it found, what a score means, what a swap is.
     assert "looks more like anna" in row.labels[2].toolTip()
+    assert all("cosine" in label.toolTip() and "swap" in label.toolTip() for label in row.labels)
     row.set_chips([])
     assert row.labels == [] and not row.isVisibleTo(None)
 
@@ -94,18 +97,37 @@ def _entry(seed: int, matches=None, color=(200, 30, 30)) -> GalleryEntry:
     return GalleryEntry(image, f"a prompt\nSteps: 2, Seed: {seed}", seed, ["anna", "ben"], [(230, 159, 0), (86, 180, 233)], matches)
 
 
-def test_gallery_model_and_thumbnails_show_each_persons_badge(qtbot):
+def test_gallery_model_and_thumbnails_show_each_persons_badge(qtbot, tmp_path):
     model = GalleryModel()
     first = model.add([_entry(5, [OK, MISSING]), _entry(6)])
     assert first == 0 and model.rowCount() == 2
     assert model.index(0).data(Qt.ItemDataRole.DisplayRole) == "seed 5"
-    assert "no face found" in model.index(0).data(Qt.ItemDataRole.ToolTipRole)
-    image = thumbnail(model.entry(0)).toImage()
-    # Bottom strip: the left half carries the good badge's green, the right half the missing face's red.
-    left, right = QColor(image.pixel(3, image.height() - 3)), QColor(image.pixel(image.width() - 3, image.height() - 3))
-    assert left.name() == QColor(GOOD).name() and right.name() == QColor(BAD).name()
-    plain = thumbnail(model.entry(1)).toImage()
-    assert QColor(plain.pixel(3, plain.height() - 3)).getRgb()[:3] == (200, 30, 30)  # no scores: no badges
+    tip = model.index(0).data(Qt.ItemDataRole.ToolTipRole)
+    assert "no face found" in tip and "cosine" in tip
+    assert QColor(thumbnail(model.entry(1)).toImage().pixel(3, 60)).getRgb()[:3] == (200, 30, 30)  # the image itself
+    # The cells, as the view paints them: each badge, one line per person, beside the thumbnail.
+    panel = GalleryPanel(model, tmp_path)
+    qtbot.addWidget(panel)
+    panel.resize(640, 260)
+    panel.show()
+    qtbot.waitExposed(panel)
+    panel.select(0)
+    shot = panel.view.viewport().grab().toImage()
+    cell = panel.view.visualRect(model.index(0))
+    from dynamicid_rt.desktop.gallery_delegate import badge_rects
+
+    good, missing = badge_rects(cell.adjusted(1, 1, -1, -1), 2)
+    assert QColor(shot.pixel(good.right() - 2, good.center().y())).name() == QColor(GOOD).name()
+    assert QColor(shot.pixel(missing.right() - 2, missing.center().y())).name() == QColor(BAD).name()
+    # The selected cell's badges keep their colour (the selection does not wash them out).
+    panel.select(1)
+    panel.select(0)
+    shot = panel.view.viewport().grab().toImage()
+    assert QColor(shot.pixel(good.right() - 2, good.center().y())).name() == QColor(GOOD).name()
+    # The person's box colour marks each badge.
+    assert QColor(shot.pixel(good.left() + 1, good.center().y())).getRgb()[:3] == (230, 159, 0)
+    plain = badge_rects(panel.view.visualRect(model.index(1)).adjusted(1, 1, -1, -1), 1)[0]
+    assert QColor(shot.pixel(plain.right() - 2, plain.center().y())).name() not in (QColor(GOOD).name(), QColor(BAD).name())
 
 
 def test_gallery_save_and_reuse_follow_the_selection(qtbot, tmp_path):
@@ -138,10 +160,10 @@ def test_models_bar_banner_and_runs_on(qtbot, tmp_path):
     bar.set_loaded(ModelSpec(None, "auto"), info)
     assert not bar.load_bar.isVisible() and "onnxruntime on cuda:0" in bar.model_label.text()
     problem = validate_model_folder(ModelSpec(tmp_path, "torch"))
-    assert problem and str(tmp_path) in problem
+    assert problem and "not a model folder" in problem and "\n" not in problem
     assert validate_model_folder(ModelSpec(None, "torch")) is None
     bar.set_rejected(ModelSpec(tmp_path, "torch"), problem, still_loaded=True)
-    assert bar.banner.isVisible() and "Still using tiny demo bundle" in bar.banner.text()
+    assert bar.banner.isVisible() and "Still using tiny demo bundle" in bar.banner.text() and str(tmp_path) in bar.banner.text()
     assert "onnxruntime on cuda:0" in bar.model_label.text()  # the models in use are still named
     bar.set_loaded(ModelSpec(None, "auto"), info)
     assert not bar.banner.isVisible()

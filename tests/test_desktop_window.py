@@ -1,7 +1,8 @@
-"""A real window on a real X server (Xvfb): a best-of-2 run on the tiny bundle, capture the screen
-through X, and check that the capture shows the window's main widgets, the likeness badges and a
-non-uniform image. ``python tests/test_desktop_window.py MODELS CACHE OUT`` under an X server
-writes the capture (the README's docs/screenshot.png is one).
+"""A real window on a real X server (Xvfb), 1280×800: three people, three best-of-2 runs on the tiny
+bundle (six results in the gallery), capture the screen through X, and check that the capture shows
+the window's main widgets, a badge per person and every result uncut, and a non-uniform image.
+``python tests/test_desktop_window.py MODELS CACHE OUT`` under an X server writes the capture and
+``window.png``, the window alone (the README's docs/screenshot.png is one).
 
 The capture runs in a child process (this file run as a script) because a process can hold only
 one Qt platform, and the other desktop tests use ``offscreen``.
@@ -20,10 +21,14 @@ import pytest
 
 WIDGETS = ("generate_button", "progress_bar", "result_view", "gallery", "form.prompt_edit", "people_panel", "badges")
 SCREEN = (1400, 900)
+WINDOW = (1280, 800)
+PEOPLE = ("person_a", "person_b", "person_a_smiling")
+RUNS = 3
 
 
 def _capture(models: Path, cache: Path, out: Path) -> int:
-    """Child process: open the window, add two people, generate the best of 2, capture the X screen."""
+    """Child process: open the window, add three people, generate the best of 2 three times, capture
+    the X screen."""
     from PySide6.QtCore import QEventLoop, QSettings, QTimer
     from PySide6.QtWidgets import QApplication
 
@@ -41,7 +46,7 @@ def _capture(models: Path, cache: Path, out: Path) -> int:
         spec_override=ModelSpec(models, "torch"),
     )
     win.move(0, 0)
-    win.resize(1280, 820)
+    win.resize(*WINDOW)
     win.show()
 
     def wait_for(condition, seconds: float) -> None:
@@ -57,23 +62,30 @@ def _capture(models: Path, cache: Path, out: Path) -> int:
 
     wait_for(lambda: win.loaded_info is not None, 120)
     samples = models / "samples"
-    win.people_panel.add_photos([samples / "person_a.png", samples / "person_b.png"])
+    win.people_panel.add_photos([samples / f"{name}.png" for name in PEOPLE])
     wait_for(lambda: all(p.status is Status.READY for p in win.people.people()), 60)
     win.form.prompt_edit.setPlainText("two friends at the beach, photo")
-    for spin, value in ((win.form.width_spin, 256), (win.form.height_spin, 256), (win.form.steps_spin, 2), (win.form.best_of_spin, 2)):
+    for spin, value in ((win.form.width_spin, 256), (win.form.height_spin, 256), (win.form.steps_spin, 1), (win.form.best_of_spin, 2)):
         spin.setValue(value)
     win.form.sampler_combo.setCurrentIndex(win.form.sampler_combo.findData("ddim"))
     outcome: list[str] = []
     win.runEnded.connect(outcome.append)
-    win.generate()
-    wait_for(lambda: bool(outcome), 120)
+    for run in range(RUNS):
+        win.generate()
+        wait_for(lambda: len(outcome) > run, 120)
+    win.gallery.select(0)
     wait_for(lambda: True, 0.5)  # let the window repaint
     app.processEvents()
 
     shot = app.primaryScreen().grabWindow(0)  # the whole X screen, as the server has it
     shot.save(str(out / "capture.png"))
-    facts = {"outcome": outcome[0], "platform": app.platformName(), "widgets": {},
-             "images": win.gallery_model.rowCount(), "badges": [label.text() for label in win.badges.labels]}
+    view = win.gallery.view
+    facts = {"outcome": outcome, "platform": app.platformName(), "widgets": {},
+             "images": win.gallery_model.rowCount(), "badges": [label.text() for label in win.badges.labels],
+             "cells_uncut": [view.viewport().rect().contains(view.visualRect(win.gallery_model.index(r)))
+                             for r in range(win.gallery_model.rowCount())]}
+    frame = win.frameGeometry()
+    shot.copy(frame.x(), frame.y(), frame.width(), frame.height()).save(str(out / "window.png"))
     for name in WIDGETS:
         widget = win
         for part in name.split("."):
@@ -131,8 +143,9 @@ def test_real_window_capture(tiny_bundle, tmp_path):
     assert child.returncode == 0, child.stderr[-3000:]
 
     facts = json.loads((tmp_path / "facts.json").read_text())
-    assert facts["outcome"] == "done" and facts["platform"] == "xcb"
-    assert facts["images"] == 2 and [b.split(" ")[0] for b in facts["badges"]] == ["person_a", "person_b"]
+    assert facts["outcome"] == ["done"] * RUNS and facts["platform"] == "xcb"
+    assert facts["images"] == 2 * RUNS and [b.split(" ")[0].rstrip(":") for b in facts["badges"]] == list(PEOPLE)
+    assert all(facts["cells_uncut"]), f"results cut off in the gallery: {facts['cells_uncut']}"
     capture = np.asarray(Image.open(tmp_path / "capture.png").convert("RGB")).astype(np.int16)
     assert capture.shape[:2] == (SCREEN[1], SCREEN[0])
     assert capture.std() > 10  # not a blank screen

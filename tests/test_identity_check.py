@@ -145,9 +145,11 @@ def test_best_of_ranks_seeds_by_the_least_recognisable_person(tiny_pipeline, peo
     steps_seen = []
     request = Request(prompt="two people", identities=people, width=256, height=256, steps=1, sampler="ddim", seed=100, best_of=3)
     result = generate_best_of(tiny_pipeline.generate, score, request, progress=lambda p: steps_seen.append((p.step, p.total)))
-    assert result.seeds == [102, 101, 100]  # both right, then one missing, then both swapped
+    # Both right; then both swapped (each person is in the picture); then one missing (a person is not).
+    assert result.seeds == [102, 100, 101]
     assert len(set(result.seeds)) == 3 and result.request.seed == 100 and result.request.best_of == 3
-    assert [sum(not m.ok for m in scores) for scores in result.identity_scores] == [0, 1, 2]
+    assert [sum(not m.found for m in scores) for scores in result.identity_scores] == [0, 0, 1]
+    assert [sum(m.swapped for m in scores) for scores in result.identity_scores] == [0, 2, 0]
     # Each image is its own seed's: the images the scorer received, reordered.
     for image, seed in zip(result.images, result.seeds):
         assert image is calls[seed - 100]
@@ -155,7 +157,7 @@ def test_best_of_ranks_seeds_by_the_least_recognisable_person(tiny_pipeline, peo
     np.testing.assert_array_equal(np.asarray(result.images[0]), np.asarray(single.images[0]))
     # One progress stream over all runs.
     assert steps_seen == [(1, 3), (2, 3), (3, 3)]
-    assert "Seed: 101" in format_parameters(result, 1) and "ID match" in format_parameters(result, 1)
+    assert "Seed: 100" in format_parameters(result, 1) and "ID match" in format_parameters(result, 1)
 
 
 def test_best_of_ties_keep_seed_order_and_equal_scores(tiny_pipeline, people, portraits):

@@ -159,9 +159,8 @@ def test_nan_in_unet_is_reported(monkeypatch, tiny_pipeline, people):
     ],
 )
 def test_bad_requests(tiny_pipeline, people, changes, message):
-    req = Request(prompt="x", identities=people, width=256, height=256, steps=2).with_updates(**changes)
-    with pytest.raises(RequestError, match=message):
-        tiny_pipeline.generate(req)
+    with pytest.raises(RequestError, match=message):  # refused when the Request is made, or by generate
+        tiny_pipeline.generate(Request(prompt="x", identities=people, width=256, height=256, steps=2).with_updates(**changes))
 
 
 def test_too_many_identities(tiny_pipeline, people):

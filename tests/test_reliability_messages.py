@@ -163,7 +163,10 @@ def test_inspect_and_doctor_report_truncated_weights_as_unusable(tiny_bundle, tm
     ({"boxes": "0,0,1,1"}, "boxes"),
 ])
 def test_request_types_raise_request_error(changes, field):
-    request = Request(prompt="x").with_updates(**changes)
+    with pytest.raises(RequestError, match=field.replace("[", r"\[")):  # when the Request is made
+        Request(prompt="x").with_updates(**changes)
+    request = Request(prompt="x")
+    setattr(request, *next(iter(changes.items())))  # and by validate() after a field is assigned
     with pytest.raises(RequestError, match=field.replace("[", r"\[")):
         request.validate()
 

@@ -46,6 +46,23 @@ register(BackendInfo(
     auto_rank={"cuda": 10},
     # TensorRT's wheels are per CUDA major; `dynamicid-rt doctor` names the one for this machine.
     install_hint="pip install 'dynamicid-rt[tensorrt]' tensorrt-cu12 (CUDA 12) or tensorrt-cu13 (CUDA 13)",
+    preferred_over={
+        "tensorrt-rtx": "data-center TensorRT tunes every kernel for this GPU when it builds, TensorRT-RTX compiles "
+        "portable plans just in time",
+    },
+))
+register(BackendInfo(
+    name="tensorrt-rtx",
+    target="dynamicid_rt.backends.tensorrt_backend:TensorRTRTXBackend",
+    extra="tensorrt-rtx",
+    requires=("tensorrt_rtx_bindings", "cuda"),  # the -bindings wheel's module; cuda: cuda-python
+    precisions={"cuda": ("fp16", "fp32")},
+    devices=probes.tensorrt_rtx_devices,
+    options=("device", "precision", "engine_dir"),
+    capabilities=frozenset({"device_bind"}),
+    auto_rank={"cuda": 12},
+    install_hint="pip install 'dynamicid-rt[tensorrt-rtx]' (CUDA 13) or 'dynamicid-rt[tensorrt-rtx-cu12]' (CUDA 12)",
+    no_device_hint=probes.tensorrt_rtx_no_device,
 ))
 register(BackendInfo(
     name="openvino",

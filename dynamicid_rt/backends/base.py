@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import numpy as np
 
 from ..contract import ENGINES, ModelDims
+
+if TYPE_CHECKING:
+    from ..lora import LoraRef
 
 EngineCall = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
 
@@ -35,9 +38,21 @@ class Backend(ABC):
         overflowed. Backends whose engines may run in reduced precision override this."""
         return self.run(engine, inputs)
 
+    def set_loras(self, loras: Sequence["LoraRef"]) -> None:
+        """Merge exactly these user LoRAs into the unet and text_encoder weights (the previous set is
+        undone; the same set again changes nothing). Backends that can override this."""
+        if loras:
+            from ..errors import BackendError
+
+            raise BackendError(f"the {self.name} backend cannot load user LoRAs yet; use the torch, onnxruntime or openvino backend")
+
     def describe(self) -> dict[str, str]:
         """Human-readable facts for logs and ``doctor``: device, precision, providers."""
         return {"backend": self.name}
+
+    def generation_done(self) -> None:
+        """Called after each generation: a backend may keep what it learned (TensorRT-RTX stores
+        the kernels it compiled just in time)."""
 
     def close(self) -> None:
         """Release device memory and sessions."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import onnxruntime as ort
 
     from dynamicid_rt.export.cache import CacheEntry
+    from dynamicid_rt.lora import LoraRef
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,8 @@ class OnnxRuntimeBackend(Backend):
         # Reuses valid entries without touching torch; builds (and imports torch) only what is missing.
         entries = build_engines(paths, engine_dir, precision, default_engines(paths))
         self._entries: dict[str, CacheEntry] = {e.engine: e for e in entries}
+        self._engine_dir = entries[0].path.parent
+        self._lora_keys: list[list[list]] = [[], []]  # cache_key per LORA_ENGINES engine: none merged
         super().__init__(entries[0].dims, has_imr=paths.has_imr)
         self.paths = paths
         self.device = device
@@ -132,6 +135,24 @@ class OnnxRuntimeBackend(Backend):
         if self._entries.get(entry.engine) is entry:
             self._entries[entry.engine] = fresh
         return fresh
+
+    def set_loras(self, loras: Sequence["LoraRef"]) -> None:
+        """Run the unet and text_encoder from their LoRA'd cache entries (built on first use of a
+        set, see ``export/lora_entries.py``); the plain entries with no LoRAs."""
+        from dynamicid_rt.export.lora_entries import LORA_ENGINES, lora_entries
+        from dynamicid_rt.lora import cache_key, load_loras
+
+        files = load_loras(loras)
+        keys = [cache_key(files, engine) for engine in LORA_ENGINES]
+        if keys == self._lora_keys:
+            return  # the same set: every session (and compiled plan) is reused
+        entries = lora_entries(self.paths, self._engine_dir, self.precision, files)
+        self._lora_keys = keys
+        with _SESSION_LOCK:
+            for engine, entry in entries.items():
+                if self._entries[engine].path != entry.path:
+                    self._entries[engine] = entry
+                    self._sessions.pop(engine, None)
 
     def run_fp32(self, engine: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """``run`` on the engine's fp32 graph: the entry's own when it is fp32 (the VAE in fp16

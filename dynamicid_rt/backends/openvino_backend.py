@@ -15,9 +15,10 @@ Neither this module nor anything it runs at inference imports torch or transform
 from __future__ import annotations
 
 import logging
+import sys
 from collections import OrderedDict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
@@ -31,12 +32,23 @@ if TYPE_CHECKING:
     import openvino as ov
 
     from dynamicid_rt.export.cache import CacheEntry
+    from dynamicid_rt.lora import LoraRef
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16")
 BF16_ENGINES = frozenset({"unet", "vae_decoder"})
 PLANS_PER_ENGINE = 2  # compiled shapes kept per engine: e.g. the 2-image CFG UNet and one other size
+
+
+def telemetry_off() -> None:
+    """No OpenVINO usage telemetry from this process. ``import openvino`` sends an "import" event
+    and writes a client id under ``~/intel/`` through the optional ``openvino-telemetry`` package,
+    unless the user ran its ``opt_in_out --opt_out`` (a setting for every program of theirs, not ours
+    to change). OpenVINO falls back to a no-op stub when that package cannot be imported, and a
+    ``None`` entry in ``sys.modules`` makes its import fail: only this process is affected."""
+    if "openvino" not in sys.modules:  # too late once OpenVINO is loaded (e.g. by an embedding app)
+        sys.modules.setdefault("openvino_telemetry", None)
 
 
 def cpu_has_bf16(core: "ov.Core") -> bool:
@@ -79,6 +91,7 @@ class OpenVinoBackend(Backend):
     def __init__(
         self, paths: ModelPaths, device: str | None = None, precision: str | None = None, engine_dir: Path | None = None
     ) -> None:
+        telemetry_off()
         import openvino as ov
 
         from dynamicid_rt.export.cache import build_engines, default_engines
@@ -95,11 +108,31 @@ class OpenVinoBackend(Backend):
         # OpenVINO reads the fp32 graphs; bf16 is a compile-time hint, not a second graph.
         entries = build_engines(paths, engine_dir, "fp32", default_engines(paths))
         self._entries: dict[str, CacheEntry] = {e.engine: e for e in entries}
+        self._engine_dir = entries[0].path.parent
+        self._lora_keys: list[list[list]] = [[], []]  # cache_key per LORA_ENGINES engine: none merged
         super().__init__(entries[0].dims, has_imr=paths.has_imr)
         self.paths = paths
         self.device = device
         self.precision = precision
         self._plans: OrderedDict[tuple[str, tuple], _Plan] = OrderedDict()
+
+    def set_loras(self, loras: Sequence["LoraRef"]) -> None:
+        """Compile the unet and text_encoder from their LoRA'd fp32 cache entries (built on first use
+        of a set, see ``export/lora_entries.py``); the plain entries with no LoRAs."""
+        from dynamicid_rt.export.lora_entries import LORA_ENGINES, lora_entries
+        from dynamicid_rt.lora import cache_key, load_loras
+
+        files = load_loras(loras)
+        keys = [cache_key(files, engine) for engine in LORA_ENGINES]
+        if keys == self._lora_keys:
+            return  # the same set: every session (and compiled plan) is reused
+        entries = lora_entries(self.paths, self._engine_dir, "fp32", files)
+        self._lora_keys = keys
+        for engine, entry in entries.items():
+            if self._entries[engine].path != entry.path:
+                self._entries[engine] = entry
+                for key in [k for k in self._plans if k[0] == engine]:
+                    del self._plans[key]
 
     def engine_precision(self, engine: str) -> str:
         return "bf16" if self.precision == "bf16" and engine in BF16_ENGINES else "f32"

@@ -23,21 +23,46 @@ def installed(module: str) -> bool:
         return False
 
 
-@functools.lru_cache(maxsize=1)
-def cuda_device_count() -> int:
-    """NVIDIA GPUs the CUDA driver reports (0 without a driver), asked through the driver library
-    itself so that no framework is imported."""
+# cuDeviceGetAttribute's CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR / _MINOR.
+_CC_MAJOR, _CC_MINOR = 75, 76
+
+
+def _cuda_driver() -> ctypes.CDLL | None:
+    """The CUDA driver library, initialised, or None without a usable driver."""
     names = ("nvcuda.dll",) if sys.platform == "win32" else ("libcuda.so.1", "libcuda.so")
     for name in names:
         try:
             driver = ctypes.CDLL(name)
         except OSError:
             continue
-        count = ctypes.c_int(0)
-        if driver.cuInit(0) != 0 or driver.cuDeviceGetCount(ctypes.byref(count)) != 0:
-            return 0
-        return count.value
-    return 0
+        return driver if driver.cuInit(0) == 0 else None
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_device_count() -> int:
+    """NVIDIA GPUs the CUDA driver reports (0 without a driver), asked through the driver library
+    itself so that no framework is imported."""
+    driver = _cuda_driver()
+    count = ctypes.c_int(0)
+    if driver is None or driver.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return count.value
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_compute_capabilities() -> tuple[str, ...]:
+    """The compute capability of each GPU ("8.9"), in device order, from the driver library."""
+    driver = _cuda_driver()
+    found = []
+    for index in range(cuda_device_count() if driver is not None else 0):
+        major, minor, device = ctypes.c_int(0), ctypes.c_int(0), ctypes.c_int(0)
+        if driver.cuDeviceGet(ctypes.byref(device), index) != 0:
+            continue
+        driver.cuDeviceGetAttribute(ctypes.byref(major), _CC_MAJOR, device)
+        driver.cuDeviceGetAttribute(ctypes.byref(minor), _CC_MINOR, device)
+        found.append(f"{major.value}.{minor.value}")
+    return tuple(found)
 
 
 def _torch_built_with_cuda() -> bool:
@@ -71,6 +96,25 @@ def onnxruntime_devices() -> tuple[str, ...]:
 
 def cuda_only() -> tuple[str, ...]:
     return ("cuda",) if cuda_device_count() else ()
+
+
+def tensorrt_rtx_devices() -> tuple[str, ...]:
+    """``cuda`` when GPU 0 is a TensorRT-RTX target (an RTX-class GPU; not H100/H200-class sm90)."""
+    from ..engines.library import TENSORRT_RTX_1  # a declaration: imports no TensorRT
+
+    ccs = cuda_compute_capabilities()
+    return ("cuda",) if ccs and TENSORRT_RTX_1.supports_gpu(ccs[0]) else ()
+
+
+def tensorrt_rtx_no_device() -> str:
+    """Why the tensorrt-rtx backend finds no device, in the user's terms."""
+    from ..engines.library import TENSORRT_RTX_1
+
+    ccs = cuda_compute_capabilities()
+    if not ccs:
+        return "no NVIDIA GPU here (TensorRT-RTX builds plans without one: build-engines --backend tensorrt-rtx)"
+    targets = ", ".join(TENSORRT_RTX_1.targets + TENSORRT_RTX_1.optional_targets)
+    return f"GPU 0 is sm {ccs[0]}, not a TensorRT-RTX target ({targets}); use --backend tensorrt"
 
 
 @functools.lru_cache(maxsize=1)

@@ -6,8 +6,8 @@ the packages it needs, the precisions it runs per device, its constructor option
 capabilities and its place in auto's order. Everything here reads those declarations; nothing
 imports a backend module until :func:`create_backend` builds one.
 
-Auto's order (``auto_rank``, lower first): TensorRT (cuda), onnxruntime CUDA, torch CUDA, OpenVINO
-(cpu), onnxruntime CPU, torch CPU. A candidate is usable when its packages are importable
+Auto's order (``auto_rank``, lower first): TensorRT (cuda), TensorRT-RTX (cuda, on its target
+GPUs), onnxruntime CUDA, torch CUDA, OpenVINO (cpu), onnxruntime CPU, torch CPU. A candidate is usable when its packages are importable
 (``importlib.util.find_spec``) and its device probe finds the device.
 """
 from __future__ import annotations
@@ -45,7 +45,9 @@ class BackendInfo:
     ``capabilities``: ``activation_maps`` (SAA maps for the desktop), ``device_bind`` (``bind()``
     keeps constant inputs resident on the device). ``auto_rank`` maps a device kind to its place
     in auto's order (lower first; absent: never picked by auto). ``install_hint`` replaces the
-    generic ``pip install`` advice when the packages are missing.
+    generic ``pip install`` advice when the packages are missing. ``no_device_hint`` says why the
+    device probe found nothing, in the user's terms. ``preferred_over`` maps a lower-ranked backend
+    to why this one goes first when both are usable (auto's log line says it).
     """
 
     name: str
@@ -58,6 +60,8 @@ class BackendInfo:
     capabilities: frozenset[str] = frozenset()
     auto_rank: Mapping[str, int] = field(default_factory=dict)
     install_hint: str = ""
+    no_device_hint: Callable[[], str] | None = None
+    preferred_over: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         unknown = (set(self.options) - set(KNOWN_OPTIONS)) | (set(self.capabilities) - set(KNOWN_CAPABILITIES))
@@ -109,10 +113,11 @@ class AutoChoice:
     backend: str
     device: str
     skipped: tuple[str, ...]
+    preferred: tuple[str, ...] = ()
 
     def explain(self) -> str:
         why = "; ".join(self.skipped) if self.skipped else "the first choice of auto's order"
-        return f"{self.backend} on {self.device} ({why})"
+        return f"{self.backend} on {self.device} ({why})" + "".join(f"; {line}" for line in self.preferred)
 
 
 def _candidates() -> list[tuple[int, BackendInfo, str]]:
@@ -123,6 +128,8 @@ def choose_auto(device: str | None = None, precision: str | None = None) -> Auto
     """The best usable (backend, device) in auto's order, restricted to ``device``'s kind and to
     backends that run ``precision`` there when those are given."""
     want_kind = device.partition(":")[0] if device else None
+    if device is not None:
+        _check_device_name(device)
     skipped: list[str] = []
     probed: dict[str, tuple[str, ...]] = {}
     for _, info, kind in _candidates():
@@ -141,24 +148,47 @@ def choose_auto(device: str | None = None, precision: str | None = None) -> Auto
         if precision is not None and precision not in info.precisions_here(kind):
             skipped.append(f"{label}: does not run {precision} here")
             continue
-        return AutoChoice(info.name, device or kind, tuple(skipped))
+        return AutoChoice(info.name, device or kind, tuple(skipped), _preferred(info, kind))
     raise BackendError(
         f"backend auto found no usable backend ({'; '.join(skipped) or 'none registered'}); "
         f"install one, e.g. pip install 'dynamicid-rt[openvino]'"
     )
 
 
+def _preferred(info: BackendInfo, kind: str) -> tuple[str, ...]:
+    """Lines saying why ``info`` goes before lower-ranked backends that are usable too."""
+    lines = []
+    for other, why in info.preferred_over.items():
+        candidate = BACKENDS.get(other)
+        if candidate is not None and kind in candidate.usable_devices():
+            lines.append(f"preferred over {other}, also usable: {why}")
+    return tuple(lines)
+
+
+def _check_device_name(device: str) -> None:
+    """A device name some backend understands (``cpu``, ``cuda``, ``cuda:1``), else a BackendError
+    saying so: otherwise a typo reads as "no usable backend, install one"."""
+    kinds = sorted({kind for info in BACKENDS.values() for kind in info.precisions})
+    kind, colon, index = device.partition(":")
+    if kind not in kinds or (colon and not index.isdigit()):
+        raise BackendError(f"device {device!r} is not a device name; use {', '.join(kinds)} (or cuda:N for the N-th GPU)")
+
+
 def _resolve_device(info: BackendInfo, device: str | None) -> str:
     usable = info.usable_devices()
     if device is None:
         if not usable:
-            raise BackendError(f"the {info.name} backend finds no device it can use here")
+            hint = f": {info.no_device_hint()}" if info.no_device_hint is not None else ""
+            raise BackendError(f"the {info.name} backend finds no device it can use here{hint}")
         return usable[0]
     kind, _, index = device.partition(":")
     if kind not in info.precisions or (index and not index.isdigit()):
         raise BackendError(f"device {device!r} is not understood by the {info.name} backend; use {' or '.join(info.precisions)}")
     if kind not in usable:
-        raise BackendError(f"device {device!r} is not usable by the {info.name} backend here (it finds: {', '.join(usable) or 'none'})")
+        hint = f"; {info.no_device_hint()}" if info.no_device_hint is not None else ""
+        raise BackendError(
+            f"device {device!r} is not usable by the {info.name} backend here (it finds: {', '.join(usable) or 'none'}){hint}"
+        )
     return device
 
 

@@ -1,10 +1,16 @@
-"""TensorRT backend: runs the contract engines as TensorRT plans from the plan cache (``engines/``).
+"""TensorRT backends: run the contract engines as TensorRT plans from the plan cache (``engines/``).
+
+Two backends share this class, one per TensorRT library: ``tensorrt`` (data-center TensorRT 10/11)
+and ``tensorrt-rtx`` (TensorRT for RTX 1.x); what differs between them is the library's declaration
+in ``engines/library.py``, which the engine layer reads.
 
 Every engine gets its dynamic plan; static plans built with ``build-engines --static WxH`` are
 loaded too and used, with CUDA-graph replay, whenever a call's shapes fit them. All engines share
 one device-memory block sized to the largest (they run one at a time on one stream). ``bind()``
 keeps the constant inputs resident, so each sampler step uploads only the latent, the timestep and
-the boost. Device memory goes through cuda-python: neither torch nor onnxruntime is imported.
+the boost. On TensorRT-RTX each plan's runtime cache (its just-in-time kernels for this GPU) is
+saved after the first generation and when it grew. Device memory goes through cuda-python: neither
+torch nor onnxruntime is imported.
 """
 from __future__ import annotations
 
@@ -26,49 +32,59 @@ class TensorRTBackend(Backend):
     """``device``: ``"cuda"`` or ``"cuda:N"``; ``precision``: ``"fp16"`` (default) or ``"fp32"``;
     ``engine_dir``: the engine cache (default: the user cache). Missing plans are built first."""
 
-    name = "tensorrt"
+    name = "tensorrt"  # also the backend whose library (engines/library.py) this class drives
 
     def __init__(
         self, paths: ModelPaths, device: str | None = None, precision: str | None = None, engine_dir: Path | None = None
     ) -> None:
         from dynamicid_rt.engines import cuda
         from dynamicid_rt.engines.build import build_plans, find_static_plans
+        from dynamicid_rt.engines.builder import BuildSettings
         from dynamicid_rt.engines.engine import Engine
-        from dynamicid_rt.engines.library import import_tensorrt
+        from dynamicid_rt.engines.library import load
         from dynamicid_rt.engines.profiles import engine_profile
+        from dynamicid_rt.engines.runtime_cache import RuntimeCacheFile
         from dynamicid_rt.export.cache import default_engine_dir, default_engines
 
-        trt = import_tensorrt()
+        lib = load(self.name)
         kind, _, index = (device or "cuda").partition(":")
         if kind != "cuda" or (index and not index.isdigit()):
-            raise DynamicIDError(f"device {device!r}: the tensorrt backend runs on cuda or cuda:N")
+            raise DynamicIDError(f"device {device!r}: the {self.name} backend runs on cuda or cuda:N")
         self.device_id = int(index or 0)
         cuda.call("cudaSetDevice", self.device_id)
         self.precision = precision or "fp16"
         engine_dir = Path(engine_dir) if engine_dir is not None else default_engine_dir(paths)
         self.gpu = cuda.gpu_info(self.device_id)
-        plans = build_plans(paths, engine_dir, self.precision, default_engines(paths), trt=trt, gpu=self.gpu)
+        settings = BuildSettings(targets=_targets_with(lib, self.gpu))
+        plans = build_plans(
+            paths, engine_dir, self.precision, default_engines(paths), settings=settings, lib=lib, gpu=self.gpu
+        )
         dims = plans[0].entry.dims
         super().__init__(dims, has_imr=paths.has_imr)
-        self.trt = trt
+        self.lib = lib
         self.engine_dir = engine_dir
         self.stream = cuda.Stream()
-        runtime = trt.Runtime(_logger(trt))
+        runtime = lib.trt.Runtime(_logger(lib.trt))
         self.engines: dict[str, list[Any]] = {}
         for plan in plans:
-            variants = [plan] + find_static_plans(engine_dir, plan.entry, trt.__version__, self.gpu)
+            variants = [plan] + find_static_plans(engine_dir, plan.entry, lib, self.gpu, settings)
             self.engines[plan.engine] = []
             for variant in reversed(variants):  # static plans first: preferred when shapes fit
                 size = None if variant.tag == "dynamic" else _static_size(variant.tag)
-                engine = Engine(trt, plan.engine, variant.path, engine_profile(ENGINES[plan.engine], dims, size))
+                stored = RuntimeCacheFile.for_plan(
+                    engine_dir, lib, self.gpu, f"{plan.engine}-{plan.precision}-{variant.tag}", variant.manifest["plan"]["sha256"]
+                )
+                profile = engine_profile(ENGINES[plan.engine], dims, size)
+                engine = Engine(lib, plan.engine, variant.path, profile, runtime_cache=stored)
                 engine.load(runtime)
                 self.engines[plan.engine].append(engine)
         loaded = [e for variants in self.engines.values() for e in variants]
         self.block = cuda.DeviceBuffer(max(e.device_memory_size for e in loaded))
         for engine in loaded:
             engine.activate(self.block)
+        self._caches_saved = False
         log.info(
-            "tensorrt: %d plans on %s, shared context memory %.0f MiB", len(loaded), self.gpu.name, self.block.nbytes / 2**20
+            "%s: %d plans on %s, shared context memory %.0f MiB", lib.label, len(loaded), self.gpu.name, self.block.nbytes / 2**20
         )
 
     def pick(self, engine: str, shapes: Mapping[str, tuple[int, ...]]) -> Any:
@@ -82,7 +98,7 @@ class TensorRTBackend(Backend):
             if not out_of_profile(candidate.profile, shapes):
                 return candidate
         problems = out_of_profile(self.engines[engine][-1].profile, shapes)
-        raise DynamicIDError(f"{engine}: the request is outside the TensorRT plan's shape range ({'; '.join(problems)})")
+        raise DynamicIDError(f"{engine}: the request is outside the {self.name} plan's shape range ({'; '.join(problems)})")
 
     def run(self, engine: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         arrays = _contract_inputs(engine, inputs)
@@ -102,8 +118,14 @@ class TensorRTBackend(Backend):
         outputs = {name: outputs[name].astype(np.float32, copy=False) for name in ENGINES[engine].output_names}
         for name, value in outputs.items():
             if not np.isfinite(value).all():
-                raise NumericalError(f"the TensorRT {engine} engine produced NaN/inf in {name!r}; try --precision fp32")
+                raise NumericalError(f"the {self.name} {engine} engine produced NaN/inf in {name!r}; try --precision fp32")
         return outputs
+
+    def generation_done(self) -> None:
+        """After the first generation (and later ones that compiled more), store the runtime caches."""
+        saved = [e.name for variants in self.engines.values() for e in variants if e.save_runtime_cache()]
+        if saved:
+            log.info("%s: runtime cache saved for %s", self.lib.label, ", ".join(sorted(set(saved))))
 
     def describe(self) -> dict[str, str]:
         static = sorted({e.plan_path.stem for v in self.engines.values() for e in v} - {"dynamic"})
@@ -111,12 +133,14 @@ class TensorRTBackend(Backend):
             "backend": self.name,
             "device": f"cuda:{self.device_id} ({self.gpu.name}, sm {self.gpu.compute_capability})",
             "precision": self.precision,
-            "tensorrt": self.trt.__version__,
+            "tensorrt": self.lib.label,
             "static plans": ", ".join(static) or "none",
             "engine_dir": str(self.engine_dir),
         }
 
     def close(self) -> None:
+        if getattr(self, "block", None) is not None:
+            self.generation_done()
         for variants in self.engines.values():
             for engine in variants:
                 engine.release()
@@ -125,6 +149,25 @@ class TensorRTBackend(Backend):
             self.block.free()
             self.stream.destroy()
             self.block = None
+
+
+class TensorRTRTXBackend(TensorRTBackend):
+    """The same backend on TensorRT for RTX: portable plans, runtime cache, the library's CUDA graphs."""
+
+    name = "tensorrt-rtx"
+
+
+def _targets_with(lib: Any, gpu: Any) -> tuple[str, ...]:
+    """The library's default targets, plus this GPU's compute capability when it is a target only
+    on request (7.5 on TensorRT-RTX): plans built here must run here."""
+    if not lib.spec.portable_plans or gpu.compute_capability in lib.spec.targets:
+        return ()
+    if gpu.compute_capability in lib.spec.optional_targets:
+        return lib.spec.targets + (gpu.compute_capability,)
+    raise DynamicIDError(
+        f"{gpu.name} (sm {gpu.compute_capability}) is not a {lib.spec.name} target "
+        f"({', '.join(lib.spec.targets + lib.spec.optional_targets)}); use --backend tensorrt"
+    )
 
 
 class _Bound:

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 
 from ..contract import ENGINES, EngineSpec
+from ..lora import LoraFile, LoraRef, load_loras
 from ..models.engines import load_engine_module
+from ..models.lora_merge import LORA_ENGINES, LoraMerger
 from ..models.base import read_model_dims
 from ..paths import ModelPaths
 from ..errors import BackendError
@@ -49,6 +51,8 @@ class TorchBackend(Backend):
         if cuda_graphs and self.device.type != "cuda":
             log.warning("cuda_graphs needs a CUDA device; running eagerly on %s", self.device)
         self._modules: dict[str, torch.nn.Module] = {}
+        self._loras: list[tuple[LoraFile, float]] = []
+        self._mergers: dict[str, LoraMerger] = {}
 
     def module(self, engine: str) -> torch.nn.Module:
         """The engine's module, loaded on first use (a model folder without IMR still generates)."""
@@ -64,8 +68,24 @@ class TorchBackend(Backend):
             module = load_engine_module(self.paths, engine, dtype=self.engine_dtype(engine), device=self.device)
             if engine in CHANNELS_LAST and self.device.type == "cuda":
                 module = module.to(memory_format=torch.channels_last)
+            if engine in LORA_ENGINES:
+                self._mergers[engine] = LoraMerger(module, engine)
+                self._mergers[engine].apply(self._loras)
             self._modules[engine] = module
         return self._modules[engine]
+
+    def set_loras(self, loras: Sequence[LoraRef]) -> None:
+        """Merge the LoRAs in place (fp32 deltas, cast to the module's precision); the previous set's
+        weights are restored first. Both engines are checked before either changes."""
+        files = load_loras(loras)
+        for engine in LORA_ENGINES:
+            self.module(engine)  # loading creates the engine's merger
+        changed = [self._mergers[engine] for engine in LORA_ENGINES if not self._mergers[engine].is_merged(files)]
+        deltas = [merger.check(files) for merger in changed]  # every engine checked before either changes
+        with _LOAD_LOCK:
+            for merger, merger_deltas in zip(changed, deltas):
+                merger.apply(files, merger_deltas)
+            self._loras = files
 
     def engine_dtype(self, engine: str) -> torch.dtype:
         if self.precision == "bf16":

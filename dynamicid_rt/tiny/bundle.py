@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from filelock import FileLock
 
+from ..atomic import write_error
 from ..errors import ModelFolderError
 from ..paths import INSIGHTFACE_PACK, ModelPaths
 from ..stamps import STAMP, first_mismatch, sha256_file
@@ -101,12 +102,18 @@ def write_tiny_bundle(root: Path, seed: int = 0, full_size: bool = False) -> Mod
     sizes = FULL if full_size else TINY
     if _is_complete(root, seed, sizes):
         return ModelPaths.from_folder(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    # One writer per bundle: a second process (or thread) waits, then reuses the finished bundle.
-    with FileLock(str(root.parent / f".lock-{root.name}")):
-        if _is_complete(root, seed, sizes):
-            return ModelPaths.from_folder(root)
-        return _write(root, seed, sizes)
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        # One writer per bundle: a second process (or thread) waits, then reuses the finished bundle.
+        with FileLock(str(root.parent / f".lock-{root.name}")):
+            if _is_complete(root, seed, sizes):
+                return ModelPaths.from_folder(root)
+            return _write(root, seed, sizes)
+    except Exception as exc:  # safetensors and torch report a full disk in their own exception types
+        error = write_error(root, exc)
+        if error is None:
+            raise
+        raise error from exc
 
 
 def _write(root: Path, seed: int, sizes: TinySizes) -> ModelPaths:

@@ -1,0 +1,86 @@
+"""How one result shows in the gallery: its thumbnail beside its seed and one badge per person
+(name and likeness score), painted by the view's delegate rather than into the thumbnail, so that
+the selection highlight never washes the badges out and the seed caption is never clipped."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from PySide6.QtCore import QModelIndex, QPersistentModelIndex, QRect, QSize, Qt
+from PySide6.QtGui import QColor, QFont, QFontMetrics, QPainter, QPen, QPixmap
+from PySide6.QtWidgets import QStyle, QStyledItemDelegate, QStyleOptionViewItem
+
+from .views import BAD, GOOD
+
+if TYPE_CHECKING:
+    from .gallery import GalleryEntry
+
+THUMB_PX = 60
+CELL = QSize(190, 86)  # three per row in the middle column of a 1280 px window; room for four badges
+BADGE_PX = 15
+CAPTION_PX = 16
+PAD = 3
+
+
+def thumb_rect(cell: QRect) -> QRect:
+    return QRect(cell.left() + PAD, cell.top() + PAD + CAPTION_PX + 1, THUMB_PX, THUMB_PX)
+
+
+def badge_rects(cell: QRect, count: int) -> list[QRect]:
+    """Where each person's badge goes in a cell: one line each, right of the thumbnail, under the
+    seed (which has the cell's whole width, so that ten digits always fit)."""
+    left = cell.left() + PAD + THUMB_PX + 5
+    top = cell.top() + PAD + CAPTION_PX + 1
+    return [QRect(left, top + i * (BADGE_PX + 1), cell.right() - PAD - left, BADGE_PX) for i in range(count)]
+
+
+class GalleryDelegate(QStyledItemDelegate):
+    def __init__(self, entry_role: int, parent=None) -> None:
+        super().__init__(parent)
+        self._entry_role = entry_role
+
+    def sizeHint(self, _option: QStyleOptionViewItem, _index: QModelIndex | QPersistentModelIndex) -> QSize:
+        return CELL
+
+    def paint(self, painter: QPainter, option: QStyleOptionViewItem, index: QModelIndex | QPersistentModelIndex) -> None:
+        entry: "GalleryEntry" = index.data(self._entry_role)
+        pixmap: QPixmap = index.data(Qt.ItemDataRole.DecorationRole)
+        cell = option.rect.adjusted(1, 1, -1, -1)
+        painter.save()
+        selected = bool(option.state & QStyle.StateFlag.State_Selected)
+        if selected:
+            highlight = option.palette.highlight().color()
+            fill = QColor(highlight)
+            fill.setAlpha(60)
+            painter.fillRect(cell, fill)
+            painter.setPen(QPen(highlight, 2))
+            painter.drawRect(cell.adjusted(1, 1, -1, -1))
+        thumb = thumb_rect(cell)
+        scaled = pixmap.size().scaled(thumb.size(), Qt.AspectRatioMode.KeepAspectRatio)
+        painter.drawPixmap(QRect(thumb.left() + (THUMB_PX - scaled.width()) // 2, thumb.top() + (THUMB_PX - scaled.height()) // 2,
+                                 scaled.width(), scaled.height()), pixmap)
+
+        font = QFont(option.font)
+        font.setPixelSize(12)
+        font.setBold(True)
+        painter.setFont(font)
+        painter.setPen(option.palette.text().color())
+        caption = QRect(cell.left() + PAD, cell.top() + PAD, cell.width() - 2 * PAD, CAPTION_PX)
+        painter.drawText(caption, Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, f"seed {entry.seed}")
+
+        font.setBold(False)
+        font.setPixelSize(11)
+        painter.setFont(font)
+        metrics = QFontMetrics(font)
+        matches = entry.matches or []
+        for rect, match, color in zip(badge_rects(cell, len(matches)), matches, entry.colors):
+            # A stripe in the person's box colour, then the badge: green when their face is there
+            # and looks like them, red when it is missing or looks like someone else.
+            painter.fillRect(QRect(rect.left(), rect.top(), 4, rect.height()), QColor(*color))
+            body = rect.adjusted(6, 0, 0, 0)
+            painter.fillRect(body, QColor(GOOD if match.ok else BAD))
+            painter.setPen(QColor("white"))
+            score = match.label()[len(match.name) + 1:]  # "0.61", "no face", "0.20 swap"
+            room = body.width() - 6 - metrics.horizontalAdvance(" " + score)
+            text = f"{metrics.elidedText(match.name, Qt.TextElideMode.ElideRight, room)} {score}"
+            painter.drawText(body.adjusted(3, 0, -3, 0), Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, text)
+        painter.restore()

@@ -1,0 +1,103 @@
+"""``dynamicid-rt serve``: its arguments, the safety checks before anything starts, and the run
+(uvicorn on one machine, or Ray Serve with ``--ray``). FastAPI, uvicorn and Ray are imported only
+when the command runs."""
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+from typing import Any, Callable
+
+from .. import DynamicIDError
+
+log = logging.getLogger("dynamicid_rt")
+
+LOOPBACK, ALL_INTERFACES = "127.0.0.1", "0.0.0.0"
+
+
+def register(sub: argparse._SubParsersAction, add_model_args: Callable[[argparse.ArgumentParser], None]) -> None:
+    s = sub.add_parser("serve", help="serve AUTOMATIC1111's web API (/sdapi/v1/txt2img...) for existing clients")
+    add_model_args(s)
+    s.add_argument("--port", type=int, default=7860, help="TCP port, 0 for any free one (default: %(default)s, A1111's)")
+    s.add_argument("--listen", action="store_true",
+                   help="listen on every network interface instead of 127.0.0.1 only (requires --api-auth)")
+    s.add_argument("--api-auth", metavar="USER:PASS[,USER:PASS]", default=None,
+                   help="HTTP Basic credentials every request must carry, comma-separated pairs as in A1111")
+    s.add_argument("--max-upload-mb", type=float, default=32.0,
+                   help="largest request body in MiB, photos as base64 included (default: %(default)s)")
+    s.add_argument("--ray", action="store_true", help="run as a Ray Serve deployment (the [ray] extra); "
+                   "joins the cluster of RAY_ADDRESS or `ray start`, else starts a local Ray")
+    s.add_argument("--replicas", type=int, default=1, help="with --ray: pipelines, one per replica (default: %(default)s)")
+    s.set_defaults(handler=cmd_serve)
+
+
+def parse_auth(text: str | None) -> list[tuple[str, str]]:
+    """``user:pass[,user:pass]`` as pairs; refused when a pair lacks its user or password."""
+    if text is None:
+        return []
+    pairs = []
+    for item in text.split(","):
+        user, sep, password = item.partition(":")
+        if not sep or not user or not password:
+            raise DynamicIDError(f"--api-auth {item!r}: expected USER:PASS (several separated by commas)")
+        pairs.append((user, password))
+    return pairs
+
+
+def check_serve_args(args: argparse.Namespace) -> tuple[str, list[tuple[str, str]]]:
+    """The host to bind and the credentials, after the checks that come before any model loads."""
+    credentials = parse_auth(args.api_auth)
+    if args.listen and not credentials:
+        raise DynamicIDError("--listen makes the server reachable from the network: give --api-auth USER:PASS too")
+    if not 0 <= args.port <= 65535:
+        raise DynamicIDError(f"--port {args.port}: must be from 0 to 65535")
+    if args.replicas < 1 or (args.replicas != 1 and not args.ray):
+        raise DynamicIDError(f"--replicas {args.replicas}: give a number >= 1, and more than 1 only with --ray")
+    if not args.max_upload_mb > 0:
+        raise DynamicIDError(f"--max-upload-mb {args.max_upload_mb}: must be more than 0")
+    return (ALL_INTERFACES if args.listen else LOOPBACK), credentials
+
+
+def load_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """``Pipeline.load`` arguments of the model options, as plain values (Ray ships them to replicas)."""
+    overrides = {k: str(v) for k, v in (("vae", args.vae), ("tokenizer", args.tokenizer)) if v is not None}
+    return dict(models=str(args.models) if args.models else None, backend=args.backend, device=args.device,
+                precision=args.precision, engine_dir=str(args.engine_dir) if args.engine_dir else None,
+                trt_provider=args.trt_provider, cuda_graphs=args.cuda_graphs, **overrides)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise DynamicIDError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port") from None
+    sock.listen(128)  # clients that come before uvicorn runs wait in the backlog, never refused
+    return sock
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    host, credentials = check_serve_args(args)
+    max_upload = int(args.max_upload_mb * 2**20)
+    if args.ray:
+        from .ray_app import run_ray
+
+        return run_ray(load_kwargs(args), host, args.port, credentials, max_upload, args.replicas)
+    try:
+        import uvicorn
+
+        from .app import create_app
+    except ImportError as exc:
+        raise DynamicIDError(f"`dynamicid-rt serve` needs FastAPI and uvicorn: pip install 'dynamicid-rt[serve]' ({exc})") from None
+    from .. import Pipeline
+    from .service import Service
+
+    sock = _bind(host, args.port)  # a port in use is reported before minutes of model loading
+    service = Service(Pipeline.load(**load_kwargs(args)))
+    app = create_app(service, credentials, max_upload)
+    log.info("dynamicid-rt serving on http://%s:%d (API docs at /docs)", host, sock.getsockname()[1])
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, timeout_graceful_shutdown=5))
+    server.run(sockets=[sock])
+    return 0

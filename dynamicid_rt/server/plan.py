@@ -1,0 +1,131 @@
+"""An A1111 txt2img request as checked DynamicID work: the people (decoded photos or saved
+identities) and one :class:`dynamicid_rt.Request` per ``n_iter`` batch. Everything a client can
+get wrong is found here, before the job is queued, with the CLI's own messages."""
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .. import Person, Request, RequestError, canonical_sampler
+from .schema import DynamicIDPerson, Txt2ImgRequest
+from .uploads import decode_photo, identity_bytes
+
+MAX_N_ITER = 100
+MAX_NAME = 64
+# Features A1111 clients can turn on that this runtime does not have: (field, value when off).
+_UNSUPPORTED = (
+    ("enable_hr", False, "hires fix"),
+    ("restore_faces", False, "face restoration"),
+    ("tiling", False, "tiling"),
+    ("subseed_strength", 0.0, "variation seeds"),
+    ("styles", [], "saved styles"),
+    ("script_name", None, "selectable scripts"),
+    ("override_settings", {}, "per-request settings"),
+    ("save_images", False, "saving on the server (save the returned images on the client)"),
+)
+
+
+@dataclass
+class PersonInput:
+    """One person before encoding: a decoded photo (with its edit) or a saved identity."""
+
+    name: str
+    pixels: np.ndarray | None = None
+    face_prompt: str | None = None
+    identity: Person | None = None
+
+
+@dataclass
+class Plan:
+    """What a txt2img job runs: ``requests[j]`` is batch j (seeds follow on), people still to encode."""
+
+    requests: list[Request]
+    people: list[PersonInput]
+    sampler_name: str  # as the client asked, for A1111's info
+    send_images: bool
+    echo: dict = field(default_factory=dict)  # the request as received, photo contents left out
+
+    @property
+    def total_steps(self) -> int:
+        return sum(r.steps for r in self.requests)
+
+
+def _sampler(body: Txt2ImgRequest) -> str:
+    name = body.sampler_name or body.sampler_index or "default"
+    schedule = body.scheduler
+    if schedule is not None and schedule.strip().lower() == "uniform":  # A1111: the sampler's plain schedule
+        schedule = None
+    return canonical_sampler(name, schedule)
+
+
+def _refuse_unsupported(body: Txt2ImgRequest) -> None:
+    for name, off, feature in _UNSUPPORTED:
+        if getattr(body, name) != off:
+            raise RequestError(f"{name}={getattr(body, name)!r}: {feature} is not available in dynamicid-rt; leave it out")
+    others = sorted(set(body.alwayson_scripts.model_extra or ()))
+    if others:
+        raise RequestError(f"alwayson_scripts {others}: only the 'dynamicid' script exists here")
+    if not 1 <= body.n_iter <= MAX_N_ITER:
+        raise RequestError(f"n_iter={body.n_iter}: must be an integer from 1 to {MAX_N_ITER}")
+
+
+def _id_scale(people: list[DynamicIDPerson]) -> float | list[float]:
+    scales = [1.0 if p.id_scale is None else p.id_scale for p in people]
+    # One value for everyone is written as one number, as the CLI's single --id-scale is.
+    return scales[0] if len(set(scales)) <= 1 and scales else scales
+
+
+def _boxes(people: list[DynamicIDPerson]) -> list[list[float]] | None:
+    given = [p.box is not None for p in people]
+    if any(given) and not all(given):
+        raise RequestError("dynamicid: give a box for every person or for none (none: equal vertical strips)")
+    return [list(p.box) for p in people] if people and all(given) else None  # type: ignore[arg-type]
+
+
+def make_plan(body: Txt2ImgRequest, load_identity: Callable[[bytes, str], Person]) -> Plan:
+    """Check ``body`` and build its plan; raises :class:`RequestError`/:class:`ImageError`.
+    ``load_identity(npz_bytes, what)`` opens a saved identity for this pipeline's model."""
+    _refuse_unsupported(body)
+    people = list(body.alwayson_scripts.dynamicid.args) if body.alwayson_scripts.dynamicid else []
+    seed = secrets.randbelow(2**32) if body.seed == -1 else body.seed
+    base = Request(
+        prompt=body.prompt, negative_prompt=body.negative_prompt, boxes=_boxes(people), width=body.width,
+        height=body.height, steps=body.steps, guidance=body.cfg_scale, sampler=_sampler(body), seed=seed,
+        batch=body.batch_size, id_scale=_id_scale(people),
+    )
+    base.validate(people=len(people))  # the CLI's checks and messages, before any photo is decoded
+    images = body.batch_size * body.n_iter
+    if seed + images > 2**32:
+        raise RequestError(f"seed={seed} with {images} images: image seeds run past 2**32-1; choose a smaller seed")
+    inputs = [_person_input(k, p, load_identity) for k, p in enumerate(people)]
+    requests = [base.with_updates(seed=seed + j * body.batch_size) for j in range(body.n_iter)]
+    return Plan(requests=requests, people=inputs, sampler_name=body.sampler_name or body.sampler_index or "default",
+                send_images=body.send_images, echo=_echo(body))
+
+
+def _person_input(k: int, person: DynamicIDPerson, load_identity: Callable[[bytes, str], Person]) -> PersonInput:
+    what = f"dynamicid args[{k}]"
+    if person.name is not None and (len(person.name) > MAX_NAME or not person.name.isprintable()):
+        raise RequestError(f"{what}.name: must be printable text of at most {MAX_NAME} characters")
+    if (person.image is None) == (person.identity is None):
+        raise RequestError(f"{what}: give exactly one of image (a base64 photo) or identity (a base64 saved identity)")
+    if person.image is not None:
+        pixels = decode_photo(person.image, f"{what}.image")
+        # "" is no edit, as the CLI's --face-prompt "" is.
+        return PersonInput(name=person.name or f"person{k + 1}", pixels=pixels, face_prompt=person.face_prompt or None)
+    if person.face_prompt:
+        raise RequestError(f"{what}: face_prompt edits a photo; a saved identity already carries its edit, leave it out")
+    identity = load_identity(identity_bytes(person.identity, f"{what}.identity"), f"{what}.identity")  # type: ignore[arg-type]
+    return PersonInput(name=person.name or identity.name or f"person{k + 1}", identity=identity)
+
+
+def _echo(body: Txt2ImgRequest) -> dict:
+    echo = body.model_dump(mode="json")
+    for person in (echo.get("alwayson_scripts", {}).get("dynamicid") or {}).get("args", []):
+        for key in ("image", "identity"):
+            if person.get(key) is not None:
+                person[key] = f"<{len(person[key])} base64 characters>"
+    return echo

@@ -1,0 +1,114 @@
+"""One loaded pipeline behind the web API: its job queue, and the work of one txt2img job
+(encode the people, run each batch, encode the PNGs) through the public Pipeline API only."""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import io
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from .. import Cancelled, DynamicIDError, Pipeline, RequestError, Result, format_parameters, latent_to_rgb, save_png
+from .a1111 import info_json
+from .jobs import Job, JobQueue
+from .plan import Plan, make_plan
+from .schema import ProgressResponse, ProgressState, QueueInfo, Txt2ImgRequest, Txt2ImgResponse
+
+log = logging.getLogger(__name__)
+
+
+class Service:
+    """The pipeline, its queue and a private scratch folder (removed by :meth:`close`)."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self.model = pipeline.model_info()
+        self.queue = JobQueue()
+        self._scratch = Path(tempfile.mkdtemp(prefix="dynamicid-serve-"))
+
+    # -- checks, before a job is queued ------------------------------------------------------
+
+    def plan(self, body: Txt2ImgRequest) -> Plan:
+        return make_plan(body, self._load_identity)
+
+    def _load_identity(self, data: bytes, what: str):
+        """A saved identity from its bytes, through Pipeline.load_identity: the file it reads is
+        ours (a fresh name in the scratch folder), never one the client names."""
+        with tempfile.NamedTemporaryFile(dir=self._scratch, suffix=".npz") as f:
+            f.write(data)
+            f.flush()
+            try:
+                return self.pipeline.load_identity(f.name)
+            except DynamicIDError as exc:
+                message = str(exc).replace(f.name, what)
+                raise RequestError(message if what in message else f"{what}: {message}") from None
+
+    # -- the job -----------------------------------------------------------------------------
+
+    def run(self, plan: Plan, job: Job) -> list[Result]:
+        """Encode the people and run every batch; an interrupt keeps the batches already done."""
+        identities = []
+        for person in plan.people:
+            if person.identity is not None:
+                identities.append(dataclasses.replace(person.identity, name=person.name))
+            else:
+                identity = self.pipeline.encode_identity(person.pixels, face_prompt=person.face_prompt)
+                identities.append(dataclasses.replace(identity, name=person.name))
+        results: list[Result] = []
+        done = 0
+        for batch_no, request in enumerate(plan.requests):
+            def progress(info, batch_no=batch_no, before=done):
+                job.report(before + info.step, batch_no, info.latent[0])
+
+            try:
+                results.append(self.pipeline.generate(request.with_updates(identities=identities), progress, job.cancel))
+            except Cancelled:
+                log.info("job interrupted after %d of %d batches", len(results), len(plan.requests))
+                break
+            done += request.steps
+        return results
+
+    def response(self, plan: Plan, results: list[Result]) -> Txt2ImgResponse:
+        images = [self._png_base64(r, k) for r in results for k in range(len(r.images))] if plan.send_images else []
+        return Txt2ImgResponse(images=images, parameters=plan.echo, info=info_json(plan, results, self.model))
+
+    def _png_base64(self, result: Result, index: int) -> str:
+        """The PNG exactly as the CLI writes it (save_png with format_parameters), as base64."""
+        with tempfile.TemporaryDirectory(dir=self._scratch) as folder:
+            path = save_png(result.images[index], Path(folder) / "image.png", format_parameters(result, index))
+            return base64.b64encode(path.read_bytes()).decode("ascii")
+
+    # -- progress ----------------------------------------------------------------------------
+
+    def progress(self, with_image: bool) -> ProgressResponse:
+        snap = self.queue.snapshot()
+        job = snap.running
+        queue = QueueInfo(running=1 if job else 0, waiting=snap.waiting)
+        if job is None or job.started is None:
+            return ProgressResponse(progress=0.0, eta_relative=0.0, state=ProgressState(interrupted=snap.last_interrupted),
+                                    queue=queue)
+        fraction = min(1.0, job.steps_done / job.total_steps)
+        elapsed = time.monotonic() - job.started
+        eta = elapsed / fraction - elapsed if fraction > 0 else 0.0  # A1111's estimate
+        state = ProgressState(
+            interrupted=job.cancel.is_set(), job=f"txt2img {job.batch_no + 1}/{job.batches}", job_count=job.batches,
+            job_timestamp=job.timestamp, job_no=job.batch_no, sampling_step=job.steps_done,
+            sampling_steps=job.total_steps,
+        )
+        image = _preview_base64(job.latent) if with_image and job.latent is not None else None
+        return ProgressResponse(progress=fraction, eta_relative=eta, state=state, current_image=image, queue=queue)
+
+    def close(self) -> None:
+        self.queue.close()
+        shutil.rmtree(self._scratch, ignore_errors=True)
+
+
+def _preview_base64(latent) -> str:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(latent_to_rgb(latent)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
