@@ -258,6 +258,15 @@ def check_sampler_steps(name: str, steps: int, config: SchedulerConfig | None = 
         raise RequestError(f"steps must be a positive integer, got {steps!r}")
     if config is not None and steps > config.num_train_timesteps:
         raise RequestError(f"steps ({steps}) cannot exceed num_train_timesteps ({config.num_train_timesteps})")
+    if config is not None:
+        # "leading" spacing plus steps_offset reaches the timestep past the last at the highest
+        # step counts (PNDM and DDIM at 1000 steps: t = 1000), where the schedule has no value.
+        top = float(_timesteps(name, config, steps).max())
+        if top >= config.num_train_timesteps:
+            raise RequestError(
+                f"{name} with {steps} steps reaches timestep {top:.0f}, past the model's {config.num_train_timesteps} "
+                f"training steps; use fewer steps (at most {steps - 1})"
+            )
     if config is not None and name in ("lcm", "tcd") and steps > config.original_inference_steps:
         raise RequestError(
             f"{name} takes at most {config.original_inference_steps} steps (its distillation schedule), got {steps}; "
@@ -268,6 +277,10 @@ def check_sampler_steps(name: str, steps: int, config: SchedulerConfig | None = 
 def timesteps(name: str, config: SchedulerConfig, steps: int) -> np.ndarray:
     """The timesteps passed to the model, in call order (float64; integral except Euler linspace)."""
     check_sampler_steps(name, steps, config)
+    return _timesteps(name, config, steps)
+
+
+def _timesteps(name: str, config: SchedulerConfig, steps: int) -> np.ndarray:
     config = for_sampler(config, name)
     if name in ("ddim", "ddim_trailing"):
         return spaced_timesteps(config, steps, round_linspace=True)

@@ -365,3 +365,23 @@ def test_every_alias_names_a_sampler_and_bad_names_fail():
         samplers.canonical_sampler("euler", "karras")
     with pytest.raises(ValueError, match="exponential"):
         samplers.canonical_sampler("dpmpp_2m", "exponential")
+
+
+@pytest.mark.parametrize("name, scheduler", [("pndm", "PNDMScheduler"), ("ddim", "DDIMScheduler")])
+def test_step_counts_past_the_schedule_are_refused_in_one_line(name, scheduler):
+    """At 1000 steps diffusers' own leading spacing (+ steps_offset) reaches t = 1000, which has no
+    alpha: we refuse that count before any work; 999 steps still match diffusers' timesteps."""
+    import diffusers
+
+    from dynamicid_rt.errors import RequestError
+    from dynamicid_rt.schedules import timesteps
+
+    reference = getattr(diffusers, scheduler).from_config(SD15)
+    reference.set_timesteps(1000)
+    assert int(np.max(reference.timesteps.numpy())) >= SD15["num_train_timesteps"]
+    config = SchedulerConfig.from_dict(SD15)
+    with pytest.raises(RequestError, match=rf"{name} with 1000 steps reaches timestep 1000.*at most 999"):
+        timesteps(name, config, 1000)
+    reference.set_timesteps(999)
+    ours = timesteps(name, config, 999)
+    assert set(ours.astype(int)) == set(reference.timesteps.numpy().astype(int))
