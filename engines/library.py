@@ -75,6 +75,11 @@ class TensorRTLibrary:
     checks_validity: bool
 
     @property
+    def family(self) -> str:
+        """The library's name without its major ("TensorRT-RTX")."""
+        return self.name.rsplit(" ", 1)[0]
+
+    @property
     def portable_plans(self) -> bool:
         """Plans run on any GPU of their targets, so the GPU and driver do not key them."""
         return bool(self.targets)
@@ -105,6 +110,22 @@ class TensorRTLibrary:
     def supports_gpu(self, compute_capability: str) -> bool:
         """Whether a GPU of this compute capability runs this library's plans."""
         return not self.targets or compute_capability in self.targets + self.optional_targets
+
+    def not_a_target(self, gpu_name: str, compute_capability: str) -> str:
+        """Why a GPU cannot run this library's plans, and what to use instead."""
+        return (
+            f"{gpu_name} (sm {compute_capability}) is not a {self.name} target "
+            f"({', '.join(self.targets + self.optional_targets)}); use --backend tensorrt"
+        )
+
+    def targets_for_gpu(self, gpu_name: str, compute_capability: str) -> tuple[str, ...]:
+        """Targets whose plans run on this GPU: the defaults (empty tuple), or the defaults plus its
+        compute capability when it is a target only on request; raises for a GPU it does not target."""
+        if not self.portable_plans or compute_capability in self.targets:
+            return ()
+        if compute_capability in self.optional_targets:
+            return self.targets + (compute_capability,)
+        raise DynamicIDError(self.not_a_target(gpu_name, compute_capability))
 
 
 TENSORRT_10 = TensorRTLibrary(
@@ -144,7 +165,7 @@ class LoadedTensorRT:
 
     @property
     def label(self) -> str:
-        return f"{self.spec.name.rsplit(' ', 1)[0]} {self.version}"
+        return f"{self.spec.family} {self.version}"
 
 
 def libraries_of(backend: str) -> tuple[TensorRTLibrary, ...]:
@@ -207,7 +228,7 @@ def _major(version: str) -> int:
 
 
 def missing_message(what: str, lib: TensorRTLibrary, cuda_major: int | None) -> str:
-    return f"{what} needs {lib.name.rsplit(' ', 1)[0]}, which is not installed; install it with: {lib.install_command(cuda_major)}"
+    return f"{what} needs {lib.family}, which is not installed; install it with: {lib.install_command(cuda_major)}"
 
 
 def install_command(cuda_major: int | None, backend: str = "tensorrt") -> str:

@@ -24,7 +24,7 @@ def tensorrt_report(models: Path | None) -> list[str]:
 
 def _library_lines(backend: str, cuda_major: int | None, engine_dir: Path | None) -> list[str]:
     newest = libraries_of(backend)[-1]
-    title = newest.name.rsplit(" ", 1)[0]
+    title = newest.family
     if installed_module(backend) is None:
         return [f"{title}: not installed (for the {backend} backend: {newest.install_command(cuda_major)})"]
     try:

@@ -53,10 +53,7 @@ def plan_validity(lib: LoadedTensorRT, plan_path: Path, gpu: GpuInfo | None) -> 
         log.info("%s: %s says the plan is usable but suboptimal on %s (%s)", plan_path, lib.label, gpu.name, said or "no detail")
         return ""
     if "UNSUPPORTED_CC" in names and not lib.spec.supports_gpu(gpu.compute_capability):
-        raise EngineBuildError(
-            f"{gpu.name} (sm {gpu.compute_capability}) is not a {lib.spec.name} target "
-            f"({', '.join(lib.spec.targets + lib.spec.optional_targets)}); use --backend tensorrt"
-        )
+        raise EngineBuildError(lib.spec.not_a_target(gpu.name, gpu.compute_capability))
     fatal = [n for n in names if not DIAGNOSTICS.get(n, ("", False))[1]]
     if fatal:
         raise EngineBuildError(f"{lib.label} cannot use {plan_path} on {gpu.name}: {said}")

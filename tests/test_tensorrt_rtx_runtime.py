@@ -15,7 +15,7 @@ from dynamicid_rt.engines.builder import EngineBuildError
 from dynamicid_rt.engines.library import TENSORRT_11, TENSORRT_RTX_1, LoadedTensorRT
 from dynamicid_rt.engines.plans import GpuInfo
 from dynamicid_rt.engines.runtime_cache import RuntimeCacheFile, attach, describe_runtime_caches
-from dynamicid_rt.errors import BackendError
+from dynamicid_rt.errors import BackendError, DynamicIDError
 
 GPU = GpuInfo("NVIDIA GeForce RTX 4090", "8.9", "13000")
 
@@ -285,3 +285,11 @@ def test_install_commands_name_the_extra_per_cuda_major():
         "pip install 'dynamicid-rt[tensorrt-rtx-cu12]' (CUDA 12) or pip install 'dynamicid-rt[tensorrt-rtx-cu13]' (CUDA 13)"
     )
     assert TENSORRT_11.install_command(13) == "pip install 'dynamicid-rt[tensorrt]' tensorrt-cu13"
+
+
+def test_plans_built_on_a_gpu_target_it_and_a_gpu_outside_the_targets_is_refused():
+    assert TENSORRT_RTX_1.targets_for_gpu("RTX 4090", "8.9") == ()  # the defaults cover it
+    assert TENSORRT_RTX_1.targets_for_gpu("RTX 2080", "7.5") == ("8.0", "8.6", "8.9", "12.0", "7.5")
+    with pytest.raises(DynamicIDError, match=r"H200 \(sm 9\.0\) is not a TensorRT-RTX 1 target .*use --backend tensorrt"):
+        TENSORRT_RTX_1.targets_for_gpu("H200", "9.0")
+    assert TENSORRT_11.targets_for_gpu("H200", "9.0") == ()  # GPU-tuned plans: no targets at all

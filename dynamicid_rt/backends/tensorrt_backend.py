@@ -55,7 +55,7 @@ class TensorRTBackend(Backend):
         self.precision = precision or "fp16"
         engine_dir = Path(engine_dir) if engine_dir is not None else default_engine_dir(paths)
         self.gpu = cuda.gpu_info(self.device_id)
-        settings = BuildSettings(targets=_targets_with(lib, self.gpu))
+        settings = BuildSettings(targets=lib.spec.targets_for_gpu(self.gpu.name, self.gpu.compute_capability))
         plans = build_plans(
             paths, engine_dir, self.precision, default_engines(paths), settings=settings, lib=lib, gpu=self.gpu
         )
@@ -155,19 +155,6 @@ class TensorRTRTXBackend(TensorRTBackend):
     """The same backend on TensorRT for RTX: portable plans, runtime cache, the library's CUDA graphs."""
 
     name = "tensorrt-rtx"
-
-
-def _targets_with(lib: Any, gpu: Any) -> tuple[str, ...]:
-    """The library's default targets, plus this GPU's compute capability when it is a target only
-    on request (7.5 on TensorRT-RTX): plans built here must run here."""
-    if not lib.spec.portable_plans or gpu.compute_capability in lib.spec.targets:
-        return ()
-    if gpu.compute_capability in lib.spec.optional_targets:
-        return lib.spec.targets + (gpu.compute_capability,)
-    raise DynamicIDError(
-        f"{gpu.name} (sm {gpu.compute_capability}) is not a {lib.spec.name} target "
-        f"({', '.join(lib.spec.targets + lib.spec.optional_targets)}); use --backend tensorrt"
-    )
 
 
 class _Bound:
