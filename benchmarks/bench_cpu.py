@@ -1,5 +1,5 @@
 """Every CPU path side by side on the full-size random bundle: torch fp32/bf16, onnxruntime fp32,
-OpenVINO fp32/bf16.
+OpenVINO fp32/bf16/int8w.
 
 Per UNet call (CFG batch of 2, 2 identities, gating on) and per image through the real pipeline
 (text, identities, denoise, decode timed separately), at each --sizes resolution. Paths run
@@ -12,7 +12,7 @@ fp32 image of the same seed. bf16 paths run only on CPUs with bf16 units.
     python benchmarks/bench_cpu.py --paths torch-fp32 openvino-bf16
 
 The bundle (about 7 GB) and its ONNX engines (about 5 GB) are written once under --models and
---engine-dir (default: the user cache), before anything is timed.
+--onnx-cache (default: the user cache), before anything is timed.
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ PATHS = {
     "onnxruntime-fp32": ("onnxruntime", "fp32"),
     "openvino-fp32": ("openvino", "fp32"),
     "openvino-bf16": ("openvino", "bf16"),
+    "openvino-int8w": ("openvino", "int8w"),  # UNet weights in 8 bits (NNCF), f32 compute
 }
 REFERENCE = "torch-fp32"
 N_IDS = 2
@@ -55,7 +56,7 @@ def worker(path: str, models: Path, engine_dir: Path, size: int, steps: int, cal
     backend, precision = PATHS[path]
     with tempfile.TemporaryDirectory(prefix="bench-cpu-") as cache:
         start = time.perf_counter()
-        pipe = Pipeline.load(models, backend=backend, device="cpu", precision=precision, engine_dir=engine_dir, cache_dir=cache)
+        pipe = Pipeline.load(models, backend=backend, device="cpu", precision=precision, onnx_cache=engine_dir, cache_dir=cache)
         load_s = time.perf_counter() - start
         start = time.perf_counter()
         people = [pipe.encode_identity(models / "samples" / f"person_{p}.png") for p in "ab"]
@@ -138,7 +139,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=3, help="timed UNet calls per size (median reported)")
     parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS))
     parser.add_argument("--models", type=Path, default=cache / "full-size-bundle", help="the full-size random bundle")
-    parser.add_argument("--engine-dir", type=Path, default=cache / "full-size-engines")
+    parser.add_argument("--onnx-cache", dest="engine_dir", type=Path, default=cache / "full-size-engines")
     parser.add_argument("--worker", nargs=3, metavar=("PATH", "SIZE", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -154,7 +155,7 @@ def main() -> None:
     paths = [p for p in args.paths if not p.endswith("bf16") or probes.cpu_has_bf16()]
     if len(paths) < len(args.paths):
         print("skipping bf16 paths: this CPU has no bf16 units (avx512_bf16 or amx_bf16)")
-    common = ["--models", str(args.models), "--engine-dir", str(args.engine_dir), "--steps", str(args.steps), "--calls", str(args.calls)]
+    common = ["--models", str(args.models), "--onnx-cache", str(args.engine_dir), "--steps", str(args.steps), "--calls", str(args.calls)]
     start = time.perf_counter()
     _child(["--prepare", *common])
     print(f"bundle and engines ready in {time.perf_counter() - start:.0f} s")

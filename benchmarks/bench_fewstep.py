@@ -13,7 +13,7 @@
     python benchmarks/bench_fewstep.py --tiny                 # minutes, any machine
     python benchmarks/bench_fewstep.py                        # full size: bundle ~7 GB, engines ~5 GB
 
-The bundle and its fp32 engines are written once under --models/--engine-dir (default: user cache).
+The bundle and its fp32 engines are written once under --models/--onnx-cache (default: user cache).
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def few_step_against_default(models: Path, engine_dir: Path, size: int) -> dict:
     from dynamicid_rt import Pipeline, Request
 
     with tempfile.TemporaryDirectory(prefix="bench-fewstep-") as cache:
-        pipe = Pipeline.load(models, backend="auto", device="cpu", engine_dir=engine_dir, cache_dir=cache)
+        pipe = Pipeline.load(models, backend="auto", device="cpu", onnx_cache=engine_dir, cache_dir=cache)
         backend = pipe.backend.name
         pipe.generate(Request(prompt=PROMPT, width=size, height=size, steps=1, seed=SEED))  # warm-up: compile, allocate
         pipe.generate(Request(prompt=PROMPT, width=size, height=size, steps=1, seed=SEED, guidance=1.0))
@@ -85,7 +85,7 @@ def lora_switching(models: Path, engine_dir: Path, backend: str, loras: list[Pat
     a, b = [LoraRef(loras[0], 1.0)], [LoraRef(loras[1], 0.8)]
     out: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench-lora-") as cache:
-        pipe = Pipeline.load(models, backend=backend, device="cpu", engine_dir=engine_dir, cache_dir=cache)
+        pipe = Pipeline.load(models, backend=backend, device="cpu", onnx_cache=engine_dir, cache_dir=cache)
         plain = min(image([]), image([]))  # warm, no LoRA
         for label, refs in (("first set", a), ("other set", b), ("first set again", a), ("none", [])):
             start = time.perf_counter()
@@ -119,7 +119,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="the tiny bundle (toy widths): a quick functional run")
     parser.add_argument("--models", type=Path, default=None)
-    parser.add_argument("--engine-dir", type=Path, default=None)
+    parser.add_argument("--onnx-cache", dest="engine_dir", type=Path, default=None)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--backends", nargs="+", default=["torch", "onnxruntime", "openvino"])
     parser.add_argument("--rank", type=int, default=64)

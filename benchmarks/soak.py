@@ -41,7 +41,7 @@ def expected_file(path: Path, out_dir: Path) -> bool:
         return path.name.startswith("soak-") and path.suffix == ".png"
     if path.name.startswith(".lock-") or path.name == "verified.json":
         return True
-    if path.parent.name == "openvino":  # OpenVINO's model cache inside an engine entry (README: OpenVINO)
+    if "openvino" in path.parts:  # OpenVINO's model cache inside an engine entry, per precision (README: OpenVINO)
         return path.suffix == ".blob"
     return path.suffix in (".npz", ".onnx", ".json", ".sha256")
 
@@ -52,7 +52,7 @@ def soak(backend: str, models: Path, work: Path, rounds: int, steps: int) -> tup
     out_dir, cache = work / f"out-{backend}", work / f"cache-{backend}"
     photo = models / "samples" / "person_a.png"
     started = time.perf_counter()
-    with Pipeline.load(models, backend=backend, device="cpu", cache_dir=cache, engine_dir=cache / "engines") as pipe:
+    with Pipeline.load(models, backend=backend, device="cpu", cache_dir=cache, onnx_cache=cache / "engines") as pipe:
         rss_warm = 0
         for k in range(1, rounds + 1):
             person = pipe.encode_identity(photo)

@@ -20,7 +20,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from dynamicid_rt import Request, RequestError
+from dynamicid_rt import Request, RequestError, cpu_fastest_path
 
 from .gallery import GalleryModel, GalleryPanel, entries_of
 from .image_tabs import ImageTabs
@@ -32,7 +32,7 @@ from .run_controller import RunController, progress_text
 from .settings import AppSettings, default_output_dir
 from .lora_panel import FAST_PRESET, LoraPanel
 from .settings_form import DEFAULTS, SettingsForm
-from .views import QuestionBar
+from .views import ElidedLabel, QuestionBar
 from .window_files import WindowFiles
 from .worker import ModelSpec, default_pipeline_factory
 
@@ -135,6 +135,10 @@ class MainWindow(WindowFiles, QMainWindow):
         self.setCentralWidget(central)
         self.runs_on_label = QLabel()
         self.statusBar().addPermanentWidget(self.runs_on_label)
+        # The CPU's fastest path: a user's CPU speed depends on a feature they have never heard of.
+        self.cpu_label = ElidedLabel(cpu_fastest_path())
+        self.cpu_label.setToolTip(f"What this CPU can do: {self.cpu_label.text()}")
+        self.statusBar().addPermanentWidget(self.cpu_label)
         self.resize(1280, 820)
         self._update_buttons()
 

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
-
-from .errors import (  # noqa: E402  (after __version__, which submodules read)
+from ._version import __version__
+from .errors import (
     BackendError,
     Cancelled,
     CheckpointError,
@@ -45,6 +44,10 @@ _LAZY = {
     "prompt_loras": "dynamicid_rt.lora_tags",  # <lora:name:scale> tags of a restored prompt
     "lora_short_hash": "dynamicid_rt.lora_tags",
     "BACKENDS": "dynamicid_rt.backends",
+    # Each backend's switches (Pipeline.load(backend_options=...)) and every precision some backend runs.
+    "BACKEND_OPTIONS": "dynamicid_rt.backends",
+    "precision_choices": "dynamicid_rt.backends",
+    "cpu_fastest_path": "dynamicid_rt.backends.probes",  # one line: the fastest CPU path this CPU has
     # A1111-format image parameters (a PNG "parameters" chunk).
     "format_parameters": "dynamicid_rt.pngmeta",
     "parse_parameters": "dynamicid_rt.pngmeta",
@@ -54,20 +57,25 @@ _LAZY = {
     "check_output_path": "dynamicid_rt.outputs",
     "save_image": "dynamicid_rt.outputs",
     # Photos as the pipeline reads them, and the live preview of a latent.
-    "load_photo": "dynamicid_rt.faces",
-    "face_thumbnail": "dynamicid_rt.faces",
+    "load_photo": "dynamicid_rt.photos",
+    "face_thumbnail": "dynamicid_rt.photos",
     "latent_to_rgb": "dynamicid_rt.preview",
+    # How a first run's ONNX export goes (Pipeline.load(build_progress=...)).
+    "BuildStatus": "dynamicid_rt.export.progress",
+    "BuildProgress": "dynamicid_rt.export.progress",
 }
 
 if TYPE_CHECKING:
-    from .backends import AUTO, BACKENDS
-    from .faces import face_thumbnail, load_photo
+    from .backends import AUTO, BACKEND_OPTIONS, BACKENDS, precision_choices
+    from .backends.probes import cpu_fastest_path
+    from .export.progress import BuildProgress, BuildStatus
     from .identity import Identity
     from .identity_check import IdentityMatch
     from .lora import LoraRef, parse_lora_arg
     from .lora_tags import lora_short_hash, prompt_loras
     from .paths import ModelPaths
     from .pipeline import Pipeline
+    from .photos import face_thumbnail, load_photo
     from .pngmeta import format_parameters, parse_parameters, read_parameters, save_png
     from .preview import latent_to_rgb
     from .request import MAX_IDENTITIES, SIZE_RANGE, Box, ModelInfo, Person, ProgressInfo, Request, Result, default_boxes

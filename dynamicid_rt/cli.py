@@ -8,11 +8,16 @@ import os
 import secrets
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 # Only the public API (SPEC §6: the CLI stands on layer 5's public names).
-from . import AUTO, BACKENDS, SAMPLERS, DynamicIDError, __version__, canonical_sampler, parse_lora_arg
+from . import (
+    AUTO, BACKEND_OPTIONS, BACKENDS, SAMPLERS, DynamicIDError, __version__, canonical_sampler, parse_lora_arg, precision_choices,
+)
 from .messages import user_message
+
+if TYPE_CHECKING:
+    from . import BuildStatus
 
 log = logging.getLogger("dynamicid_rt")
 
@@ -67,6 +72,16 @@ def _backend_choices() -> list[str]:
     return [AUTO, *BACKENDS]  # the registry's declarations; no backend module is imported
 
 
+def _taking(option: str) -> str:
+    """The backends that declare the constructor keyword ``option``, for a flag's help."""
+    return ", ".join(name for name, info in BACKENDS.items() if option in info.options)
+
+
+def _backend_options(args: argparse.Namespace) -> dict[str, bool]:
+    """The switch flags given (``--cuda-graphs``...) as ``Pipeline.load``'s ``backend_options``."""
+    return dict.fromkeys(args.backend_options or (), True)
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", type=Path, default=os.environ.get("DYNAMICID_MODELS"),
                    help="model folder (SPEC layout); default $DYNAMICID_MODELS, else the tiny demo bundle")
@@ -74,14 +89,15 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="one of %(choices)s; auto: the fastest installed backend for this machine, see "
                         "`dynamicid-rt doctor` (default: %(default)s)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
-    p.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"],
-                   help="numeric precision, one of %(choices)s (default: the backend's best for the device)")
-    p.add_argument("--engine-dir", type=Path, default=None, metavar="DIR",
-                   help="engine cache of the onnxruntime backend (default: the user cache)")
-    p.add_argument("--trt-provider", action="store_true",
-                   help="onnxruntime on CUDA through its TensorRT provider (the first run builds engines: minutes)")
-    p.add_argument("--cuda-graphs", action="store_true",
-                   help="torch on CUDA: replay each UNet step from a CUDA graph (fixed shapes within a generation)")
+    p.add_argument("--precision", default=None, choices=precision_choices(),
+                   help="numeric precision, one of %(choices)s (default: the backend's best for the device; "
+                        "`dynamicid-rt doctor` lists each backend's)")
+    p.add_argument("--onnx-cache", type=Path, default=None, metavar="DIR",
+                   help=f"the ONNX cache (exported graphs) of the {_taking('engine_dir')} backends (default: the user cache)")
+    p.add_argument("--engine-dir", dest="onnx_cache", type=Path, default=None, help=argparse.SUPPRESS)  # its old name
+    for option in BACKEND_OPTIONS.values():  # each backend's switches, as the registry declares them
+        p.add_argument(option.flag, dest="backend_options", action="append_const", const=option.name,
+                       help=f"{_taking(option.name)} {option.help}")
     p.add_argument("--vae", type=Path, default=None, help="a separate VAE (diffusers folder or .safetensors)")
     p.add_argument("--tokenizer", type=Path, default=None, help="CLIP tokenizer folder (needed with a single-file base)")
 
@@ -208,6 +224,30 @@ def _output_paths(out: Path, count: int, args: argparse.Namespace) -> list[Path]
     return [check_output_path(name, inputs) for name in names]
 
 
+class _BuildBar:
+    """A tqdm bar over a first run's ONNX export (weights exported of all, the engine and stage, the
+    time left); nothing shows when every engine comes from the cache."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def __call__(self, status: "BuildStatus") -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            if status.stage in ("checking", "reused"):
+                return
+            self.bar = tqdm(total=status.total_bytes, unit="B", unit_scale=True, disable=None,
+                            bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} of weights, {postfix}")
+        self.bar.set_description(f"exporting {status.engine} ({status.index + 1}/{status.count})", refresh=False)
+        self.bar.set_postfix_str(f"{status.stage}, {status.time_left}", refresh=False)
+        self.bar.update(status.done_bytes - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -229,8 +269,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     _check_photos(args)
     outputs = _output_paths(args.out or Path(f"dynamicid-{seed}.png"), args.batch * args.best_of, args)
     overrides = {k: v for k, v in (("vae", args.vae), ("tokenizer", args.tokenizer)) if v is not None}
-    pipe = Pipeline.load(args.models, backend=args.backend, device=args.device, precision=args.precision, engine_dir=args.engine_dir,
-                         trt_provider=args.trt_provider, cuda_graphs=args.cuda_graphs, **overrides)
+    build_bar = _BuildBar()
+    try:
+        pipe = Pipeline.load(args.models, backend=args.backend, device=args.device, precision=args.precision,
+                             onnx_cache=args.onnx_cache, backend_options=_backend_options(args), build_progress=build_bar,
+                             **overrides)
+    finally:
+        build_bar.close()
     n = len(args.face)
     identities = []
     for k, photo in enumerate(args.face):
@@ -307,7 +352,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from .inspect import doctor_report
+    from .doctor import doctor_report
 
     report, ok = doctor_report(args.models)
     print(report)

@@ -3,6 +3,11 @@ exporter and the TensorRT builder, so tensor names, dynamic axes and shape range
 
 Shapes are written with symbols: dynamic axes (``B``, ``h``, ``w``, ``N``, ``M``), model sizes from
 :class:`ModelDims` (``C``, ``clip_width``...) and products such as ``4*N`` or ``8*h``.
+
+Each declaration also carries the engine's recipe and its numerical facts (what it is built from,
+how its module is loaded, which precisions it tolerates), so a new engine is one declaration here,
+:func:`register_engine`, and its loader. This module imports only numpy: the loader is a
+``"module:function"`` name, imported when a module is first built.
 """
 from __future__ import annotations
 
@@ -64,10 +69,39 @@ def _eval_dim(dim: int | str, values: Mapping[str, int]) -> int:
 
 @dataclass(frozen=True)
 class EngineSpec:
+    """One engine: its tensors and axes, its recipe (``loader``, ``sources``) and its facts."""
+
     name: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     axes: tuple[Axis, ...] = field(default=())
+    # "module:function" taking (ModelPaths, torch dtype, device) and returning the engine's module,
+    # whose forward takes the inputs and returns the outputs in contract order.
+    loader: str = ""
+    # The ModelPaths parts it is built from (ModelPaths.source): the export cache's fingerprint.
+    sources: tuple[str, ...] = ()
+    # Present only when the model folder has every one of its sources; ``needs`` says which files.
+    optional: bool = False
+    needs: str = ""
+    fp32_in_fp16: bool = False  # kept fp32 when the others run fp16 (it overflows in half precision)
+    bf16: bool = False  # runs bf16 under the bf16 precision (the others stay fp32 then)
+    refittable: bool = False  # TensorRT plans are built refittable: new weights refit, not rebuild
+    user_loras: bool = False  # user LoRAs merge into it (a LoRA file's part of the same name)
+    fused_attention: bool = False  # fp16 caches also hold a fused-attention graph for ORT's CUDA provider
+    one_image_per_call: bool = False  # the pipeline runs it per image (batch 1), whatever the request's batch
+    step_inputs: tuple[str, ...] = ()  # the inputs that change at every sampler step (the rest are bound once)
+    control_inputs: tuple[str, ...] = ()  # small precision-critical inputs: kept fp32 in every precision
+
+    @property
+    def sized(self) -> bool:
+        """Whether its shapes follow the image size (the engines static plans exist for)."""
+        names = {a.name for a in self.axes}
+        return "h" in names and "w" in names
+
+    @property
+    def image_inputs(self) -> list[str]:
+        """Inputs laid out as images (``..., h, w``): the ones convolution-heavy backends reorder."""
+        return [t.name for t in self.inputs if t.shape[-2:] == ("h", "w")]
 
     @property
     def input_names(self) -> list[str]:
@@ -143,18 +177,25 @@ TEXT_ENCODER = EngineSpec(
     inputs=(TensorSpec("input_ids", ("B", "L"), "int64"),),
     outputs=(TensorSpec("last_hidden_state", ("B", "L", "C")), TensorSpec("pooled", ("B", "C"))),
     axes=(BATCH,),
+    loader="dynamicid_rt.models.base:load_text_encoder",
+    sources=("base/text_encoder",),
+    user_loras=True,
 )
 IMAGE_ENCODER = EngineSpec(
     "image_encoder",
     inputs=(TensorSpec("pixel_values", ("B", 3, "clip_size", "clip_size")),),
     outputs=(TensorSpec("hidden_states", ("B", "clip_tokens", "clip_width")),),
     axes=(Axis("B", 1, 1, 4),),
+    loader="dynamicid_rt.models.base:load_image_encoder",
+    sources=("image_encoder",),
 )
 FACE_PROJECTOR = EngineSpec(
     "face_projector",
     inputs=(TensorSpec("id_embeds", ("B", 512)), TensorSpec("clip_hidden", ("B", "clip_tokens", "clip_width"))),
     outputs=(TensorSpec("id_tokens", ("B", "T", "C")),),
     axes=(Axis("B", 1, 1, 4),),
+    loader="dynamicid_rt.models.engines:load_face_projector_module",
+    sources=("saa", "projector"),  # the projector file only where the SAA file lacks the projector
 )
 IMR = EngineSpec(
     "imr",
@@ -164,6 +205,10 @@ IMR = EngineSpec(
         TensorSpec("text_pooled", (2, "C")),
     ),
     outputs=(TensorSpec("edited_tokens", (1, "T", "C")),),
+    loader="dynamicid_rt.models.engines:load_imr_module",
+    sources=("imr", "keypoint_encoder"),
+    optional=True,
+    needs="IMR.bin and key_point_encoder.bin in the model folder's dynamicid/ folder (expression editing)",
 )
 UNET = EngineSpec(
     "unet",
@@ -181,12 +226,27 @@ UNET = EngineSpec(
     outputs=(TensorSpec("noise_pred", ("B", "latent_c", "h", "w")),),
     # B = 2 x images with classifier-free guidance; h, w = pixels / 8 (256..1024 px).
     axes=(Axis("B", 1, 2, 8), Axis("h", 32, 64, 128), Axis("w", 32, 64, 128), Axis("N", 1, 2, 4), Axis("M", 1, 2, 4)),
+    loader="dynamicid_rt.models.engines:load_unet_module",
+    sources=("base/unet", "saa"),
+    bf16=True,
+    refittable=True,  # it carries the checkpoint-specific weights (fine-tune + SAA LoRA)
+    user_loras=True,
+    fused_attention=True,
+    step_inputs=("sample", "timestep", "id_boost"),
+    # Timestep embedding and box arithmetic lose their fractions in fp16 (export/fp16_islands.py).
+    control_inputs=("timestep", "id_boxes", "id_scale", "id_boost", "id_gating", "id_mix"),
 )
 VAE_DECODER = EngineSpec(
     "vae_decoder",
     inputs=(TensorSpec("latent", ("B", "latent_c", "h", "w")),),
     outputs=(TensorSpec("image", ("B", 3, "8*h", "8*w")),),
     axes=(Axis("B", 1, 1, 4), Axis("h", 32, 64, 128), Axis("w", 32, 64, 128)),
+    loader="dynamicid_rt.models.base:load_vae_decoder",
+    sources=("base/vae",),  # the vae override where given
+    # SD1.5's VAE overflows in fp16 (bf16 has fp32's range).
+    fp32_in_fp16=True,
+    bf16=True,
+    one_image_per_call=True,
 )
 
 # v2: ``id_scale`` per person (N) and the imr output named ``edited_tokens`` (v1: (1) and ``id_tokens``).
@@ -197,5 +257,24 @@ CONTRACT_CHANGES = {2: "per-person id_scale, imr output edited_tokens"}
 ENGINES: dict[str, EngineSpec] = {
     e.name: e for e in (TEXT_ENCODER, IMAGE_ENCODER, FACE_PROJECTOR, IMR, UNET, VAE_DECODER)
 }
+
+# The engines user LoRAs change, in the order LoRA cache keys are listed.
+LORA_ENGINES = tuple(name for name, spec in ENGINES.items() if spec.user_loras)
+
+# The engines whose weights make an identity's tokens, in the order the identity fingerprint
+# (fingerprint.py) digests their sources: saved identities carry that digest, so do not reorder.
+IDENTITY_ENGINES = ("face_projector", "image_encoder", "imr")
+
+
+def register_engine(spec: EngineSpec) -> EngineSpec:
+    """Add an engine to the contract: every consumer (exporter, caches, backends, plans) reads
+    :data:`ENGINES`, so it is built, cached and run like the others. A name already taken is refused."""
+    if spec.name in ENGINES:
+        raise ValueError(f"the contract already has an engine named {spec.name!r}")
+    if spec.loader.count(":") != 1:
+        raise ValueError(f"engine {spec.name!r}: loader must be 'module:function', not {spec.loader!r}")
+    ENGINES[spec.name] = spec
+    return spec
+
 
 VAE_SCALE = 0.18215  # SD1.5 latent scale, the default when the VAE config has no scaling_factor; the vae_decoder engine takes latents already divided by it

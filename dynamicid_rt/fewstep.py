@@ -5,8 +5,9 @@ model's scheduler config (SD1.5's leaves ``original_inference_steps`` 50 and ``t
 10 at the classes' defaults and sets ``set_alpha_to_one`` false). Both start from unit noise
 (``init_noise_sigma`` 1, no input scaling) and draw fresh noise between steps from the step-noise
 stream (:data:`dynamicid_rt.noise.STEP_NOISE`), never at the last step, as diffusers does; history
-stays in loop locals. DDIM with trailing spacing (Hyper-SD) is ``samplers.sample_ddim`` on a
-trailing config. This module imports only numpy and the standard library.
+stays in loop locals; the schedule (:class:`~dynamicid_rt.schedules.Schedule`) comes from the
+caller. DDIM with trailing spacing (Hyper-SD) is ``samplers.sample_ddim`` on a
+trailing schedule. This module imports only numpy and the standard library.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import RequestError
-from .schedules import SchedulerConfig, alphas_cumprod, consistency_timesteps
+from .schedules import Schedule
 
 Eps = Callable[[np.ndarray, float, int], np.ndarray]
 """``eps(x, t, step) -> float64 epsilon`` (the checked denoiser of :mod:`dynamicid_rt.samplers`)."""
@@ -36,17 +37,14 @@ def _x0(x: np.ndarray, eps: np.ndarray, a_t: float) -> np.ndarray:
     return (x - math.sqrt(1.0 - a_t) * eps) / math.sqrt(a_t)
 
 
-def sample_lcm(
-    eps: Eps, noise: np.ndarray, config: SchedulerConfig, steps: int, noise_source: NoiseSource, report: Report
-) -> np.ndarray:
+def sample_lcm(eps: Eps, noise: np.ndarray, schedule: Schedule, noise_source: NoiseSource, report: Report) -> np.ndarray:
     """LCM multistep sampling (LCMScheduler): denoise to the consistency estimate, re-noise to the next t."""
-    ac = alphas_cumprod(config)
-    final = 1.0 if config.set_alpha_to_one else ac[0]
-    ts = consistency_timesteps(config, steps)
+    ac, final, ts = schedule.alphas_cumprod, schedule.final_alpha, schedule.timesteps
+    timestep_scaling = schedule.config.timestep_scaling
     x = np.asarray(noise, dtype=np.float64)
     for i, t in enumerate(ts):
         e = eps(x, t, i)
-        c_skip, c_out = boundary_scalings(t, config.timestep_scaling)
+        c_skip, c_out = boundary_scalings(t, timestep_scaling)
         denoised = c_out * _x0(x, e, ac[int(t)]) + c_skip * x
         if i < len(ts) - 1:
             t_prev = int(ts[i + 1])
@@ -62,8 +60,7 @@ def sample_lcm(
 def sample_tcd(
     eps: Eps,
     noise: np.ndarray,
-    config: SchedulerConfig,
-    steps: int,
+    schedule: Schedule,
     gamma: float,
     noise_source: NoiseSource,
     report: Report,
@@ -72,9 +69,7 @@ def sample_tcd(
     ``eta``): 0 is deterministic, 1 re-noises fully between steps."""
     if not (isinstance(gamma, (int, float, np.floating)) and 0.0 <= gamma <= 1.0):
         raise RequestError(f"gamma={gamma!r}: TCD's stochasticity must lie in [0, 1] (0.3 is the usual value)")
-    ac = alphas_cumprod(config)
-    final = 1.0 if config.set_alpha_to_one else ac[0]
-    ts = consistency_timesteps(config, steps)
+    ac, final, ts = schedule.alphas_cumprod, schedule.final_alpha, schedule.timesteps
     x = np.asarray(noise, dtype=np.float64)
     for i, t in enumerate(ts):
         e = eps(x, t, i)

@@ -11,6 +11,7 @@ import hashlib
 import threading
 from pathlib import Path
 
+from .contract import ENGINES, IDENTITY_ENGINES
 from .paths import ModelPaths
 
 _WINDOW = 1 << 20
@@ -44,11 +45,18 @@ def _files(root: Path) -> list[tuple[str, Path]]:
     return [(root.name, root)] if root.is_file() else []
 
 
+def identity_parts() -> list[str]:
+    """The model parts identity encoding reads: the sources of the identity engines, then the
+    insightface pack (photo analysis, not an engine)."""
+    parts = [part for engine in IDENTITY_ENGINES for part in ENGINES[engine].sources]
+    return list(dict.fromkeys(parts + ["insightface"]))
+
+
 def identity_model_fingerprint(paths: ModelPaths) -> str:
     """16 hex digits naming the weights an identity's tokens depend on."""
     digest = hashlib.sha256()
-    for part in ("saa", "projector", "image_encoder", "imr", "keypoint_encoder", "insightface"):
-        root = getattr(paths, part)
+    for part in identity_parts():
+        root = paths.source(part)
         if root is None:
             continue
         for name, path in _files(Path(root)):

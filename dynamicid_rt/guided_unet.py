@@ -8,13 +8,14 @@ once per generation, see ``Backend.bind``).
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Callable
 
 import numpy as np
 
 from .backends.base import Backend, EngineCall
 from .contract import UNET
 from .errors import NumericalError
+from .unet_feed import IdentityInputs, constant_inputs, step_inputs
 
 
 def profile_max_rows() -> int:
@@ -31,26 +32,22 @@ def chunk_bounds(batch: int, rows_per_image: int, max_rows: int) -> list[tuple[i
 class GuidedUNet:
     """``__call__(x (batch,4,h,w), timestep, step) -> guided noise prediction``, chunked.
 
-    ``states`` are the (negative, prompt) text states (2, 77, C); ``cond_tokens`` and
-    ``uncond_tokens`` the (4N, C) identity tokens of the conditional and unconditional rows;
-    ``controls`` the remaining constant unet inputs (boxes, scale, gating, mixing); ``boost`` the
-    boost of each step, by step index."""
+    ``states`` are the (negative, prompt) text states (2, 77, C); ``identity`` the request's
+    identity inputs (:func:`~dynamicid_rt.unet_feed.identity_inputs`); ``boost`` the boost of each
+    step, by step index. The UNet is fed through :mod:`dynamicid_rt.unet_feed`."""
 
     def __init__(
         self,
         backend: Backend,
         states: np.ndarray,
-        cond_tokens: np.ndarray,
-        uncond_tokens: np.ndarray,
-        controls: Mapping[str, np.ndarray],
+        identity: IdentityInputs,
         batch: int,
         guidance: float,
         boost: Callable[[int], float],
     ) -> None:
         self.backend = backend
-        self.states = states.astype(np.float32)
-        self.cond, self.uncond = cond_tokens.astype(np.float32), uncond_tokens.astype(np.float32)
-        self.controls = dict(controls)
+        self.states = states
+        self.identity = identity
         self.guidance = guidance
         self.use_cfg = guidance > 1.0
         self.boost = boost
@@ -60,15 +57,7 @@ class GuidedUNet:
     def _unet(self, images: int) -> EngineCall:
         """The UNet bound to the constants of a chunk of ``images`` images (bound on first use)."""
         if images not in self._bound:
-            if self.use_cfg:
-                context = np.repeat(self.states, images, axis=0)  # [negative]*n + [prompt]*n
-                tokens = np.concatenate([np.repeat(self.uncond[None], images, 0), np.repeat(self.cond[None], images, 0)])
-            else:
-                context = np.repeat(self.states[1:], images, axis=0)
-                tokens = np.repeat(self.cond[None], images, 0)
-            self._bound[images] = self.backend.bind(
-                "unet", {"encoder_hidden_states": context, "id_tokens": tokens, **self.controls}
-            )
+            self._bound[images] = self.backend.bind("unet", constant_inputs(self.identity, self.states, images, self.use_cfg))
         return self._bound[images]
 
     def __call__(self, x: np.ndarray, timestep: float, step: int) -> np.ndarray:
@@ -76,14 +65,7 @@ class GuidedUNet:
 
     def _guided(self, x: np.ndarray, timestep: float, step: int) -> np.ndarray:
         images = len(x)
-        model_in = np.concatenate([x, x]) if self.use_cfg else x
-        out = self._unet(images)(
-            {
-                "sample": model_in.astype(np.float32),
-                "timestep": np.full((len(model_in),), timestep, np.float32),
-                "id_boost": np.array([self.boost(step)], np.float32),
-            }
-        )["noise_pred"]
+        out = self._unet(images)(step_inputs(x, timestep, self.boost(step), self.use_cfg))["noise_pred"]
         if not np.all(np.isfinite(out)):
             raise NumericalError(f"the UNet produced NaN/inf at step {step + 1}; try fp32 precision or fewer steps")
         if not self.use_cfg:

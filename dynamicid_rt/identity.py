@@ -1,33 +1,45 @@
-"""Identity encoding: face photo → 4 ID tokens (SPEC §1.2–1.4), with an on-disk cache.
+"""One person's identity: the :class:`Identity` value, its file (``.npz``) and the checks that
+decide whether a stored identity can be used with the loaded model.
 
-Runs every model through a :class:`~dynamicid_rt.backends.base.Backend`, so it never imports torch.
+A file is read as untrusted input: a regular file of bounded size, the members an identity has,
+each array's size read from its header before any of it is allocated (an ``.npy`` header can
+promise terabytes), no pickles. The encoder that makes identities from photos is
+:mod:`dynamicid_rt.identity_encoder`; its on-disk cache is :mod:`dynamicid_rt.identity_cache`.
 """
 from __future__ import annotations
 
-import hashlib
+import importlib
 import json
 import logging
+import warnings
+import zipfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from .atomic import atomic_write
-from .errors import ImageError, ModelFolderError, NoFaceError, NumericalError, RequestError
-from .faces import face_crop, face_thumbnail, load_photo, raster_from_landmarks, source_face_prompt
-
-if TYPE_CHECKING:
-    from .backends.base import Backend
-    from .faces import DetectedFace, FaceAnalyzer
-    from .text import PromptEncoder
+from .errors import ImageError, RequestError
+from .files import check_regular_file
 
 log = logging.getLogger(__name__)
 
 IDENTITY_FORMAT = 2  # 2: adds the ArcFace embedding
-_ARRAYS = ("tokens", "base_tokens", "landmarks", "thumbnail")
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+READABLE_FORMATS = (1, IDENTITY_FORMAT)  # format 1 lacks only the embedding
+# The file's arrays as the encoder writes them ("C": the model's context width, None: any size);
+# every other field of Identity is metadata (one JSON object).
+ARRAY_LAYOUT: dict[str, tuple[tuple[int | str | None, ...], type]] = {
+    "tokens": ((4, "C"), np.float32),
+    "base_tokens": ((4, "C"), np.float32),
+    "landmarks": ((106, 2), np.float32),
+    "thumbnail": ((None, None, 3), np.uint8),
+    "embedding": ((512,), np.float32),
+}
+ARRAYS = tuple(ARRAY_LAYOUT)
+MAX_FILE_BYTES = 64 << 20  # a saved identity is a few hundred kB (the thumbnail is most of it)
+MAX_ARRAY_ELEMENTS = 4 << 20
+MAX_META_BYTES = 1 << 20
 
 
 @dataclass
@@ -75,13 +87,13 @@ class Identity:
     @classmethod
     def from_tokens(cls, tokens, name: str = "person", face_prompt: str | None = None) -> "Identity":
         """An identity from stored ID tokens (4, C), e.g. ones an app saved or another tool made."""
-        return cls(tokens=_checked_tokens(tokens), name=name, face_prompt=face_prompt)
+        return cls(tokens=tokens, name=name, face_prompt=face_prompt)
 
     def save(self, path: str | Path) -> Path:
         """Save as a small ``.npz`` file (atomic)."""
-        meta = {k: v for k, v in asdict(self).items() if k not in _ARRAYS + ("embedding",)}
+        meta = {k: v for k, v in asdict(self).items() if k not in ARRAYS}
         meta["format"] = IDENTITY_FORMAT
-        arrays = {k: getattr(self, k) for k in _ARRAYS + ("embedding",) if getattr(self, k) is not None}
+        arrays = {k: getattr(self, k) for k in ARRAYS if getattr(self, k) is not None}
         path = Path(path)
         with atomic_write(path) as f:
             np.savez_compressed(f, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
@@ -90,13 +102,11 @@ class Identity:
     @classmethod
     def load(cls, path: str | Path) -> "Identity":
         """A saved identity; ImageError for any file that is not one (read by
-        :func:`~dynamicid_rt.identity_file.read_identity_file`, with its caps)."""
-        from .identity_file import read_identity_file
-
+        :func:`read_identity_file`, with its caps)."""
         meta, arrays = read_identity_file(path)
-        if meta.pop("format", None) not in (1, IDENTITY_FORMAT):  # format 1 lacks only the embedding
+        if meta.pop("format", None) not in READABLE_FORMATS:
             raise ImageError(f"{path} was saved by an incompatible version of dynamicid-rt; encode the photo again")
-        unknown = set(meta) - {f.name for f in fields(cls)} | set(meta) & set(_ARRAYS + ("embedding",))
+        unknown = set(meta) - {f.name for f in fields(cls)} | set(meta) & set(ARRAYS)
         if unknown:
             raise ImageError(f"{path} is not an identity file this version can read (unknown fields {sorted(unknown)}); encode the photo again")
         try:
@@ -119,288 +129,146 @@ def _checked_tokens(tokens, name: str = "tokens") -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
-def _check_options(face_index: int | None = None, **texts: str | None) -> None:
-    """Encoding options checked before any photo is read or model runs."""
-    from .request import check_text
+# -- the file -------------------------------------------------------------------------------------
 
-    for name, value in texts.items():
-        if value is not None:
-            check_text(name, value)
-    if face_index is not None and (isinstance(face_index, bool) or not isinstance(face_index, (int, np.integer)) or face_index < 0):
-        raise RequestError(
-            f"face_index={face_index!r}: must be a whole number >= 0 (faces are counted from 0), or None for the largest face"
-        )
-
-
-def _checked_embedding(embedding) -> np.ndarray:
-    """(512,) float32 of unit length: ArcFace embeddings are compared by direction only (SPEC §1.2)."""
-    array = np.asarray(embedding, dtype=np.float64)
-    if array.shape not in ((512,), (1, 512)):
-        raise RequestError(f"ArcFace embedding has shape {array.shape}; expected (512,) (insightface's normed_embedding)")
-    array = array.reshape(512)
-    norm = float(np.linalg.norm(array))
-    if not np.isfinite(norm) or norm == 0.0:
-        raise RequestError("ArcFace embedding is zero or not finite; pass insightface's normed_embedding of the face")
-    return (array / norm).astype(np.float32)
-
-
-def clip_pixel_values(photo: np.ndarray, size: int = 224, mean=CLIP_MEAN, std=CLIP_STD) -> np.ndarray:
-    """CLIP's default preprocessing of an RGB uint8 photo, step for step as transformers'
-    ``CLIPImageProcessor`` runs it with PIL (what the release ran): shortest side to ``size`` with
-    PIL bicubic (long side truncated to an int), centre crop (offsets rounded down), ×(1/255) in
-    float64 then float32, ``(x - mean) / std`` in float32. Returns (3, size, size) float32."""
-    from PIL import Image
-
-    h, w = photo.shape[:2]
-    if w <= h:
-        new_w, new_h = size, int(size * h / w)
-    else:
-        new_w, new_h = int(size * w / h), size
-    resized = np.asarray(Image.fromarray(photo).resize((new_w, new_h), Image.Resampling.BICUBIC))
-    top, left = (new_h - size) // 2, (new_w - size) // 2
-    crop = resized[top : top + size, left : left + size]
-    scaled = (crop.astype(np.float64) * (1 / 255)).astype(np.float32)
-    normalised = (scaled - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return np.ascontiguousarray(normalised.transpose(2, 0, 1), dtype=np.float32)
+def read_identity_file(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The metadata (a JSON object) and arrays of a saved identity; every failure is an ImageError."""
+    file = check_regular_file(path, "identity file", ImageError)
+    size = file.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise ImageError(f"{file} is {size} bytes, too large for a saved identity (at most {MAX_FILE_BYTES}); encode the photo again")
+    try:
+        with zipfile.ZipFile(file) as archive:
+            members = {info.filename.removesuffix(".npy"): info for info in archive.infolist()}
+            unknown = set(members) - {"meta", *ARRAYS}
+            if unknown or "meta" not in members:
+                raise ImageError(f"{file} is not a saved identity (members {sorted(members)})")
+            arrays = {name: _read_array(archive, info, file) for name, info in members.items()}
+    except ImageError:
+        raise
+    except Exception as exc:  # zip, zlib and npy errors come in many types
+        raise ImageError(f"{file} is not a saved identity ({type(exc).__name__}: {exc})") from exc
+    meta_bytes = arrays.pop("meta")
+    if meta_bytes.dtype != np.uint8 or meta_bytes.ndim != 1 or meta_bytes.size > MAX_META_BYTES:
+        raise ImageError(f"{file} is not a saved identity (its metadata is not a JSON text)")
+    try:
+        meta = json.loads(meta_bytes.tobytes().decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deep
+        raise ImageError(f"{file} is not a saved identity (unreadable metadata: {type(exc).__name__})") from exc
+    if not isinstance(meta, dict):
+        raise ImageError(f"{file} is not a saved identity (its metadata is not a JSON object)")
+    return meta, arrays
 
 
-def _check_finite(stage: str, array: np.ndarray) -> np.ndarray:
-    if not np.all(np.isfinite(array)):
-        raise NumericalError(f"the {stage} stage produced NaN/inf values; try fp32 precision or check the model files")
-    return array
+def _read_array(archive: zipfile.ZipFile, info: zipfile.ZipInfo, file: Path) -> np.ndarray:
+    with archive.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        shape, _, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0(f))
+        if dtype.hasobject:
+            raise ImageError(f"{file}: member {info.filename} holds Python objects (a pickle); refusing to read it")
+        if int(np.prod(shape, dtype=np.float64)) > MAX_ARRAY_ELEMENTS:
+            raise ImageError(f"{file}: member {info.filename} has shape {shape}, too large for a saved identity")
+    with archive.open(info) as f:
+        return np.lib.format.read_array(f, allow_pickle=False)
 
 
-class IdentityEncoder:
-    """Face analysis + image encoder + projector (+ IMR edit) through one backend.
+# -- against the loaded model ---------------------------------------------------------------------
 
-    The face analyzer (insightface) is built on first use, so apps that bring their own ArcFace
-    embeddings or stored tokens need neither the insightface package nor its model pack.
-    """
+def _meta_fields() -> set[str]:
+    return {f.name for f in fields(Identity)} - set(ARRAYS) | {"format"}
 
-    def __init__(
-        self,
-        backend: "Backend",
-        analyzer: "Callable[[], FaceAnalyzer]",
-        prompts: "PromptEncoder",
-        cache_dir: Path | None,
-        model_fingerprint: str,
-    ) -> None:
-        self.backend = backend
-        self._make_analyzer = analyzer
-        self._analyzer: "FaceAnalyzer | None" = None
-        self.prompts = prompts
-        self.cache_dir = cache_dir
-        self.model_fingerprint = model_fingerprint
-        self._uncond: np.ndarray | None = None
 
-    def unconditional_tokens(self) -> np.ndarray:
-        """Projector(zeros(512), CLIP features of all-zero pixel values): (4, C), computed once per
-        model and backend and kept in the identity cache, so a warm start skips the image encoder."""
-        if self._uncond is None:
-            key = self._cache_key(np.zeros(0, np.uint8), "unconditional tokens")
-            cached = self._cache_get(key)
-            if cached is not None:
-                self._uncond = cached.tokens
-                return self._uncond
-            size = self.backend.dims.clip_image_size
-            hidden = self.backend.run("image_encoder", {"pixel_values": np.zeros((1, 3, size, size), np.float32)})
-            out = self.backend.run(
-                "face_projector",
-                {"id_embeds": np.zeros((1, 512), np.float32), "clip_hidden": hidden["hidden_states"]},
-            )
-            self._uncond = _check_finite("face projector", out["id_tokens"][0])
-            # Stored as an identity whose base and final tokens coincide, so the cache validator applies.
-            self._cache_put(key, Identity(tokens=self._uncond, base_tokens=self._uncond, name="unconditional"))
-        return self._uncond
+def _array_problem(name: str, array: np.ndarray, context_dim: int) -> str | None:
+    layout, dtype = ARRAY_LAYOUT[name]
+    shape = tuple(context_dim if s == "C" else s for s in layout)
+    if array.dtype != dtype:
+        return f"{name} has dtype {array.dtype}, expected {np.dtype(dtype)}"
+    if len(array.shape) != len(shape) or any(want is not None and have != want for have, want in zip(array.shape, shape)):
+        return f"{name} has shape {array.shape}, expected {tuple('*' if s is None else s for s in shape)}"
+    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+        return f"{name} holds NaN or infinite values"
+    return None
 
-    @property
-    def analyzer(self) -> "FaceAnalyzer":
-        if self._analyzer is None:
-            self._analyzer = self._make_analyzer()
-        return self._analyzer
 
-    def detect(self, photo) -> list["DetectedFace"]:
-        return self.analyzer.detect(load_photo(photo))
+def entry_problem(path: Path, context_dim: int, fingerprint: str) -> str | None:
+    """Why the identity file at ``path`` is not exactly what this version's encoder writes for this
+    model (format, every metadata field present and known, array shapes and dtypes, finite values,
+    the model fingerprint), or None. What a cache entry must pass before it is used."""
+    try:
+        meta, arrays = read_identity_file(path)
+    except ImageError as exc:
+        return f"unreadable ({exc})"
+    if meta.get("format") != IDENTITY_FORMAT:
+        return f"format {meta.get('format')!r}, this version writes {IDENTITY_FORMAT}"
+    unknown, missing = set(meta) - _meta_fields(), _meta_fields() - set(meta)
+    if unknown or missing:
+        return f"metadata fields unknown: {sorted(unknown)}, missing: {sorted(missing)}"
+    if set(arrays) - set(ARRAYS) or not {"tokens", "base_tokens"} <= set(arrays):
+        return f"arrays {sorted(arrays)} are not an encoded identity's"
+    for name, array in arrays.items():
+        problem = _array_problem(name, array, context_dim)
+        if problem:
+            return problem
+    if meta["model_fingerprint"] != fingerprint:
+        return f"made by another model (fingerprint {meta['model_fingerprint']!r}, this model {fingerprint!r})"
+    return None
 
-    def encode(
-        self,
-        photo,
-        face_prompt: str | None = None,
-        source_prompt: str | None = None,
-        target_landmarks=None,
-        *,
-        emotion: str = "neutral",
-        face_index: int | None = None,
-        face_crop_input: bool = False,
-        name: str | None = None,
-    ) -> Identity:
-        _check_options(face_prompt=face_prompt, source_prompt=source_prompt, emotion=emotion, name=name, face_index=face_index)
-        if name is None:  # a file name's undecodable bytes (surrogates) become U+FFFD: names go into the PNG parameters
-            stem = Path(photo).stem if isinstance(photo, (str, Path)) else "person"
-            name = "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in stem)
-        pixels = load_photo(photo)
-        self._check_can_edit(face_prompt)
-        target = self._target_raster(target_landmarks) if face_prompt is not None else None
-        key = self._cache_key(pixels, face_prompt, source_prompt, target, emotion, face_index, face_crop_input)
-        cached = self._cache_get(key)
-        if cached is not None:
-            cached.name = name
-            return cached
 
-        faces = self.analyzer.detect(pixels)
-        if not faces:
-            raise NoFaceError(f"no face found in {name!r}: use a photo where one face is clearly visible (at least ~64 px)")
-        warnings = []
-        if face_index is None:
-            face_index = self.analyzer.choose_face(faces)
-            if len(faces) > 1:
-                msg = f"{len(faces)} faces found in {name!r}; using the largest (face {face_index}); pass face_index to choose"
-                log.warning(msg)
-                warnings.append(msg)
-        elif not 0 <= face_index < len(faces):
-            raise ImageError(f"face_index={face_index} but {name!r} holds {len(faces)} face(s)")
-        face = faces[face_index]
-
-        base_tokens = self._project(face_crop(pixels, face.bbox) if face_crop_input else pixels, face.embedding)
-        pose = tuple(float(p) for p in face.pose)
-        source = source_prompt or source_face_prompt(pose, emotion)
-        tokens = base_tokens
-        if face_prompt is not None:
-            tokens = self._edit(base_tokens, self.analyzer.landmark_raster(pixels), target, source, face_prompt)
-
-        identity = Identity(
-            tokens=tokens.astype(np.float32),
-            base_tokens=base_tokens.astype(np.float32),
-            face_box=tuple(float(v) for v in face.bbox),
-            landmarks=np.asarray(face.landmarks_106, np.float32),
-            pose=pose,
-            source_prompt=source,
-            face_prompt=face_prompt,
-            thumbnail=face_thumbnail(pixels, face.bbox),
-            num_faces=len(faces),
-            face_index=face_index,
-            warnings=warnings,
-            name=name,
-            embedding=face.embedding.astype(np.float32),
-        )
-        self._cache_put(key, identity)
-        return identity
-
-    def encode_embedding(
-        self,
-        embedding,
-        photo,
-        *,
-        face_prompt: str | None = None,
-        source_prompt: str | None = None,
-        landmarks=None,
-        target_landmarks=None,
-        name: str = "person",
-    ) -> Identity:
-        """Tokens from an ArcFace embedding the app computed itself, plus the photo CLIP sees
-        (the whole photo, as the release does). No face analysis runs: an expression edit
-        (``face_prompt``) needs the face's 106 ``landmarks`` in the pixels of the photo resized
-        to 512x512 and a ``source_prompt``, and takes ``target_landmarks`` the same way."""
-        _check_options(face_prompt=face_prompt, source_prompt=source_prompt, name=name)
-        unit = _checked_embedding(embedding)
-        pixels = load_photo(photo)
-        self._check_can_edit(face_prompt)
-        if face_prompt is not None and (landmarks is None or not source_prompt):
-            raise RequestError("an expression edit from an embedding needs landmarks (106 x,y in the 512x512 photo) "
-                               "and a source_prompt describing the photo's face; or drop face_prompt")
-        key = self._cache_key(pixels, unit, face_prompt, source_prompt,
-                              None if landmarks is None else np.asarray(landmarks, np.float64),
-                              None if target_landmarks is None else np.asarray(target_landmarks, np.float64))
-        cached = self._cache_get(key)
-        if cached is not None:
-            cached.name = name
-            return cached
-        base_tokens = self._project(pixels, unit)
-        tokens = base_tokens
-        if face_prompt is not None:
-            source_raster = raster_from_landmarks(landmarks)
-            target = None if target_landmarks is None else raster_from_landmarks(target_landmarks)
-            tokens = self._edit(base_tokens, source_raster, target, source_prompt, face_prompt)
-        identity = Identity(tokens=tokens.astype(np.float32), base_tokens=base_tokens.astype(np.float32),
-                            source_prompt=source_prompt or "", face_prompt=face_prompt, name=name, embedding=unit)
-        self._cache_put(key, identity)
-        return identity
-
-    def _check_can_edit(self, face_prompt: str | None) -> None:
-        if face_prompt is not None and not self.backend.has_imr:
-            raise ModelFolderError(
-                "expression/pose editing needs IMR.bin and key_point_encoder.bin in the model folder's dynamicid/; "
-                "drop the face prompt or add those files"
-            )
-
-    def _project(self, clip_photo: np.ndarray, embedding: np.ndarray) -> np.ndarray:
-        """SPEC §1.3: (4, C) tokens from the photo CLIP sees and the unit ArcFace embedding."""
-        pixel_values = clip_pixel_values(clip_photo, self.backend.dims.clip_image_size)[None]
-        hidden = self.backend.run("image_encoder", {"pixel_values": pixel_values})["hidden_states"]
-        base_tokens = self.backend.run(
-            "face_projector", {"id_embeds": embedding[None].astype(np.float32), "clip_hidden": hidden}
-        )["id_tokens"]
-        return _check_finite("face projector", base_tokens)[0]
-
-    def _edit(self, base_tokens: np.ndarray, src_raster: np.ndarray, target: np.ndarray | None,
-              source: str, face_prompt: str) -> np.ndarray:
-        """SPEC §1.4: the IMR's expression/pose edit; without a target raster the layout stays."""
-        tgt_raster = src_raster if target is None else target
-        pooled = self.prompts.pooled([source, face_prompt])
-        tokens = self.backend.run(
-            "imr",
-            {
-                "id_tokens": base_tokens[None],
-                "landmarks": np.stack([src_raster, tgt_raster])[:, None].astype(np.float32),
-                "text_pooled": pooled,
-            },
-        )["edited_tokens"]
-        return _check_finite("IMR", tokens)[0]
-
-    def _target_raster(self, target_landmarks) -> np.ndarray | None:
-        if target_landmarks is None:
-            return None
-        if isinstance(target_landmarks, np.ndarray) and target_landmarks.shape == (106, 2):
-            return raster_from_landmarks(target_landmarks)
-        return self.analyzer.landmark_raster(load_photo(target_landmarks))
-
-    # -- cache -------------------------------------------------------------------------------
-
-    def _cache_key(self, pixels: np.ndarray, *settings) -> str:
-        h = hashlib.sha256()
-        h.update(f"{IDENTITY_FORMAT}:{self.model_fingerprint}".encode())
-        h.update(json.dumps(self.backend.describe(), sort_keys=True).encode())
-        h.update(f"{pixels.shape}".encode())
-        h.update(pixels.tobytes())
-        for s in settings:
-            h.update(s.tobytes() if isinstance(s, np.ndarray) else repr(s).encode())
-            h.update(b"\0")
-        return h.hexdigest()[:32]
-
-    def _cache_get(self, key: str) -> Identity | None:
-        if self.cache_dir is None:
-            return None
-        path = self.cache_dir / f"{key}.npz"
-        if not path.is_file():
-            return None
-        from .identity_cache import load_cached
-
-        log.debug("identity cache lookup %s", path)
-        return load_cached(path, self.backend.dims.context_dim, self.model_fingerprint)
-
-    def _cache_put(self, key: str, identity: Identity) -> None:
-        """Record which model made ``identity`` and cache it."""
-        identity.model_fingerprint = self.model_fingerprint
-        if self.cache_dir is not None:
-            identity.save(self.cache_dir / f"{key}.npz")
+def check_tokens_fit(identities: Sequence[Identity], context_dim: int) -> None:
+    """Every identity's tokens are finite numbers of shape (4, context_dim): made for this model."""
+    for ident in identities:
+        tokens = np.asarray(ident.tokens)
+        if tokens.shape != (4, context_dim) or not np.issubdtype(tokens.dtype, np.number) or not np.all(np.isfinite(tokens)):
+            raise RequestError(f"identity {ident.name!r} has tokens of shape {tokens.shape} (or non-finite values); "
+                               f"this model needs finite (4, {context_dim}): encode its photo with this model")
 
 
 def stack_identity_tokens(identities: Sequence[Identity], context_dim: int) -> np.ndarray:
     """(4N, C) tokens of the identities in order; checks they fit this model."""
-    for ident in identities:
-        if ident.tokens.shape != (4, context_dim):
-            raise ImageError(
-                f"identity {ident.name!r} has tokens of shape {ident.tokens.shape}, but this model needs (4, {context_dim}); "
-                "it was encoded with another model: encode the photo again"
-            )
+    check_tokens_fit(identities, context_dim)
     return np.concatenate([i.tokens for i in identities], axis=0).astype(np.float32)
+
+
+def check_same_model(identities: Sequence[Identity], fingerprint: str) -> None:
+    """Refuse identities that record another model's fingerprint (before any work starts)."""
+    for ident in identities:
+        theirs = getattr(ident, "model_fingerprint", "")
+        if theirs and theirs != fingerprint:
+            raise RequestError(
+                f"identity {ident.name!r} was encoded with another model (fingerprint {theirs}, this model "
+                f"{fingerprint}): encode its photo with this model, or use Pipeline.load_identity(..., allow_other_model=True)"
+            )
+
+
+def load_saved(path: str | Path, context_dim: int, fingerprint: str, allow_other_model: bool = False) -> Identity:
+    """A saved identity for this model; one made by another model is refused unless
+    ``allow_other_model`` (then used with a warning)."""
+    identity = Identity.load(path)
+    check_tokens_fit([identity], context_dim)
+    if identity.model_fingerprint and identity.model_fingerprint != fingerprint:
+        if not allow_other_model:
+            raise RequestError(
+                f"identity file {path} was encoded with another model (fingerprint {identity.model_fingerprint}, "
+                f"this model {fingerprint}): encode the photo again with this model, or load it with allow_other_model=True"
+            )
+        log.warning("identity file %s was encoded with another model; using it anyway as asked", path)
+        identity.model_fingerprint = fingerprint
+    return identity
+
+
+# Names that lived here before the encoder and CLIP's preprocessing got their own modules.
+_MOVED = {
+    "IdentityEncoder": "dynamicid_rt.identity_encoder",
+    "clip_pixel_values": "dynamicid_rt.clip_preprocessing",
+    "CLIP_MEAN": "dynamicid_rt.clip_preprocessing",
+    "CLIP_STD": "dynamicid_rt.clip_preprocessing",
+}
+
+
+def __getattr__(name: str):
+    if name in _MOVED:  # imported on use: the encoder imports this module
+        warnings.warn(f"dynamicid_rt.identity.{name} is deprecated; import it from {_MOVED[name]}",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

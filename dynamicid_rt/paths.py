@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
-from .contract import VAE_SCALE
+from .contract import ENGINES, VAE_SCALE
 from .errors import ModelFolderError
 
 SD_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -79,7 +79,29 @@ class ModelPaths:
 
     @property
     def has_imr(self) -> bool:
-        return self.imr is not None and self.keypoint_encoder is not None
+        return self.provides("imr")
+
+    def source(self, part: str) -> Path | None:
+        """One part an engine is built from (``EngineSpec.sources``): a field (``saa``, ``imr``...;
+        None where an optional part is absent), or ``base/<name>``, a part of the SD1.5 base: its
+        override where one is given (``vae``), else that folder of the base, or the base itself when
+        it is a single file or a bare ``unet/`` folder."""
+        holder, sep, name = part.partition("/")
+        if not sep:
+            return getattr(self, part)
+        if holder != "base":
+            raise KeyError(f"unknown model part {part!r}: expected a field of ModelPaths or base/<name>")
+        override = getattr(self, name, None) if name in {f.name for f in fields(self)} else None
+        if override is not None:
+            return override
+        if self.base_is_single_file or not (self.base / name).is_dir():
+            return self.base
+        return self.base / name
+
+    def provides(self, engine: str) -> bool:
+        """Whether this model folder has ``engine``: an optional one only with all its sources."""
+        spec = ENGINES[engine]
+        return not spec.optional or all(self.source(part) is not None for part in spec.sources)
 
     def problems(self) -> list[str]:
         """What is missing or malformed, one line each (empty when the folder is usable)."""

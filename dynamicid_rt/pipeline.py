@@ -10,35 +10,57 @@ import logging
 import secrets
 import threading
 import time
+import warnings
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from .backends import create_backend, supports
 from .backends.base import Backend
 from .best_of import generate_best_of
+from .contract import IDENTITY_ENGINES
 from .errors import Cancelled, NumericalError, RequestError
-from .faces import load_photo
+from .export.progress import BuildProgress
 from .fingerprint import identity_model_fingerprint
 from .guided_unet import GuidedUNet
-from .identity import Identity, IdentityEncoder, stack_identity_tokens
-from .identity_cache import check_same_model, load_saved
+from .identity import Identity, check_same_model, load_saved
 from .identity_check import IdentityMatch, match_identities, reference_embeddings
+from .identity_encoder import IdentityEncoder
 from .lora import check_lora_refs, load_loras
 from .lora_tags import lora_hashes, strip_lora_tags, with_prompt_tags
 from .model_hash import describe_model
 from .paths import ModelPaths, vae_scaling_factor
+from .photos import load_photo
 from .preflight import check_folder
 from .request import Box, ModelInfo, Person, ProgressInfo, Request, Result, default_boxes
 from .noise import image_seeds, initial_noise, step_noise_source
-from .sampler_names import canonical_sampler, sampler_for_scheduler_class
-from .samplers import sample
-from .schedules import SchedulerConfig, check_sampler_steps, timesteps
+from .sampler_names import sampler_for_scheduler_class
+from .samplers import run_schedule
+from .schedules import SchedulerConfig, sampling_schedule
+from .unet_feed import identity_inputs, unet_feed
 
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[ProgressInfo], None]
+
+
+def _deprecated_load_keywords(
+    onnx_cache: str | Path | None, backend_options: Mapping[str, object] | None,
+    engine_dir: str | Path | None, trt_provider: bool | None, cuda_graphs: bool | None,
+) -> tuple[str | Path | None, dict[str, object]]:
+    """``Pipeline.load``'s old keywords mapped to ``onnx_cache`` and ``backend_options``, with a DeprecationWarning each."""
+    options = dict(backend_options or {})
+    if engine_dir is not None:
+        warnings.warn("Pipeline.load(engine_dir=...) is deprecated; use onnx_cache=...", DeprecationWarning, stacklevel=3)
+        onnx_cache = onnx_cache if onnx_cache is not None else engine_dir
+    for name, value in (("trt_provider", trt_provider), ("cuda_graphs", cuda_graphs)):
+        if value is not None:
+            warnings.warn(
+                f"Pipeline.load({name}=...) is deprecated; use backend_options={{{name!r}: ...}}", DeprecationWarning, stacklevel=3
+            )
+            options.setdefault(name, value)
+    return onnx_cache, options
 
 
 def _user_cache_dir() -> Path:
@@ -79,15 +101,25 @@ class Pipeline:
         device: str | None = None,
         precision: str | None = None,
         *,
-        engine_dir: str | Path | None = None,
-        trt_provider: bool = False,
-        cuda_graphs: bool = False,
+        onnx_cache: str | Path | None = None,
+        backend_options: Mapping[str, object] | None = None,
         cache_dir: str | Path | None = None,
+        build_progress: BuildProgress | None = None,
+        engine_dir: str | Path | None = None,
+        trt_provider: bool | None = None,
+        cuda_graphs: bool | None = None,
         **overrides: str | Path | None,
     ) -> "Pipeline":
         """Open a model folder (SPEC §3) on a backend. ``models=None`` opens the tiny demo bundle,
         building it on first use. Keyword overrides point single parts elsewhere (``vae=...``).
-        ``backend="auto"`` picks the fastest backend installed here (see ``dynamicid_rt.backends``)."""
+        ``backend="auto"`` picks the fastest backend installed here (see ``dynamicid_rt.backends``).
+        ``onnx_cache``: the folder of exported graphs (default: the user cache); ``backend_options``:
+        switches declared in ``dynamicid_rt.BACKEND_OPTIONS``, e.g. ``{"cuda_graphs": True}``, each
+        passed to the backend that declares it. ``build_progress`` is told each engine and stage of a
+        first run's ONNX export, with the time left (:class:`~dynamicid_rt.export.BuildStatus`).
+        ``engine_dir``, ``trt_provider`` and ``cuda_graphs`` are deprecated spellings of
+        ``onnx_cache`` and of those two options."""
+        onnx_cache, backend_options = _deprecated_load_keywords(onnx_cache, backend_options, engine_dir, trt_provider, cuda_graphs)
         is_tiny = False
         if models is None:
             from .tiny.bundle import default_tiny_dir, write_tiny_bundle
@@ -107,8 +139,8 @@ class Pipeline:
         check_folder(paths)  # every check `inspect` makes that needs no weights loaded, before any work
         cache = Path(cache_dir) if cache_dir is not None else _user_cache_dir()
         engine = create_backend(
-            backend, paths, device=device, precision=precision, engine_dir=Path(engine_dir) if engine_dir else None,
-            trt_provider=trt_provider, cuda_graphs=cuda_graphs,
+            backend, paths, device=device, precision=precision, engine_dir=Path(onnx_cache) if onnx_cache else None,
+            build_progress=build_progress, **backend_options,
         )
         return cls(paths, engine, cache, is_tiny=is_tiny)
 
@@ -237,16 +269,17 @@ class Pipeline:
         progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
     ) -> Result:
-        request.validate()
+        """One run of a request :meth:`generate` validated."""
         t_start = time.perf_counter()
         timings: dict[str, float] = {}
-        named = canonical_sampler(request.sampler)  # accepts diffusers/ComfyUI/A1111 spellings
-        sampler = self.default_sampler if named == "default" else named
+        sampler = self.default_sampler if request.sampler_name == "default" else request.sampler_name
         seed = request.seed if request.seed is not None else secrets.randbelow(2**32)
         seeds = image_seeds(seed, request.batch)
         gating = request.gating_on()
         resolved = request.with_updates(seed=seed, sampler=sampler, gating="on" if gating else "off")
-        check_sampler_steps(sampler, request.steps, self.scheduler_config)  # LCM/TCD: at most 50, before any work
+        # Computed once for the sampler and the activation maps; refuses step counts the schedule
+        # cannot take (LCM/TCD: at most 50) before any work.
+        schedule = sampling_schedule(sampler, self.scheduler_config, request.steps)
         t = time.perf_counter()
         lora_refs = check_lora_refs(request.loras)
         self.backend.set_loras(lora_refs)  # changes nothing when this set is merged already
@@ -267,16 +300,12 @@ class Pipeline:
         _check("text encoder", states)
         timings["text"] = time.perf_counter() - t
 
-        id_inputs = self._id_inputs(request, gating)
-        controls = {
-            "id_boxes": id_inputs["boxes"],
-            "id_scale": id_inputs["scale"],
-            "id_gating": np.array([1.0 if gating else 0.0], np.float32),
-            "id_mix": np.array([request.mix], np.float32),
-        }
+        identity = identity_inputs(request, self.identities.unconditional_tokens(), self.dims.context_dim, gating)
+        # Sampling and decoding run without them: a backend may free their plans for the peak ahead.
+        self.backend.release(IDENTITY_ENGINES)
         # CFG over batch chunks that fit the UNet profile, each chunk size bound once for all steps.
         denoise = GuidedUNet(
-            self.backend, states, id_inputs["cond"], id_inputs["uncond"], controls, batch, request.guidance,
+            self.backend, states, identity, batch, request.guidance,
             boost=lambda step: request.boost if step < request.boost_steps else 0.0,
         )
 
@@ -290,23 +319,14 @@ class Pipeline:
 
         if cancel is not None and cancel.is_set():
             raise Cancelled("cancelled before the first step")
-        latents = sample(sampler, denoise, noise, self.scheduler_config, request.steps,
-                         noise_source=step_noise_source(seeds), callback=on_step, gamma=request.tcd_gamma)
+        latents = run_schedule(schedule, denoise, noise, noise_source=step_noise_source(seeds), callback=on_step, gamma=request.tcd_gamma)
         timings["denoise"] = time.perf_counter() - t_sample
 
         maps = None
         if request.activation_maps and request.identities and supports(self.backend, "activation_maps"):
-            # One extra conditional UNet call on the final latent, at the last timestep.
-            last_t = float(timesteps(sampler, self.scheduler_config, request.steps)[-1])
-            cond = {
-                "sample": latents,
-                "timestep": np.full((batch,), last_t, np.float32),
-                "encoder_hidden_states": np.repeat(states[1:], batch, axis=0),
-                "id_tokens": np.repeat(id_inputs["cond"][None], batch, 0),
-                "id_boost": np.zeros(1, np.float32),
-                **controls,
-            }
-            maps = list(self.backend.activation_maps(cond))
+            # One extra conditional UNet call on the final latent, at the last timestep, without boost.
+            last_t = float(schedule.timesteps[-1])
+            maps = list(self.backend.activation_maps(unet_feed(identity, states, latents, last_t, 0.0, guided=False)))
 
         t = time.perf_counter()
         images = [self._decode(latents[i : i + 1]) for i in range(batch)]
@@ -326,20 +346,6 @@ class Pipeline:
             model=self.model_info(),
             lora_hashes=lora_hashes(loras),
         )
-
-    def _id_inputs(self, request: Request, gating: bool) -> dict:
-        uncond = self.identities.unconditional_tokens()
-        if not request.identities:
-            # No people: plain SD1.5 (with the SAA LoRA); SPEC §4: N = 1 with the unconditional tokens
-            # and id_scale 0, so the ID branch is present but adds nothing.
-            return {"cond": uncond, "uncond": uncond, "boxes": np.array([[0, 0, 1, 1]], np.float32), "scale": np.zeros(1, np.float32)}
-        n = len(request.identities)
-        return {
-            "cond": stack_identity_tokens(request.identities, self.dims.context_dim),
-            "uncond": np.tile(uncond, (n, 1)),
-            "boxes": np.asarray(request.resolved_boxes(), np.float32).reshape(-1, 4),
-            "scale": np.asarray(request.id_scales(), np.float32),  # (N,): one strength per person
-        }
 
     def _decode(self, latent: np.ndarray):
         from PIL import Image

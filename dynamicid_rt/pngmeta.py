@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from . import __version__
+from ._version import __version__
 from .atomic import atomic_write
 from .errors import DynamicIDError, ImageError, RequestError
 from .files import check_regular_file

@@ -112,7 +112,7 @@ def check_before_export(paths: ModelPaths, weight_files: Iterable[Path]) -> None
     torch, as the export does; without it the export's own message says so."""
     if importlib.util.find_spec("torch") is None:
         return
-    from .inspect import checkpoint_problems
+    from .checkpoint_report import checkpoint_problems
 
     problems = checkpoint_problems(paths)
     if not problems:

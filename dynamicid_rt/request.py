@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -65,7 +65,12 @@ class Person(Protocol):
 
 @dataclass
 class Request:
-    """Everything one generation needs. Defaults are the release's (SPEC §1.5)."""
+    """Everything one generation needs. Defaults are the release's (SPEC §1.5).
+
+    Each check runs once: the fields when the Request is made, the cross-checks at the first
+    :meth:`validate`. Assigning a field undoes both, so the next :meth:`validate` makes them again
+    (changing a list in place does not: assign a new one, or make a new Request).
+    """
 
     prompt: str
     identities: Sequence[Person] = ()
@@ -91,6 +96,10 @@ class Request:
     loras: Sequence[tuple[str | Path, float]] = ()
     tcd_gamma: float = 0.3  # the tcd sampler's stochasticity (diffusers' eta), from 0 to 1
 
+    # How far this Request is checked: "" not since a field was assigned, "fields", or "validated".
+    _checked: ClassVar[str] = ""
+    _sampler_name: ClassVar[str] = ""
+
     def resolved_boxes(self) -> list[Box]:
         if self.boxes is None:
             return default_boxes(len(self.identities)) if self.identities else []
@@ -109,16 +118,33 @@ class Request:
             return len(self.identities) >= 2
         return self.gating == "on"
 
+    @property
+    def sampler_name(self) -> str:
+        """``sampler`` in our spelling: one of :data:`~dynamicid_rt.sampler_names.SAMPLERS`, or
+        "default" (resolved once, when the fields are checked)."""
+        if not self._checked:
+            self.check_fields()
+        return self._sampler_name
+
     def __post_init__(self) -> None:
         self.check_fields()  # a Request that exists is well-formed; validate() adds the cross-checks
 
+    def __setattr__(self, name: str, value: object) -> None:
+        object.__setattr__(self, name, value)
+        if name in _FIELD_NAMES:
+            object.__setattr__(self, "_checked", "")  # the checks made so far may no longer hold
+
     def validate(self, people: int | None = None) -> None:
         """Raise RequestError naming the first inconsistent field and how to fix it. ``people``:
-        check the settings for that many identities before their faces are encoded."""
+        check the settings for that many identities before their faces are encoded. A Request
+        validated already, and not assigned to since, passes at once."""
+        if not self._checked:
+            self.check_fields()  # a field was assigned since the Request was made
         if people is not None:
-            return replace(self, identities=[_PendingPerson()] * people).validate()
-        self.check_fields()  # again: a dataclass field may have been assigned since
-        self._check_consistency()
+            self._check_consistency(people)
+        elif self._checked != "validated":
+            self._check_consistency(len(self.identities))
+            self._checked = "validated"
 
     def check_fields(self) -> None:
         """Each field on its own: types, ranges, encodable text, box shapes. Runs when a Request
@@ -136,7 +162,7 @@ class Request:
             raise RequestError(f"batch={self.batch!r}: must be an integer from 1 to 16")
         if not isinstance(self.sampler, str):
             raise RequestError(f"sampler={self.sampler!r}: must be a sampler name such as 'default' or 'euler_a'")
-        canonical_sampler(self.sampler)  # raises for unknown names, listing the choices
+        sampler_name = canonical_sampler(self.sampler)  # raises for unknown names, listing the choices
         for name, (lo_v, hi_v) in NUMBER_RANGES.items():
             v = getattr(self, name)
             if not _is_number(v) or not math.isfinite(v) or not lo_v <= v <= hi_v:
@@ -164,23 +190,24 @@ class Request:
         check_lora_refs(self.loras)  # files exist, scales finite and >= 0; weights are read at generation
         if not _is_number(self.tcd_gamma) or not 0.0 <= self.tcd_gamma <= 1.0:
             raise RequestError(f"tcd_gamma={self.tcd_gamma!r}: must be a number from 0 to 1 (0.3 is the usual value)")
+        self._sampler_name = sampler_name
+        if not self._checked:
+            self._checked = "fields"
 
-    def _check_consistency(self) -> None:
-        """The fields against each other and against the identities."""
-        n = len(self.identities)
+    def _check_consistency(self, n: int) -> None:
+        """The fields against each other and against ``n`` identities."""
         if n > MAX_IDENTITIES:
             raise RequestError(f"{n} identities given; at most {MAX_IDENTITIES} people per image are supported")
         if n == 0 and self.boxes:
             raise RequestError("boxes were given but no identities: add a face or drop the boxes")
-        if n and len(self.resolved_boxes()) not in (n, 1):
-            raise RequestError(
-                f"{len(self.resolved_boxes())} boxes for {n} identities: give one box per identity (or one box to mix them)"
-            )
+        boxes = n if self.boxes is None else len(self.boxes)  # the default layout has one box per identity
+        if n and boxes not in (n, 1):
+            raise RequestError(f"{boxes} boxes for {n} identities: give one box per identity (or one box to mix them)")
         if not _is_number(self.id_scale) and len(self.id_scale) != n:
             raise RequestError(
                 f"id_scale has {len(self.id_scale)} value(s) for {n} identities: give one number for everyone or one per identity"
             )
-        if self.best_of > 1 and not self.identities:
+        if self.best_of > 1 and n == 0:
             raise RequestError("best_of ranks results by each person's likeness: add at least one face, or set best_of=1")
         if self.best_of > 1 and (self.batch != 1 or self.initial_latents is not None):
             raise RequestError("best_of draws one image per seed: use batch=1 and no initial_latents with it")
@@ -253,13 +280,7 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
 
-@dataclass(frozen=True)
-class _PendingPerson:
-    """Stands for a person whose face is not encoded yet (``Request.validate(people=N)``)."""
-
-    tokens: np.ndarray = field(default_factory=lambda: np.zeros((4, 0), np.float32))
-    name: str = ""
-    face_prompt: str | None = None
+_FIELD_NAMES = frozenset(f.name for f in fields(Request))
 
 
 @dataclass

@@ -6,8 +6,10 @@ updates follow diffusers' schedulers built from the same scheduler config (DDIMS
 eta 0, EulerDiscreteScheduler, EulerAncestralDiscreteScheduler, DPMSolverMultistepScheduler with
 ``algorithm_type="dpmsolver++"`` and ``solver_order=2``, PNDMScheduler with ``skip_prk_steps``;
 LCMScheduler, TCDScheduler and trailing DDIM, the few-step ones, in :mod:`dynamicid_rt.fewstep`).
-Schedules and timesteps come from :mod:`dynamicid_rt.schedules`, sampler names from
-:mod:`dynamicid_rt.sampler_names`; both are re-exported here, this module's public API being unchanged.
+As k-diffusion's samplers take their sigmas, each ``sample_*`` function takes its
+:class:`~dynamicid_rt.schedules.Schedule` from the caller, who computes it once
+(:func:`~dynamicid_rt.schedules.sampling_schedule`). Schedules come from :mod:`dynamicid_rt.schedules`,
+sampler names from :mod:`dynamicid_rt.sampler_names`; both are re-exported here.
 
 The denoiser is called as ``denoise(model_input, t, step)``: ``model_input`` is the latent already
 scaled as the UNet expects (diffusers ``scale_model_input``), ``t`` the (possibly fractional)
@@ -19,7 +21,6 @@ This module imports only numpy and the standard library.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from functools import partial
 from typing import Callable
 
@@ -29,18 +30,15 @@ from .errors import RequestError
 from .fewstep import sample_lcm, sample_tcd
 from .sampler_names import SAMPLER_ALIASES, SAMPLERS, canonical_sampler, sampler_for_scheduler_class
 from .schedules import (
+    Schedule,
     SchedulerConfig,
     alphas_cumprod,
     betas,
-    check_sampler_steps,
-    dpm_schedule,
-    euler_schedule,
     for_sampler,
     karras_sigmas,
     num_model_calls,
-    pndm_timesteps,
+    sampling_schedule,
     sigma_to_t,
-    spaced_timesteps,
     timesteps,
     training_sigmas,
 )
@@ -49,6 +47,7 @@ __all__ = [
     "SAMPLERS",
     "SAMPLER_ALIASES",
     "Callback",
+    "Schedule",
     "Denoiser",
     "NoiseSource",
     "SchedulerConfig",
@@ -58,6 +57,7 @@ __all__ = [
     "for_sampler",
     "karras_sigmas",
     "num_model_calls",
+    "run_schedule",
     "sample",
     "sample_ddim",
     "sample_dpmpp_2m",
@@ -67,6 +67,7 @@ __all__ = [
     "sample_pndm",
     "sample_tcd",
     "sampler_for_scheduler_class",
+    "sampling_schedule",
     "sigma_to_t",
     "timesteps",
     "training_sigmas",
@@ -92,16 +93,10 @@ def _report(callback: Callback | None, step: int, total: int, x: np.ndarray) -> 
         callback(step, total, x.astype(np.float32))
 
 
-def sample_ddim(
-    denoise: Denoiser, noise: np.ndarray, config: SchedulerConfig, steps: int, callback: Callback | None = None
-) -> np.ndarray:
-    """DDIM, eta 0 (DDIMScheduler)."""
-    config = for_sampler(config, "ddim")
-    ac = alphas_cumprod(config)
-    final = 1.0 if config.set_alpha_to_one else ac[0]
-    ts = spaced_timesteps(config, steps, round_linspace=True)
-    # diffusers steps back by num_train // steps whatever the spacing.
-    stride = config.num_train_timesteps // steps
+def sample_ddim(denoise: Denoiser, noise: np.ndarray, schedule: Schedule, callback: Callback | None = None) -> np.ndarray:
+    """DDIM, eta 0 (DDIMScheduler); with a trailing schedule, Hyper-SD's ``ddim_trailing``."""
+    ac, final, stride = schedule.alphas_cumprod, schedule.final_alpha, schedule.stride
+    ts = schedule.timesteps
     x = np.asarray(noise, dtype=np.float64)
     for i, t in enumerate(ts):
         eps = _call(denoise, x, t, i)
@@ -114,18 +109,16 @@ def sample_ddim(
     return x.astype(np.float32)
 
 
-def _init_sigma(config: SchedulerConfig, sigma_max: float) -> float:
+def _init_sigma(schedule: Schedule) -> float:
     # diffusers' Euler schedulers treat "leading" latents as x/sqrt(σ²+1)-scaled VP samples.
-    return math.sqrt(sigma_max**2 + 1.0) if config.timestep_spacing == "leading" else sigma_max
+    sigma_max = schedule.sigmas.max()
+    return math.sqrt(sigma_max**2 + 1.0) if schedule.config.timestep_spacing == "leading" else sigma_max
 
 
-def sample_euler(
-    denoise: Denoiser, noise: np.ndarray, config: SchedulerConfig, steps: int, callback: Callback | None = None
-) -> np.ndarray:
+def sample_euler(denoise: Denoiser, noise: np.ndarray, schedule: Schedule, callback: Callback | None = None) -> np.ndarray:
     """Euler (EulerDiscreteScheduler, no churn)."""
-    config = for_sampler(config, "euler")
-    ts, sig = euler_schedule(config, steps)
-    x = np.asarray(noise, dtype=np.float64) * _init_sigma(config, sig.max())
+    ts, sig = schedule.timesteps, schedule.sigmas
+    x = np.asarray(noise, dtype=np.float64) * _init_sigma(schedule)
     for i, t in enumerate(ts):
         eps = _call(denoise, x / math.sqrt(sig[i] ** 2 + 1.0), t, i)
         x = x + eps * (sig[i + 1] - sig[i])
@@ -136,15 +129,13 @@ def sample_euler(
 def sample_euler_ancestral(
     denoise: Denoiser,
     noise: np.ndarray,
-    config: SchedulerConfig,
-    steps: int,
+    schedule: Schedule,
     noise_source: NoiseSource,
     callback: Callback | None = None,
 ) -> np.ndarray:
     """Euler ancestral (EulerAncestralDiscreteScheduler); draws fresh noise at every step."""
-    config = for_sampler(config, "euler_a")
-    ts, sig = euler_schedule(config, steps)
-    x = np.asarray(noise, dtype=np.float64) * _init_sigma(config, sig.max())
+    ts, sig = schedule.timesteps, schedule.sigmas
+    x = np.asarray(noise, dtype=np.float64) * _init_sigma(schedule)
     for i, t in enumerate(ts):
         s, s_next = sig[i], sig[i + 1]
         eps = _call(denoise, x / math.sqrt(s**2 + 1.0), t, i)
@@ -157,17 +148,9 @@ def sample_euler_ancestral(
     return x.astype(np.float32)
 
 
-def sample_dpmpp_2m(
-    denoise: Denoiser,
-    noise: np.ndarray,
-    config: SchedulerConfig,
-    steps: int,
-    karras: bool = False,
-    callback: Callback | None = None,
-) -> np.ndarray:
-    """DPM-Solver++(2M) (DPMSolverMultistepScheduler, order 2, final σ 0, optional Karras σ)."""
-    config = for_sampler(config, "dpmpp_2m")
-    ts, sig = dpm_schedule(config, steps, karras)
+def sample_dpmpp_2m(denoise: Denoiser, noise: np.ndarray, schedule: Schedule, callback: Callback | None = None) -> np.ndarray:
+    """DPM-Solver++(2M) (DPMSolverMultistepScheduler, order 2, final σ 0; Karras σ for ``dpmpp_2m_karras``)."""
+    ts, sig = schedule.timesteps, schedule.sigmas
     # Work on VP samples x = α(x0 + σ·eps) with α = 1/sqrt(σ²+1); λ = -log σ.
     x = np.asarray(noise, dtype=np.float64)
     x0_prev = None
@@ -185,7 +168,7 @@ def sample_dpmpp_2m(
             h = math.log(s / s_next)
             r0 = math.log(sig[i - 1] / s) / h
             d1 = (x0 - x0_prev) / r0
-            if config.solver_type == "midpoint":
+            if schedule.config.solver_type == "midpoint":
                 x = x_first - 0.5 * a_next * (ratio - 1.0) * d1
             else:
                 x = x_first + a_next * ((ratio - 1.0) / h + 1.0) * d1
@@ -194,15 +177,10 @@ def sample_dpmpp_2m(
     return x.astype(np.float32)
 
 
-def sample_pndm(
-    denoise: Denoiser, noise: np.ndarray, config: SchedulerConfig, steps: int, callback: Callback | None = None
-) -> np.ndarray:
+def sample_pndm(denoise: Denoiser, noise: np.ndarray, schedule: Schedule, callback: Callback | None = None) -> np.ndarray:
     """PLMS (PNDMScheduler with skip_prk_steps): steps+1 model calls."""
-    config = for_sampler(config, "pndm")
-    ac = alphas_cumprod(config)
-    final = 1.0 if config.set_alpha_to_one else ac[0]
-    stride = config.num_train_timesteps // steps
-    ts = pndm_timesteps(config, steps)
+    ac, final, stride = schedule.alphas_cumprod, schedule.final_alpha, schedule.stride
+    ts = schedule.timesteps
 
     def move(x: np.ndarray, t: int, t_prev: int, eps: np.ndarray) -> np.ndarray:
         a_t = ac[t]
@@ -247,7 +225,26 @@ def sample(
     callback: Callback | None = None,
     gamma: float = 0.3,
 ) -> np.ndarray:
-    """Run sampler ``name`` from unit Gaussian ``noise`` (B,4,h,w); returns the final latent, float32.
+    """Run sampler ``name`` for ``steps`` steps on ``config``'s schedule: :func:`run_schedule` on
+    :func:`~dynamicid_rt.schedules.sampling_schedule`, for callers that have no schedule yet."""
+    return run_schedule(
+        sampling_schedule(name, config, steps), denoise, noise,
+        rng=rng, noise_source=noise_source, callback=callback, gamma=gamma,
+    )
+
+
+def run_schedule(
+    schedule: Schedule,
+    denoise: Denoiser,
+    noise: np.ndarray,
+    *,
+    rng: np.random.Generator | None = None,
+    noise_source: NoiseSource | None = None,
+    callback: Callback | None = None,
+    gamma: float = 0.3,
+) -> np.ndarray:
+    """Run ``schedule.sampler`` over ``schedule`` from unit Gaussian ``noise`` (B,4,h,w); returns the
+    final latent, float32.
 
     The sampler scales ``noise`` by the scheduler's initial σ itself. Euler a, LCM and TCD draw
     their step noise from ``noise_source(shape)`` when given (the pipeline passes one stream per image,
@@ -257,28 +254,26 @@ def sample(
     :func:`num_model_calls`; an exception raised from it stops sampling and propagates. ``gamma``
     is TCD's stochasticity (diffusers' ``eta``), unused by the other samplers.
     """
-    check_sampler_steps(name, steps, config)
     if rng is not None and noise_source is not None:
         raise RequestError("pass either rng or noise_source, not both")
     noise = np.asarray(noise)
     if noise.ndim != 4 or not np.issubdtype(noise.dtype, np.floating):
         raise RequestError(f"noise must be a float (B,4,h,w) array, got {noise.dtype} {noise.shape}")
-    if name == "ddim":
-        return sample_ddim(denoise, noise, config, steps, callback)
-    if name == "ddim_trailing":
-        return sample_ddim(denoise, noise, replace(config, timestep_spacing="trailing"), steps, callback)
+    name = schedule.sampler
+    if name in ("ddim", "ddim_trailing"):
+        return sample_ddim(denoise, noise, schedule, callback)
     if name == "euler":
-        return sample_euler(denoise, noise, config, steps, callback)
+        return sample_euler(denoise, noise, schedule, callback)
     if noise_source is None:
         generator = rng if rng is not None else np.random.default_rng()
         noise_source = generator.standard_normal
     if name == "euler_a":
-        return sample_euler_ancestral(denoise, noise, config, steps, noise_source, callback)
+        return sample_euler_ancestral(denoise, noise, schedule, noise_source, callback)
     if name in ("lcm", "tcd"):
         eps, report = partial(_call, denoise), partial(_report, callback)
         if name == "lcm":
-            return sample_lcm(eps, noise, config, steps, noise_source, report)
-        return sample_tcd(eps, noise, config, steps, gamma, noise_source, report)
+            return sample_lcm(eps, noise, schedule, noise_source, report)
+        return sample_tcd(eps, noise, schedule, gamma, noise_source, report)
     if name in ("dpmpp_2m", "dpmpp_2m_karras"):
-        return sample_dpmpp_2m(denoise, noise, config, steps, karras=name == "dpmpp_2m_karras", callback=callback)
-    return sample_pndm(denoise, noise, config, steps, callback)
+        return sample_dpmpp_2m(denoise, noise, schedule, callback)
+    return sample_pndm(denoise, noise, schedule, callback)

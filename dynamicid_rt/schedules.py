@@ -138,7 +138,6 @@ class SchedulerConfig:
         return cls.from_dict(d)
 
 
-
 def for_sampler(config: SchedulerConfig, name: str) -> SchedulerConfig:
     """``config`` with the timestep spacing sampler ``name`` runs with: the config's own, or, where the
     config names none, the default of the sampler's diffusers scheduler class. ``ddim_trailing`` is
@@ -148,7 +147,6 @@ def for_sampler(config: SchedulerConfig, name: str) -> SchedulerConfig:
     if config.timestep_spacing is not None:
         return config
     return replace(config, timestep_spacing=_DEFAULT_SPACING[name])
-
 
 
 def betas(config: SchedulerConfig) -> np.ndarray:
@@ -252,49 +250,84 @@ def consistency_timesteps(config: SchedulerConfig, steps: int) -> np.ndarray:
 
 
 def check_sampler_steps(name: str, steps: int, config: SchedulerConfig | None = None) -> None:
+    """RequestError unless sampler ``name`` can run ``steps`` steps (on ``config``'s schedule, when given)."""
+    if config is None:
+        _check_name_and_steps(name, steps)
+    else:
+        sampling_schedule(name, config, steps)
+
+
+def _check_name_and_steps(name: str, steps: int) -> None:
     if name not in SAMPLERS:
         raise RequestError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
         raise RequestError(f"steps must be a positive integer, got {steps!r}")
-    if config is not None and steps > config.num_train_timesteps:
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """What sampler ``sampler`` steps through in one generation, computed once by the caller and
+    passed in, as k-diffusion's samplers take their sigmas: the model timesteps in call order and
+    the noise levels the updates read. Built by :func:`sampling_schedule`."""
+
+    sampler: str  # one of SAMPLERS
+    config: SchedulerConfig  # with the timestep spacing the sampler runs with (:func:`for_sampler`)
+    steps: int  # as asked; PNDM calls the model steps+1 times
+    timesteps: np.ndarray  # float64, one per model call (integral except Euler linspace)
+    alphas_cumprod: np.ndarray  # ᾱ_t of every training timestep
+    sigmas: np.ndarray | None = None  # Euler and DPM-Solver: σ at each timestep, then a final 0
+
+    @property
+    def final_alpha(self) -> float:
+        """ᾱ after the last step (diffusers' ``final_alpha_cumprod``)."""
+        return 1.0 if self.config.set_alpha_to_one else float(self.alphas_cumprod[0])
+
+    @property
+    def stride(self) -> int:
+        """How far DDIM and PNDM step back: diffusers uses num_train // steps whatever the spacing."""
+        return self.config.num_train_timesteps // self.steps
+
+
+def sampling_schedule(name: str, config: SchedulerConfig, steps: int) -> Schedule:
+    """The schedule sampler ``name`` runs ``steps`` steps on, as the matching diffusers scheduler
+    builds it from ``config``; RequestError for a sampler or step count the schedule cannot take."""
+    _check_name_and_steps(name, steps)
+    if steps > config.num_train_timesteps:
         raise RequestError(f"steps ({steps}) cannot exceed num_train_timesteps ({config.num_train_timesteps})")
-    if config is not None:
-        # "leading" spacing plus steps_offset reaches the timestep past the last at the highest
-        # step counts (PNDM and DDIM at 1000 steps: t = 1000), where the schedule has no value.
-        top = float(_timesteps(name, config, steps).max())
-        if top >= config.num_train_timesteps:
-            raise RequestError(
-                f"{name} with {steps} steps reaches timestep {top:.0f}, past the model's {config.num_train_timesteps} "
-                f"training steps; use fewer steps (at most {steps - 1})"
-            )
-    if config is not None and name in ("lcm", "tcd") and steps > config.original_inference_steps:
+    config = for_sampler(config, name)
+    sigmas = None
+    if name in ("ddim", "ddim_trailing"):
+        ts = spaced_timesteps(config, steps, round_linspace=True)
+    elif name in ("lcm", "tcd"):
+        ts = consistency_timesteps(config, steps)
+    elif name in ("euler", "euler_a"):
+        ts, sigmas = euler_schedule(config, steps)
+    elif name in ("dpmpp_2m", "dpmpp_2m_karras"):
+        ts, sigmas = dpm_schedule(config, steps, karras=name == "dpmpp_2m_karras")
+    else:
+        ts = pndm_timesteps(config, steps)
+    # "leading" spacing plus steps_offset reaches the timestep past the last at the highest step
+    # counts (PNDM and DDIM at 1000 steps: t = 1000), where the schedule has no value.
+    top = float(ts.max())
+    if top >= config.num_train_timesteps:
+        raise RequestError(
+            f"{name} with {steps} steps reaches timestep {top:.0f}, past the model's {config.num_train_timesteps} "
+            f"training steps; use fewer steps (at most {steps - 1})"
+        )
+    if name in ("lcm", "tcd") and steps > config.original_inference_steps:
         raise RequestError(
             f"{name} takes at most {config.original_inference_steps} steps (its distillation schedule), got {steps}; "
             "few-step samplers are meant for 1-8 steps"
         )
+    return Schedule(name, config, steps, ts, alphas_cumprod(config), sigmas)
 
 
 def timesteps(name: str, config: SchedulerConfig, steps: int) -> np.ndarray:
     """The timesteps passed to the model, in call order (float64; integral except Euler linspace)."""
-    check_sampler_steps(name, steps, config)
-    return _timesteps(name, config, steps)
-
-
-def _timesteps(name: str, config: SchedulerConfig, steps: int) -> np.ndarray:
-    config = for_sampler(config, name)
-    if name in ("ddim", "ddim_trailing"):
-        return spaced_timesteps(config, steps, round_linspace=True)
-    if name in ("lcm", "tcd"):
-        return consistency_timesteps(config, steps)
-    if name in ("euler", "euler_a"):
-        return euler_schedule(config, steps)[0]
-    if name in ("dpmpp_2m", "dpmpp_2m_karras"):
-        return dpm_schedule(config, steps, karras=name == "dpmpp_2m_karras")[0]
-    return pndm_timesteps(config, steps)
+    return sampling_schedule(name, config, steps).timesteps
 
 
 def num_model_calls(name: str, steps: int) -> int:
     """How many times the sampler calls the model (PNDM: steps+1, its first step runs twice)."""
-    check_sampler_steps(name, steps)
+    _check_name_and_steps(name, steps)
     return steps + 1 if name == "pndm" and steps > 1 else steps
-

@@ -49,19 +49,31 @@ def first_mismatch(folder: Path, digests: Mapping[str, str], rehash: bool = Fals
     """The first file of ``digests`` (path relative to ``folder`` -> SHA-256) whose content does
     not match, or None. ``rehash`` hashes every file whatever its stamp says."""
     stamps = _read_stamps(folder)
-    changed = False
+    verified: dict[str, str] = {}
     for name, digest in digests.items():
-        path = folder / name
-        key = [*_stat_key(path), digest]
-        if not rehash and stamps.get(name) == key:
+        if not rehash and stamps.get(name) == [*_stat_key(folder / name), digest]:
             continue
-        if sha256_file(path) != digest:
+        if sha256_file(folder / name) != digest:
             return name
+        verified[name] = digest
+    _write_stamps(folder, stamps, verified)
+    return None
+
+
+def stamp_hashed(folder: Path, digests: Mapping[str, str]) -> None:
+    """Stamp files whose SHA-256 the caller has just computed from their content (a cache build),
+    so that the first check after the build need not read them again."""
+    _write_stamps(folder, _read_stamps(folder), digests)
+
+
+def _write_stamps(folder: Path, stamps: dict, verified: Mapping[str, str]) -> None:
+    changed = False
+    for name, digest in verified.items():
+        path = folder / name
         if time.time_ns() - path.stat().st_ctime_ns > RACY_NS:
-            stamps[name] = key
+            stamps[name] = [*_stat_key(path), digest]
             changed = True
     if changed:
         with contextlib.suppress(OSError, OutputError):  # a read-only cache still works, it only hashes again
             with atomic_write(folder / STAMP, "w") as f:
                 json.dump(stamps, f)
-    return None

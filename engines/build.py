@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 from dynamicid_rt.atomic import atomic_write
 from dynamicid_rt.contract import ENGINES
 from dynamicid_rt.errors import RequestError
+from dynamicid_rt.export.progress import BuildProgress
 from dynamicid_rt.paths import ModelPaths
 
 from .builder import BuildSettings, EngineBuildError, build_plan
@@ -27,14 +28,11 @@ from .plans import (
     LOCK_FILE, TIMING_CACHE_FILE, GpuInfo, check_plan, plan_folder, plan_key, plan_tag, read_manifest, stale_fields,
     write_plan,
 )
-from .profiles import SIZED_ENGINES, StaticSize, check_static_size, engine_profile
+from .profiles import StaticSize, check_static_size, engine_profile, sized_engines
 from .refit import refit_plan, structure_hash
 from .validity import plan_validity
 
 log = logging.getLogger(__name__)
-
-# Engines built refittable: the UNet carries the checkpoint-specific weights (fine-tune + SAA LoRA).
-REFITTABLE = ("unet",)
 
 # progress(engine, tag, status): status is "checking", "building", "refitting", "built", "refit" or "reused".
 PlanProgress = Callable[[str, str, str], None]
@@ -74,10 +72,12 @@ def build_plans(
     progress: PlanProgress | None = None,
     lib: LoadedTensorRT | None = None,
     gpu: GpuInfo | None = None,
+    export_progress: BuildProgress | None = None,
 ) -> list[PlanEntry]:
     """The plans of ``engines`` (default: all the model folder provides) at ``precision``: the dynamic
     plan of each and, with ``static``, a static plan of each size-dependent engine (unet, vae_decoder).
-    ``gpu``: the GPU plans are built on (None: none here; only libraries that build without one)."""
+    ``gpu``: the GPU plans are built on (None: none here; only libraries that build without one).
+    ``progress`` follows the plans; ``export_progress`` the ONNX export before them."""
     from dynamicid_rt.export.cache import build_engines, default_engine_dir, default_engines
 
     lib = lib or load("tensorrt", "building TensorRT plans")
@@ -90,18 +90,19 @@ def build_plans(
         )
     names = list(engines) if engines is not None else default_engines(paths)
     if static is not None:
-        for name in SIZED_ENGINES:
+        for name in sized_engines():
             check_static_size(ENGINES[name], static)
-    if any(name in REFITTABLE for name in names) and not can_refit(lib, gpu):
+    refittable = [name for name in names if ENGINES[name].refittable]
+    if refittable and not can_refit(lib, gpu):
         log.info(
             "%s cannot build refittable plans without a GPU: %s built non-refittable; new weights rebuild it",
-            lib.spec.name, ", ".join(n for n in names if n in REFITTABLE),
+            lib.spec.name, ", ".join(refittable),
         )
     engine_dir = Path(engine_dir) if engine_dir is not None else default_engine_dir(paths)
-    entries = build_engines(paths, engine_dir, precision, names)
+    entries = build_engines(paths, engine_dir, precision, names, progress=export_progress)
     out = []
     for entry in entries:
-        sizes = [None] + ([static] if static is not None and entry.engine in SIZED_ENGINES else [])
+        sizes = [None] + ([static] if static is not None and ENGINES[entry.engine].sized else [])
         for size in sizes:
             out.append(ensure_plan(lib, gpu, entry, engine_dir, size, settings, force, verify, progress))
     return out
@@ -117,7 +118,7 @@ def ensure_plan(
 
     report = progress or (lambda *_: None)
     engine, precision = entry.engine, entry.precision
-    settings = replace(settings, refittable=engine in REFITTABLE and can_refit(lib, gpu))
+    settings = replace(settings, refittable=ENGINES[engine].refittable and can_refit(lib, gpu))
     profile = engine_profile(ENGINES[engine], entry.dims, static)
     key = plan_key(engine, precision, entry.manifest, lib, gpu, profile, settings.targets_for(lib))
     folder, tag = plan_folder(engine_dir, engine, precision, lib.spec.backend), plan_tag(static)

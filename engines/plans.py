@@ -9,21 +9,20 @@ compute capabilities for TensorRT-RTX's portable ones. Any change makes it stale
 with the reason logged. A plan is trusted only when its manifest matches that key and the file has
 the recorded size and SHA-256 (re-hashed whenever its size or modification time changed).
 
-Writes: the old manifest is removed first, then the plan and the manifest are each written
-atomically, the manifest last; so an interrupted build leaves a plan without a manifest, which is
-never taken for valid.
+Plans are kept in the verified store of ``export/store.py`` as single files: the old manifest is
+removed first, then the plan and the manifest are each written atomically, the manifest last; so an
+interrupted build leaves a plan without a manifest, which is never taken for valid.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dynamicid_rt.atomic import atomic_write
-from dynamicid_rt.stamps import sha256_file
+from dynamicid_rt.export.store import check_file, file_record, read_manifest as read_store_manifest, write_manifest
 
 from .library import LoadedTensorRT
 from .profiles import Profile, StaticSize
@@ -126,29 +125,14 @@ def read_manifest(folder: Path, tag: str, suffix: str = PLAN_SUFFIX) -> tuple[di
         if (folder / f"{tag}{suffix}").exists():
             return None, "plan without a manifest (an earlier build did not finish)"
         return None, "not built yet"
-    try:
-        manifest = json.loads(path.read_text())
-        if not isinstance(manifest, dict) or not isinstance(manifest.get("plan"), dict):
-            raise ValueError("no plan record")
-    except ValueError as exc:
-        return None, f"manifest is unreadable ({exc})"
-    return manifest, ""
+    return read_store_manifest(path, "plan")
 
 
 def check_plan_file(
     folder: Path, tag: str, manifest: dict[str, Any], verify: bool = False, suffix: str = PLAN_SUFFIX
 ) -> str:
     """Empty when the plan file matches its manifest, else why not (missing, truncated, corrupt)."""
-    path = folder / f"{tag}{suffix}"
-    record = manifest["plan"]
-    if not path.is_file():
-        return "the plan file is missing"
-    stat = path.stat()
-    if stat.st_size != record.get("size"):
-        return f"the plan has {stat.st_size} bytes, its manifest says {record.get('size')} (truncated or corrupt)"
-    if (verify or stat.st_mtime_ns != record.get("mtime_ns")) and sha256_file(path) != record.get("sha256"):
-        return "the plan does not match its SHA-256 (corrupt)"
-    return ""
+    return check_file(folder / f"{tag}{suffix}", manifest["plan"], "the plan", verify)
 
 
 def check_plan(
@@ -174,11 +158,8 @@ def write_plan(
     path = folder / f"{tag}{suffix}"
     with atomic_write(path) as f:
         f.write(plan)
-    stat = path.stat()
-    record = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": hashlib.sha256(plan).hexdigest()}
-    manifest = key | extra | {"plan": record}
-    with atomic_write(folder / f"{tag}.json", "w") as f:
-        json.dump(manifest, f, indent=1, sort_keys=True)
+    manifest = key | extra | {"plan": file_record(path, hashlib.sha256(plan).hexdigest())}
+    write_manifest(folder / f"{tag}.json", manifest)
     return manifest
 
 

@@ -15,8 +15,11 @@ from dynamicid_rt.errors import RequestError
 Shape = tuple[int, ...]
 Profile = dict[str, tuple[Shape, Shape, Shape]]
 LATENT_FACTOR = 8  # pixels per latent position (SD1.5 VAE)
-# Engines whose shapes depend on the image size: the ones a static plan exists for.
-SIZED_ENGINES = ("unet", "vae_decoder")
+
+
+def sized_engines() -> list[str]:
+    """Engines whose shapes depend on the image size (``EngineSpec.sized``): the ones a static plan exists for."""
+    return [name for name, spec in ENGINES.items() if spec.sized]
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,7 @@ def engine_profile(spec: EngineSpec, dims: ModelDims, static: StaticSize | None 
     """``{input: (min, opt, max)}`` for every input of ``spec``; with ``static`` the size is fixed,
     the batch spans one image without and with guidance (the UNet's 1..2, tuned for 2), and only
     the identity axes stay dynamic."""
-    if static is None or spec.name not in SIZED_ENGINES:
+    if static is None or not spec.sized:
         return spec.profile(dims)
     fixed = {"h": static.height // LATENT_FACTOR, "w": static.width // LATENT_FACTOR}
     batch = spec.axis("B")
@@ -86,9 +89,9 @@ def request_shapes(
 ) -> dict[str, Shape]:
     """Shapes of every input and output of ``engine`` for one generation request."""
     axes = unet_axes(width, height, batch, people, guidance)
-    if engine == "vae_decoder":
-        axes = {"B": 1, "h": axes["h"], "w": axes["w"]}  # the pipeline decodes one image at a time
     spec = ENGINES[engine]
+    if spec.one_image_per_call:
+        axes = {"B": 1, "h": axes["h"], "w": axes["w"]}  # the pipeline decodes one image at a time
     names = {a.name for a in spec.axes}
     return spec.shapes(dims, **{k: v for k, v in axes.items() if k in names})
 

@@ -4,5 +4,6 @@ Importing this package is light (no torch): reusing cached engines needs only th
 and numpy; torch and the exporter are imported when something has to be built.
 """
 from .cache import CacheEntry, build_engines, default_engine_dir, find_entry
+from .progress import BuildProgress, BuildStatus
 
-__all__ = ["CacheEntry", "build_engines", "default_engine_dir", "find_entry"]
+__all__ = ["BuildProgress", "BuildStatus", "CacheEntry", "build_engines", "default_engine_dir", "find_entry"]

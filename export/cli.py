@@ -9,6 +9,7 @@ from dynamicid_rt.contract import ENGINES
 from dynamicid_rt.errors import DynamicIDError, ModelFolderError
 
 from .cache import PRECISIONS
+from .progress import BuildStatus
 
 
 def register(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParser:
@@ -23,7 +24,9 @@ def register(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParse
         "--models", type=Path, default=os.environ.get("DYNAMICID_MODELS"),
         help="model folder (SPEC §3 layout; default: $DYNAMICID_MODELS)",
     )
-    parser.add_argument("--engine-dir", type=Path, default=None, help="engine cache folder (default: the user cache)")
+    parser.add_argument("--onnx-cache", dest="engine_dir", type=Path, default=None, metavar="DIR",
+                        help="the ONNX cache (exported graphs; TensorRT plans go inside it) (default: the user cache)")
+    parser.add_argument("--engine-dir", dest="engine_dir", type=Path, default=None, help=argparse.SUPPRESS)  # its old name
     parser.add_argument(
         "--precision", choices=PRECISIONS, default=None,
         help="fp16 graphs are for GPUs (default: fp32; fp16 with --backend tensorrt or tensorrt-rtx)",
@@ -62,9 +65,10 @@ def run_build_engines(args: argparse.Namespace) -> int:
     engine_dir = args.engine_dir or default_engine_dir(paths)
     with tqdm(total=len(names), unit="engine", desc="build-engines") as bar:
 
-        def progress(engine: str, index: int, total: int, status: str) -> None:
-            bar.set_postfix_str(f"{engine}: {status}")
-            if status in ("reused", "built"):
+        def progress(status: BuildStatus) -> None:
+            text = f"{status.engine}: {status.stage}"
+            bar.set_postfix_str(text if status.stage in ("checking", "reused", "built") else f"{text}, {status.time_left}")
+            if status.stage in ("reused", "built"):
                 bar.update(1)
 
         entries = build_engines(

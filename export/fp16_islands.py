@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import onnx
 
-# Graph inputs by role: control values (small, precision-critical), the activation stream, identity tokens.
-CONTROL_INPUTS = frozenset({"timestep", "id_boxes", "id_scale", "id_boost", "id_gating", "id_mix"})
+from dynamicid_rt.contract import ENGINES
+
+# Graph inputs by role: control values (small, precision-critical: EngineSpec.control_inputs), the
+# activation stream, identity tokens.
 IDENTITY_INPUTS = frozenset({"id_tokens"})
 _WEIGHT_OPS = {"MatMul": (1,), "Gemm": (1, 2), "Conv": (1, 2), "ConvTranspose": (1, 2)}
 _SMALL_CONSTANT = 4096  # elements: larger initializers are weights whatever consumes them
@@ -38,11 +40,12 @@ def _sources(graph: onnx.GraphProto) -> dict[str, frozenset[str]]:
     """What each value is computed from (a set of roles), for every value of ``graph`` in order."""
     weights = {node.input[i] for node in graph.node for i in _WEIGHT_OPS.get(node.op_type, ()) if i < len(node.input)}
     roles: dict[str, frozenset[str]] = {}
+    control = {name for spec in ENGINES.values() for name in spec.control_inputs}
     for init in graph.initializer:
         roles[init.name] = frozenset({WEIGHT}) if init.name in weights or _numel(init) > _SMALL_CONSTANT else frozenset()
     for value in graph.input:
         if value.name not in roles:
-            role = CONTROL if value.name in CONTROL_INPUTS else IDENTITY if value.name in IDENTITY_INPUTS else STREAM
+            role = CONTROL if value.name in control else IDENTITY if value.name in IDENTITY_INPUTS else STREAM
             roles[value.name] = frozenset({role})
     for node in graph.node:
         if node.op_type in _SHAPE_OPS:

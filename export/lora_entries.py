@@ -17,28 +17,21 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
 import time
-import uuid
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
-from filelock import FileLock
-
-from dynamicid_rt.contract import ENGINES, ModelDims
+from dynamicid_rt.contract import ENGINES, LORA_ENGINES, ModelDims
 from dynamicid_rt.lora import LoraFile, cache_key
 from dynamicid_rt.paths import ModelPaths
 
-from .cache import (
-    CUDA_MODEL_FILE, MANIFEST, MODEL_FILE, CacheEntry, _contract, _replace_dir, _sha256, build_engines, check_entry,
-    cuda_graph, default_engine_dir, expected_manifest,
-)
+from .cache import CacheEntry, build_engines, check_entry, contract_record, default_engine_dir, expected_manifest
+from .recipes import CUDA_MODEL_FILE, MODEL_FILE, cuda_graph
+from .store import build_folder, build_lock
 
 log = logging.getLogger(__name__)
 
-LORA_ENGINES = ("unet", "text_encoder")
 PATCH_VERSION = 1  # bump when the way LoRA'd graphs are written changes
 
 
@@ -60,7 +53,7 @@ def lora_entries(
         if not key:
             (out[engine],) = build_engines(paths, engine_dir, precision, [engine])
             continue
-        with FileLock(str(engine_dir / f".lock-{engine}-{precision}-lora")):
+        with build_lock(engine_dir, f"{engine}-{precision}-lora"):
             out[engine] = _ensure(paths, engine_dir, engine, precision, loras, key)
     return out
 
@@ -79,23 +72,14 @@ def _ensure(
         return CacheEntry(engine, precision, folder, manifest, reused=True)
     log.info("building %s (%s) with %d LoRA(s) in %s: %s", engine, precision, len(key), folder, why)
     started = time.perf_counter()
-    tmp = engine_dir / f".building-{engine}-{precision}-lora-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+
+    def fill(tmp: Path) -> dict[str, Any]:
         dims = _write_graph(paths, engine_dir, engine, precision, loras, key, tmp)
-        files = {
-            p.name: {"size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns, "sha256": _sha256(p)}
-            for p in sorted(tmp.iterdir()) if p.is_file()
+        return expected | {
+            "dims": dims, "contract": contract_record(engine, ModelDims(**dims)), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        manifest = expected | {
-            "dims": dims, "contract": _contract(engine, ModelDims(**dims)), "files": files,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))  # last: marks the entry valid
-        _replace_dir(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    manifest = build_folder(engine_dir, folder.name, fill)
     log.info("built %s (%s) with LoRAs in %.1f s", engine, precision, time.perf_counter() - started)
     return CacheEntry(engine, precision, folder, manifest, reused=False)
 

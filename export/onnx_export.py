@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 import warnings
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -18,6 +19,9 @@ import torch
 
 from dynamicid_rt.contract import EngineSpec, ModelDims
 from dynamicid_rt.errors import DynamicIDError, NumericalError
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 log = logging.getLogger(__name__)
 
@@ -72,15 +76,28 @@ def export_engine(
     dims: ModelDims,
     out_path: Path,
     opset: int = OPSET,
+    check_at: Sequence[Mapping[str, int]] = (),
+    tolerance: float = 1e-3,
+    record: dict[str, Any] | None = None,
+    on_stage: Callable[[str], None] | None = None,
 ) -> Path:
     """Export ``module`` (fp32, eval mode) as ``out_path``: traced on the contract's sample inputs
     at the opt shapes, with its dynamic axes; constant-folded, shape-inferred and checked. Graphs over
-    2 GiB keep their weights in ``<out_path>.data``."""
+    2 GiB keep their weights in ``<out_path>.data``.
+
+    ``check_at``: axis values at which the graph must match the module (see :func:`compare_with_torch`),
+    checked on the session that folded the graph, so the check costs no second session. ``record``
+    is filled with the seconds of each stage (``seconds``) and the measured ``parity_relative_error``;
+    ``on_stage`` is told each stage as it starts."""
     out_path = Path(out_path)
+    stage = on_stage or (lambda _: None)
+    seconds: dict[str, float] = {}
     args = to_torch_inputs(spec, spec.sample_inputs(dims))
     module = module.eval()
     with tempfile.TemporaryDirectory(prefix="onnx-raw-", dir=out_path.parent) as raw_dir:
         raw = Path(raw_dir) / "raw.onnx"
+        stage("tracing")
+        started = time.perf_counter()
         with warnings.catch_warnings(), torch.no_grad():
             # TorchScript tracing: seconds where torch.export takes minutes on a UNet. Its warnings
             # about Python values frozen into the trace are checked for real by the build's parity
@@ -90,31 +107,54 @@ def export_engine(
                 module, args, str(raw), input_names=spec.input_names, output_names=spec.output_names,
                 dynamic_axes=spec.dynamic_axes(), opset_version=opset, dynamo=False, do_constant_folding=True,
             )
-        folded = Path(raw_dir) / "folded.onnx"
-        _fold_constants(raw, folded)
-        model = onnx.load(str(folded), load_external_data=True)
-        _drop_unused_opsets(model)
-        _check_names(model, spec)
-        save_model(model, out_path)
+        seconds["trace"] = time.perf_counter() - started
+        stage("folding constants")
+        started = time.perf_counter()
+        # Folded straight into place, weights in their final file: only the small graph is rewritten below.
+        session = _fold_constants(raw, out_path)
+        seconds["fold"] = time.perf_counter() - started
+    started = time.perf_counter()
+    model = onnx.load(str(out_path), load_external_data=False)
+    _drop_unused_opsets(model)
+    _check_names(model, spec)
+    onnx.save_model(model, str(out_path))  # external weights stay where the folding wrote them
     del model
+    seconds["save"] = time.perf_counter() - started
+    if check_at:
+        stage("checking parity")
+        started = time.perf_counter()
+        error = compare_with_torch(session, module, spec, dims, list(check_at), tolerance)
+        seconds["parity"] = time.perf_counter() - started
+        if record is not None:
+            record["parity_relative_error"] = error
+    del session
+    stage("checking the graph")
+    started = time.perf_counter()
     _infer_and_check(out_path)
+    seconds["check"] = time.perf_counter() - started
+    if record is not None:
+        record["seconds"] = seconds
     return out_path
 
 
-def _fold_constants(src: Path, dst: Path) -> None:
+def _fold_constants(src: Path, dst: Path) -> "ort.InferenceSession":
     """Constant folding, redundant-node elimination and Conv+BN/Add/Mul folding with ONNX Runtime's
     "basic" level, which only rewrites into standard ONNX ops (portable to TensorRT); shape
-    subgraphs on static dims collapse to constants. Much faster than onnxscript's optimizer."""
+    subgraphs on static dims collapse to constants. Much faster than onnxscript's optimizer. Writes
+    ``dst`` (weights in ``<dst>.data`` where :func:`save_model` would put them there) and returns
+    the session, which runs that same optimized graph."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.optimized_model_filepath = str(dst)
     options.log_severity_level = 3
-    if sum(f.stat().st_size for f in src.parent.iterdir()) > PROTOBUF_LIMIT // 2:
-        options.add_session_config_entry("session.optimized_model_external_initializers_file_name", dst.name + EXTERNAL_DATA_SUFFIX)
+    data = dst.with_name(dst.name + EXTERNAL_DATA_SUFFIX)
+    data.unlink(missing_ok=True)
+    if sum(f.stat().st_size for f in src.parent.iterdir()) > PROTOBUF_LIMIT - (64 << 20):
+        options.add_session_config_entry("session.optimized_model_external_initializers_file_name", data.name)
         options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-    ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
 
 
 def _drop_unused_opsets(model: onnx.ModelProto) -> None:
@@ -240,19 +280,27 @@ def check_finite(path: Path, spec: EngineSpec, dims: ModelDims) -> bool:
 
 
 def compare_with_torch(
-    path: Path, module: torch.nn.Module, spec: EngineSpec, dims: ModelDims, shape_points: list[dict[str, int]],
-    tolerance: float,
+    graph: "Path | ort.InferenceSession", module: torch.nn.Module, spec: EngineSpec, dims: ModelDims,
+    shape_points: list[dict[str, int]], tolerance: float,
 ) -> float:
     """Largest relative error (max |onnx - torch| / max |torch|) of the graph in ONNX Runtime CPU
-    against ``module`` over the given axis values; raises NumericalError above ``tolerance``."""
+    against ``module`` over the given axis values; raises NumericalError above ``tolerance``.
+    ``graph``: the ONNX file, or a session already running it."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = graph if isinstance(graph, ort.InferenceSession) else ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
     worst = 0.0
     for i, point in enumerate(shape_points):
         inputs = spec.sample_inputs(dims, seed=10 + i, **point)
         ref = run_torch(module, spec, inputs)
-        got = dict(zip(spec.output_names, session.run(spec.output_names, inputs)))
+        try:
+            got = dict(zip(spec.output_names, session.run(spec.output_names, inputs)))
+        except Exception as exc:  # e.g. a Gather out of bounds in a graph traced for another size
+            raise NumericalError(
+                f"exported {spec.name} differs from the PyTorch module at {point or 'opt shapes'}: ONNX Runtime "
+                f"fails on it ({str(exc).splitlines()[0][:300]}); the module has shape-dependent Python logic the "
+                "tracer froze, or an op exports wrongly"
+            ) from exc
         for name in spec.output_names:
             err = relative_error(got[name], ref[name])
             worst = max(worst, err)

@@ -36,7 +36,7 @@ def meta_backend(paths) -> TorchBackend:
 
 def _inputs(backend: TorchBackend, engine: str, module: torch.nn.Module, seed: int = 1) -> dict[str, torch.Tensor]:
     arrays = ENGINES[engine].sample_inputs(backend.dims, seed=seed, **ENGINE_POINTS[engine])
-    return {name: backend._tensor(name, arrays[name], module) for name in ENGINES[engine].input_names}
+    return {name: backend._tensor(ENGINES[engine], name, arrays[name], module) for name in ENGINES[engine].input_names}
 
 
 @pytest.mark.parametrize("engine", ENGINE_POINTS)
@@ -79,7 +79,7 @@ def test_reduced_precision_on_cpu_matches_fp32(paths, engine, dtype, tolerance):
     arrays = ENGINES[engine].sample_inputs(reference.dims, seed=2, **ENGINE_POINTS[engine])
     ref = reference.run(engine, arrays)
     module = load_engine_module(paths, engine, dtype=dtype, device="cpu")
-    inputs = [reference._tensor(name, arrays[name], module) for name in ENGINES[engine].input_names]
+    inputs = [reference._tensor(ENGINES[engine], name, arrays[name], module) for name in ENGINES[engine].input_names]
     with torch.inference_mode():
         out = module(*inputs)
     assert out.dtype == dtype  # activations in the module's precision, control inputs made to follow

@@ -7,6 +7,7 @@ import pytest
 from dynamicid_rt.backends.base import Backend
 from dynamicid_rt.contract import UNET, ModelDims
 from dynamicid_rt.guided_unet import GuidedUNet
+from dynamicid_rt.unet_feed import IdentityInputs
 
 
 class RowCounter(Backend):
@@ -27,7 +28,8 @@ class RowCounter(Backend):
 def _denoise(guidance: float, batch: int, backend: RowCounter) -> GuidedUNet:
     states = np.stack([np.zeros((77, 8)), np.ones((77, 8))]).astype(np.float32)  # negative 0, prompt 1
     tokens = np.zeros((4, 8), np.float32)
-    return GuidedUNet(backend, states, tokens, tokens, {}, batch, guidance, boost=lambda step: 0.0)
+    identity = IdentityInputs(tokens, tokens, *(np.zeros(shape, np.float32) for shape in ((1, 4), (1,), (1,), (1,))))
+    return GuidedUNet(backend, states, identity, batch, guidance, boost=lambda step: 0.0)
 
 
 @pytest.mark.parametrize("guidance", [1.0, 0.5, 0.0])

@@ -47,19 +47,19 @@ def test_streams_are_independent():
 def recorded(monkeypatch):
     """Wraps the pipeline's sampler call to record its starting noise and every step-noise draw."""
     calls = []
-    real_sample = pipeline_module.sample
+    real_run = pipeline_module.run_schedule
 
-    def spy(name, denoise, start, config, steps, *, noise_source=None, **kwargs):
-        record = {"sampler": name, "start": np.array(start), "draws": []}
+    def spy(schedule, denoise, start, *, noise_source=None, **kwargs):
+        record = {"sampler": schedule.sampler, "start": np.array(start), "draws": []}
         calls.append(record)
 
         def source(shape):
             record["draws"].append(np.array(noise_source(shape)))
             return record["draws"][-1]
 
-        return real_sample(name, denoise, start, config, steps, noise_source=source, **kwargs)
+        return real_run(schedule, denoise, start, noise_source=source, **kwargs)
 
-    monkeypatch.setattr(pipeline_module, "sample", spy)
+    monkeypatch.setattr(pipeline_module, "run_schedule", spy)
     return calls
 
 

@@ -58,7 +58,7 @@ def test_gpu_extra_brings_insightface_runtime_needs_except_onnxruntime():
 
 
 def test_doctor_reports_onnxruntime_and_onnxruntime_gpu_together(monkeypatch):
-    from dynamicid_rt import inspect as reports
+    from dynamicid_rt import doctor as reports
 
     real = reports._version
     monkeypatch.setattr(reports, "_version", lambda dist: "1.20.0" if dist in ("onnxruntime", "onnxruntime-gpu") else real(dist))

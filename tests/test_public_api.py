@@ -186,7 +186,7 @@ def test_request_module_stands_below_identity_encoding():
 
 def test_cli_and_desktop_use_only_the_public_api():
     # The CLI's own helpers: its reports and messages, the demo bundle, the build-engines command.
-    own_helpers = {"dynamicid_rt.inspect", "dynamicid_rt.messages", "dynamicid_rt.tiny.bundle", "dynamicid_rt.export.cli",
+    own_helpers = {"dynamicid_rt.inspect", "dynamicid_rt.doctor", "dynamicid_rt.messages", "dynamicid_rt.tiny.bundle", "dynamicid_rt.export.cli",
                    "dynamicid_rt.server.command"}
     server = sorted((ROOT / "dynamicid_rt" / "server").glob("*.py"))  # the web API: a front end too
     files = [ROOT / "dynamicid_rt" / "cli.py", *sorted((ROOT / "desktop").glob("*.py")), *server]

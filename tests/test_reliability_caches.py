@@ -175,7 +175,8 @@ def test_engine_verified_once_then_trusted_by_its_stamp(tiny_bundle, engines_cop
 
 def test_corrupt_engine_that_ort_cannot_parse_is_rebuilt(tiny_bundle, engines_copy, samples, caplog):
     """A manifest that matches a corrupt graph (a copy tool that rewrote both) still recovers."""
-    from dynamicid_rt.export.cache import MANIFEST, _sha256, entry_dir
+    from dynamicid_rt.export.cache import MANIFEST, entry_dir
+    from dynamicid_rt.stamps import sha256_file as _sha256
 
     folder = entry_dir(engines_copy, "vae_decoder", "fp32")
     onnx = folder / "model.onnx"

@@ -180,7 +180,8 @@ def test_request_checked_for_people_not_yet_encoded():
 def test_insightface_future_warning_is_silenced(tiny_bundle, samples):
     script = (
         "import sys\n"
-        "from dynamicid_rt.faces import FaceAnalyzer, load_photo\n"
+        "from dynamicid_rt.faces import FaceAnalyzer\n"
+        "from dynamicid_rt.photos import load_photo\n"
         "a = FaceAnalyzer(sys.argv[1])\n"
         "assert a.detect(load_photo(sys.argv[2]))\n"
         "a.landmark_raster(load_photo(sys.argv[2]))\n"

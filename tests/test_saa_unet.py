@@ -302,7 +302,7 @@ def test_box_edges_follow_exact_decimal_arithmetic():
     where fp32 alone gives 52 and float64 gives 28."""
     from fractions import Fraction
 
-    from dynamicid_rt.models.saa import _region_masks
+    from dynamicid_rt.models.saa_attention import _region_masks
 
     block = torch.zeros(4, dtype=torch.int64)
     cases = [((0.29, 0.53, 0.58, 0.7), (100, 100)), ((0.58, 0.525, 0.7, 0.84), (50, 120)), ((0.1, 0.35, 0.7, 0.7), (90, 75))]

@@ -4,13 +4,17 @@ Each backend is declared once below by a :class:`BackendInfo` (see ``registry.py
 the registry imports a backend's module only when :func:`create_backend` builds it, so that the
 ONNX Runtime and OpenVINO paths never import torch. A new backend needs its module and one
 ``register(...)`` line here; ``create_backend``, auto, the CLI, ``doctor`` and the desktop read the
-declarations.
+declarations. ``precisions`` is the only list of what a backend runs: a new precision for one
+backend is one more name in its tuple here (the backend's constructor then has to run it).
 """
 from __future__ import annotations
 
 from . import probes
 from .base import Backend
-from .registry import AUTO, BACKENDS, AutoChoice, BackendInfo, backend_info, choose_auto, create_backend, register, supports
+from .registry import (
+    AUTO, BACKEND_OPTIONS, BACKENDS, AutoChoice, BackendInfo, BackendOption, backend_info, choose_auto, create_backend,
+    precision_choices, register, resolve, supports,
+)
 
 register(BackendInfo(
     name="torch",
@@ -30,7 +34,7 @@ register(BackendInfo(
     requires=("onnxruntime",),
     precisions={"cpu": ("fp32",), "cuda": ("fp16", "fp32")},
     devices=probes.onnxruntime_devices,
-    options=("device", "precision", "engine_dir", "trt_provider"),
+    options=("device", "precision", "engine_dir", "build_progress", "trt_provider"),
     capabilities=frozenset({"device_bind"}),
     auto_rank={"cuda": 20, "cpu": 40},
 ))
@@ -41,7 +45,7 @@ register(BackendInfo(
     requires=("tensorrt", "cuda"),  # cuda: cuda-python, for device buffers and CUDA graphs
     precisions={"cuda": ("fp16", "fp32")},
     devices=probes.cuda_only,
-    options=("device", "precision", "engine_dir"),
+    options=("device", "precision", "engine_dir", "build_progress"),
     capabilities=frozenset({"device_bind"}),
     auto_rank={"cuda": 10},
     # TensorRT's wheels are per CUDA major; `dynamicid-rt doctor` names the one for this machine.
@@ -58,7 +62,7 @@ register(BackendInfo(
     requires=("tensorrt_rtx_bindings", "cuda"),  # the -bindings wheel's module; cuda: cuda-python
     precisions={"cuda": ("fp16", "fp32")},
     devices=probes.tensorrt_rtx_devices,
-    options=("device", "precision", "engine_dir"),
+    options=("device", "precision", "engine_dir", "build_progress"),
     capabilities=frozenset({"device_bind"}),
     auto_rank={"cuda": 12},
     install_hint="pip install 'dynamicid-rt[tensorrt-rtx]' (CUDA 13) or 'dynamicid-rt[tensorrt-rtx-cu12]' (CUDA 12)",
@@ -69,13 +73,13 @@ register(BackendInfo(
     target="dynamicid_rt.backends.openvino_backend:OpenVinoBackend",
     extra="openvino",
     requires=("openvino",),
-    precisions={"cpu": ("fp32", "bf16")},
-    options=("device", "precision", "engine_dir"),
+    precisions={"cpu": ("fp32", "bf16", "int8w")},  # int8w: the UNet's weights in 8 bits (NNCF), opt-in
+    options=("device", "precision", "engine_dir", "build_progress"),
     capabilities=frozenset({"device_bind"}),
     auto_rank={"cpu": 30},
 ))
 
 __all__ = [
-    "AUTO", "BACKENDS", "AutoChoice", "Backend", "BackendInfo", "backend_info", "choose_auto", "create_backend",
-    "register", "supports",
+    "AUTO", "BACKEND_OPTIONS", "BACKENDS", "AutoChoice", "Backend", "BackendInfo", "BackendOption", "backend_info",
+    "choose_auto", "create_backend", "precision_choices", "register", "resolve", "supports",
 ]

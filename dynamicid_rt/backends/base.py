@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Collection, Mapping, Sequence
 
 import numpy as np
 
-from ..contract import ENGINES, ModelDims
+from ..contract import ENGINES, EngineSpec, ModelDims
+from ..errors import ModelFolderError
 
 if TYPE_CHECKING:
     from ..lora import LoraRef
@@ -54,10 +55,36 @@ class Backend(ABC):
         """Called after each generation: a backend may keep what it learned (TensorRT-RTX stores
         the kernels it compiled just in time)."""
 
+    def release(self, engines: Collection[str]) -> None:
+        """Free what ``engines`` hold beyond their cache entries (compiled plans), because they will
+        not run for a while; their next run builds them again from the cache. Backends whose plans
+        are costly to hold override this."""
+
     def close(self) -> None:
         """Release device memory and sessions."""
 
     @staticmethod
-    def check_engine(engine: str) -> None:
+    def check_engine(engine: str) -> EngineSpec:
+        """The engine's declaration; an unknown name is a KeyError naming the known ones."""
         if engine not in ENGINES:
             raise KeyError(f"unknown engine {engine!r}; the contract has {', '.join(ENGINES)}")
+        return ENGINES[engine]
+
+    @staticmethod
+    def check_inputs(engine: str, given: Collection[str], complete: bool = True) -> EngineSpec:
+        """The engine's declaration, once the input names ``given`` are checked against it: each must
+        be an input of the engine and, when ``complete`` (a call, not the constants of ``bind``),
+        every input must be there. Raises a one-line KeyError saying which are extra or missing."""
+        spec = Backend.check_engine(engine)
+        extra = sorted(set(given) - set(spec.input_names))
+        if extra:
+            raise KeyError(f"{engine} has no input(s) {', '.join(extra)}; its inputs are {', '.join(spec.input_names)}")
+        missing = [name for name in spec.input_names if name not in given] if complete else []
+        if missing:
+            raise KeyError(f"{engine} needs input(s) {', '.join(missing)}; got {', '.join(given) or 'none'}")
+        return spec
+
+    @staticmethod
+    def unavailable(engine: str) -> ModelFolderError:
+        """The error for an optional engine this model folder lacks the weights of."""
+        return ModelFolderError(f"engine {engine!r} is not available: the model folder lacks {ENGINES[engine].needs}")

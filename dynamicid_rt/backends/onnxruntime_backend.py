@@ -13,16 +13,18 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from ..contract import ENGINES
-from ..errors import DynamicIDError, ModelFolderError, NumericalError
+from ..contract import ENGINES, LORA_ENGINES
+from ..errors import NumericalError
 from ..paths import ModelPaths
 from .base import Backend, EngineCall
 from .ort_providers import ORT_LOG_SEVERITY, TENSORRT, check_available, check_session, log_tensorrt_build, requested, session_providers
+from .registry import parse_device
 
 if TYPE_CHECKING:
     import onnxruntime as ort
 
     from dynamicid_rt.export.cache import CacheEntry
+    from dynamicid_rt.export.progress import BuildProgress
     from dynamicid_rt.lora import LoraRef
 
 log = logging.getLogger(__name__)
@@ -41,33 +43,27 @@ _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tenso
 
 
 class OnnxRuntimeBackend(Backend):
-    """Runs every engine with ONNX Runtime. ``device``: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``
-    (default: CUDA when onnxruntime offers it); ``precision``: ``"fp32"`` or ``"fp16"`` (default:
-    fp16 on CUDA, fp32 on the CPU); ``engine_dir``: the engine cache (default: the user cache);
-    ``trt_provider``: run through ORT's TensorRT provider (CUDA only; the first build takes minutes).
-    Every session is checked to run on the providers asked for (see :mod:`.ort_providers`)."""
+    """Runs every engine with ONNX Runtime. ``device`` (``"cpu"``, ``"cuda"`` or ``"cuda:N"``) and
+    ``precision`` as the registry resolved them (``create_backend``), taken as given; ``engine_dir``:
+    the ONNX cache (default: the user cache); ``trt_provider``: run through ORT's TensorRT provider
+    (CUDA only; the first build takes minutes). Every session is checked to run on the providers
+    asked for (see :mod:`.ort_providers`)."""
 
     name = "onnxruntime"
 
     def __init__(
-        self, paths: ModelPaths, device: str | None = None, precision: str | None = None, engine_dir: Path | None = None,
-        trt_provider: bool = False,
+        self, paths: ModelPaths, device: str = "cpu", precision: str = "fp32", engine_dir: Path | None = None,
+        trt_provider: bool = False, build_progress: "BuildProgress | None" = None,
     ) -> None:
         import onnxruntime as ort
 
-        from dynamicid_rt.export.cache import PRECISIONS, build_engines, default_engines
+        from dynamicid_rt.export.cache import build_engines, default_engines
 
         available = ort.get_available_providers()
-        device = device or ("cuda" if "CUDAExecutionProvider" in available else "cpu")
-        kind, _, index = device.partition(":")
-        if kind not in ("cpu", "cuda") or (index and not index.isdigit()):
-            raise DynamicIDError(f"device {device!r} is not understood by the onnxruntime backend; use cpu, cuda or cuda:N")
-        check_available(kind, trt_provider, available, device)
-        precision = precision or ("fp16" if kind == "cuda" else "fp32")
-        if precision not in PRECISIONS:
-            raise DynamicIDError(f"precision {precision!r} is not supported; use {' or '.join(PRECISIONS)}")
+        kind, device_id = parse_device(device)
+        check_available(kind, trt_provider, available, device)  # what this onnxruntime wheel offers
         # Reuses valid entries without touching torch; builds (and imports torch) only what is missing.
-        entries = build_engines(paths, engine_dir, precision, default_engines(paths))
+        entries = build_engines(paths, engine_dir, precision, default_engines(paths), progress=build_progress)
         self._entries: dict[str, CacheEntry] = {e.engine: e for e in entries}
         self._engine_dir = entries[0].path.parent
         self._lora_keys: list[list[list]] = [[], []]  # cache_key per LORA_ENGINES engine: none merged
@@ -76,7 +72,7 @@ class OnnxRuntimeBackend(Backend):
         self.device = device
         self.precision = precision
         self._device_type = kind
-        self._device_id = int(index or 0)
+        self._device_id = device_id
         self._available = available
         self.trt_provider = trt_provider
         self._sessions: dict[str, ort.InferenceSession] = {}
@@ -95,10 +91,7 @@ class OnnxRuntimeBackend(Backend):
         if session is None:
             entry = self._entries.get(engine)
             if entry is None:
-                raise ModelFolderError(
-                    f"engine {engine!r} is not available: the model folder lacks its weights "
-                    "(imr needs dynamicid/IMR.bin and key_point_encoder.bin)"
-                )
+                raise self.unavailable(engine)
             session = self._sessions[engine] = self._open(entry)
         return session
 
@@ -139,7 +132,7 @@ class OnnxRuntimeBackend(Backend):
     def set_loras(self, loras: Sequence["LoraRef"]) -> None:
         """Run the unet and text_encoder from their LoRA'd cache entries (built on first use of a
         set, see ``export/lora_entries.py``); the plain entries with no LoRAs."""
-        from dynamicid_rt.export.lora_entries import LORA_ENGINES, lora_entries
+        from dynamicid_rt.export.lora_entries import lora_entries
         from dynamicid_rt.lora import cache_key, load_loras
 
         files = load_loras(loras)
@@ -172,10 +165,9 @@ class OnnxRuntimeBackend(Backend):
 
     @staticmethod
     def _feed(session: "ort.InferenceSession", engine: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        Backend.check_inputs(engine, inputs)
         feed = {}
         for meta in session.get_inputs():
-            if meta.name not in inputs:
-                raise KeyError(f"{engine} needs input {meta.name!r}; got {', '.join(inputs) or 'none'}")
             feed[meta.name] = np.ascontiguousarray(inputs[meta.name], dtype=_ORT_TYPES.get(meta.type, np.float32))
         return feed
 
@@ -194,9 +186,7 @@ class OnnxRuntimeBackend(Backend):
 
         session = self._session(engine)
         types = {m.name: _ORT_TYPES.get(m.type, np.float32) for m in session.get_inputs()}
-        unknown = set(constants) - set(types)
-        if unknown:
-            raise KeyError(f"{engine} has no input(s) {', '.join(sorted(unknown))}; its inputs are {', '.join(types)}")
+        self.check_inputs(engine, constants, complete=False)
         device = "cuda" if self._device_type == "cuda" else "cpu"
         uploaded = {
             name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value, dtype=types[name]), device, self._device_id)
@@ -252,9 +242,8 @@ class _BoundCall:
             self.binding.bind_ortvalue_input(name, value)
 
     def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        Backend.check_inputs(self.engine, {*self.uploaded, *inputs})
         for name in self.varying:
-            if name not in inputs:
-                raise KeyError(f"{self.engine} needs input {name!r} at each call; got {', '.join(inputs) or 'none'}")
             self.binding.bind_cpu_input(name, np.ascontiguousarray(inputs[name], dtype=self.types[name]))
         for name in self.outputs:
             self.binding.bind_output(name, self.device, self.device_id)

@@ -1,14 +1,21 @@
-"""OpenVINO backend: runs the contract's ONNX engines from the engine cache on the CPU, fp32 or bf16.
+"""OpenVINO backend: runs the contract's ONNX engines from the engine cache on the CPU, fp32, bf16 or int8w.
 
-OpenVINO reads the cached fp32 ONNX graphs directly (no second export format). Each engine is
-compiled per static input shape: one compiled model per (engine, shapes), kept in a small LRU, so
-the sampler loop runs a static plan. Compiled blobs go to OpenVINO's model cache inside the engine's
-cache entry (``<entry>/openvino``), so a second start imports them instead of compiling again.
+OpenVINO reads the cached fp32 ONNX graphs directly (no second export format). The engines whose
+shapes follow the image size (UNet, VAE decoder) are compiled per static input shape: one compiled
+model per (engine, shapes), kept in a small LRU, so the sampler loop runs a static plan. The others
+(text encoder, image encoder, projector, IMR) run once per request and are compiled once from the
+graph's path with their dynamic axes, so a warm start imports their blobs without reading the ONNX.
+Compiled blobs go to OpenVINO's model cache inside the engine's cache entry (``<entry>/openvino``),
+so a second start imports them instead of compiling again. :meth:`OpenVinoBackend.release` drops
+the plans of engines that will not run for a while (the identity engines while sampling).
 
 bf16 (only on CPUs with bf16 units) is a per-model precision hint: the UNet and the VAE decoder run
 in bf16, the once-per-request engines (text, image encoder, projector, IMR) stay f32. Per-node f32
 islands cannot be asked of OpenVINO's CPU plugin: its ``disable_fp16_compression`` marks do not
 survive the plugin's fusions (measured: marking every node changes no bit), so f32 is kept per model.
+
+int8w (opt-in, for CPUs without bf16 units) runs the UNet with its weights compressed to 8 bits by
+NNCF and computes in f32 (``openvino_int8w.py``); the other engines stay f32.
 
 Neither this module nor anything it runs at inference imports torch or transformers.
 """
@@ -16,28 +23,29 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Collection, Mapping, Sequence
 
 import numpy as np
 
-from ..contract import ENGINES
-from ..errors import BackendError, ModelFolderError
+from ..contract import ENGINES, LORA_ENGINES
 from ..paths import ModelPaths
 from . import probes
 from .base import Backend, EngineCall
+from .openvino_cache import check_blobs, record_blobs
+from .openvino_int8w import INT8W_ENGINES, compressed_model, nncf_version
 
 if TYPE_CHECKING:
     import openvino as ov
 
     from dynamicid_rt.export.cache import CacheEntry
+    from dynamicid_rt.export.progress import BuildProgress
     from dynamicid_rt.lora import LoraRef
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "bf16")
-BF16_ENGINES = frozenset({"unet", "vae_decoder"})
 PLANS_PER_ENGINE = 2  # compiled shapes kept per engine: e.g. the 2-image CFG UNet and one other size
 
 
@@ -51,13 +59,22 @@ def telemetry_off() -> None:
         sys.modules.setdefault("openvino_telemetry", None)
 
 
+def optimization_capabilities(core: "ov.Core | None" = None) -> list[str]:
+    """What OpenVINO's CPU plugin reports it can do here ("BF16", "INT8", "FP32", ...)."""
+    if core is None:
+        telemetry_off()
+        import openvino as ov
+
+        core = ov.Core()
+    try:
+        return list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    except RuntimeError:
+        return []
+
+
 def cpu_has_bf16(core: "ov.Core") -> bool:
     """bf16 units detected by OpenVINO itself or in /proc/cpuinfo (never assumed)."""
-    try:
-        capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    except RuntimeError:
-        capabilities = []
-    return "BF16" in capabilities or probes.cpu_has_bf16()
+    return "BF16" in optimization_capabilities(core) or probes.cpu_has_bf16()
 
 
 class _Plan:
@@ -73,9 +90,7 @@ class _Plan:
     def feed(self, request: "ov.InferRequest", inputs: Mapping[str, np.ndarray]) -> None:
         import openvino as ov
 
-        for name, value in inputs.items():
-            if name not in self.types:
-                raise KeyError(f"the {self.engine} graph has no input {name!r}; its inputs are {', '.join(sorted(self.types))}")
+        for name, value in inputs.items():  # names checked against the contract (Backend.check_inputs)
             request.set_tensor(name, ov.Tensor(np.ascontiguousarray(value, dtype=self.types[name])))
 
     def outputs(self, request: "ov.InferRequest") -> dict[str, np.ndarray]:
@@ -83,30 +98,26 @@ class _Plan:
 
 
 class OpenVinoBackend(Backend):
-    """Runs every engine with OpenVINO on the CPU. ``precision``: ``"fp32"`` (default) or ``"bf16"``
-    (CPUs with bf16 units); ``engine_dir``: the ONNX engine cache (default: the user cache)."""
+    """Runs every engine with OpenVINO on the CPU. ``device`` and ``precision`` (``"fp32"``, or
+    ``"bf16"`` on CPUs with bf16 units, or ``"int8w"``) as the registry resolved them (``create_backend``), taken as
+    given; ``engine_dir``: the ONNX cache (default: the user cache)."""
 
     name = "openvino"
 
     def __init__(
-        self, paths: ModelPaths, device: str | None = None, precision: str | None = None, engine_dir: Path | None = None
+        self, paths: ModelPaths, device: str = "cpu", precision: str = "fp32", engine_dir: Path | None = None,
+        build_progress: "BuildProgress | None" = None,
     ) -> None:
         telemetry_off()
         import openvino as ov
 
         from dynamicid_rt.export.cache import build_engines, default_engines
 
-        device = device or "cpu"
-        if device != "cpu":
-            raise BackendError(f"device {device!r}: the openvino backend runs on the cpu only (use --device cpu)")
         self.core = ov.Core()
-        precision = precision or "fp32"
-        if precision not in PRECISIONS:
-            raise BackendError(f"precision {precision!r}: the openvino backend runs {' or '.join(PRECISIONS)}")
-        if precision == "bf16" and not cpu_has_bf16(self.core):
-            raise BackendError("precision bf16: this CPU has no bf16 units (avx512_bf16 or amx_bf16); use fp32")
+        if precision == "int8w":
+            nncf_version()  # int8w needs NNCF: said before any export
         # OpenVINO reads the fp32 graphs; bf16 is a compile-time hint, not a second graph.
-        entries = build_engines(paths, engine_dir, "fp32", default_engines(paths))
+        entries = build_engines(paths, engine_dir, "fp32", default_engines(paths), progress=build_progress)
         self._entries: dict[str, CacheEntry] = {e.engine: e for e in entries}
         self._engine_dir = entries[0].path.parent
         self._lora_keys: list[list[list]] = [[], []]  # cache_key per LORA_ENGINES engine: none merged
@@ -119,7 +130,7 @@ class OpenVinoBackend(Backend):
     def set_loras(self, loras: Sequence["LoraRef"]) -> None:
         """Compile the unet and text_encoder from their LoRA'd fp32 cache entries (built on first use
         of a set, see ``export/lora_entries.py``); the plain entries with no LoRAs."""
-        from dynamicid_rt.export.lora_entries import LORA_ENGINES, lora_entries
+        from dynamicid_rt.export.lora_entries import lora_entries
         from dynamicid_rt.lora import cache_key, load_loras
 
         files = load_loras(loras)
@@ -135,24 +146,22 @@ class OpenVinoBackend(Backend):
                     del self._plans[key]
 
     def engine_precision(self, engine: str) -> str:
-        return "bf16" if self.precision == "bf16" and engine in BF16_ENGINES else "f32"
+        if self.precision == "int8w" and engine in INT8W_ENGINES:
+            return "int8w"
+        return "bf16" if self.precision == "bf16" and ENGINES[engine].bf16 else "f32"
 
     def _entry(self, engine: str) -> "CacheEntry":
         self.check_engine(engine)
         entry = self._entries.get(engine)
         if entry is None:
-            raise ModelFolderError(
-                f"engine {engine!r} is not available: the model folder lacks its weights "
-                "(imr needs dynamicid/IMR.bin and key_point_encoder.bin)"
-            )
+            raise self.unavailable(engine)
         return entry
 
     def _plan(self, engine: str, inputs: Mapping[str, np.ndarray]) -> _Plan:
         entry = self._entry(engine)
-        missing = [n for n in ENGINES[engine].input_names if n not in inputs]
-        if missing:
-            raise KeyError(f"{engine} needs input(s) {', '.join(missing)}; got {', '.join(inputs) or 'none'}")
-        shapes = tuple((n, tuple(np.shape(inputs[n]))) for n in ENGINES[engine].input_names)
+        spec = self.check_inputs(engine, inputs)
+        # One dynamic plan for the once-per-request engines; a static plan per shape for the sized ones.
+        shapes = tuple((n, tuple(np.shape(inputs[n]))) for n in spec.input_names) if spec.sized else ()
         key = (engine, shapes)
         plan = self._plans.get(key)
         if plan is not None:
@@ -167,16 +176,32 @@ class OpenVinoBackend(Backend):
 
     def _compile(self, entry: "CacheEntry", shapes: dict[str, tuple[int, ...]]) -> "ov.CompiledModel":
         precision = self.engine_precision(entry.engine)
-        model = self.core.read_model(str(entry.onnx))
-        model.reshape({name: list(shape) for name, shape in shapes.items() if name in _input_names(model)})
+        # One cache folder per precision: OpenVINO's cache key does not tell an f32 blob from a bf16
+        # one of the same graph (measured: bf16 imported the f32 blob and produced NaN).
+        cache = entry.path / "openvino" / precision
         config = {
-            "INFERENCE_PRECISION_HINT": precision,
+            "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",  # int8w: f32 on int8 weights
             "PERFORMANCE_HINT": "LATENCY",
-            "CACHE_DIR": str(entry.path / "openvino"),
+            "CACHE_DIR": str(cache),
         }
-        compiled = self.core.compile_model(model, "CPU", config)
-        log.info("%s: compiled for %s (%s)", entry.engine, _shape_text(shapes), precision)
+        started = time.perf_counter()
+        check_blobs(cache, entry.engine)  # OpenVINO itself would recompile a damaged blob without a word
+        compiled = self._compile_with(entry, shapes, precision, config)
+        record_blobs(cache)
+        what = f"for {_shape_text(shapes)}" if shapes else "with dynamic shapes"
+        log.info("%s: compiled %s (%s) in %.1f s", entry.engine, what, precision, time.perf_counter() - started)
         return compiled
+
+    def _compile_with(
+        self, entry: "CacheEntry", shapes: dict[str, tuple[int, ...]], precision: str, config: dict[str, str]
+    ) -> "ov.CompiledModel":
+        if not shapes and precision != "int8w":
+            # Compiled from the path: OpenVINO keys its cache by the file, so a warm start imports the
+            # blob without parsing the ONNX (from a model object it must read and hash the whole graph).
+            return self.core.compile_model(str(entry.onnx), "CPU", config)
+        model = compressed_model(self.core, entry) if precision == "int8w" else self.core.read_model(str(entry.onnx))
+        model.reshape({name: list(shape) for name, shape in shapes.items() if name in _input_names(model)})
+        return self.core.compile_model(model, "CPU", config)
 
     def run(self, engine: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         plan = self._plan(engine, inputs)
@@ -188,9 +213,7 @@ class OpenVinoBackend(Backend):
         """Set ``constants`` once on an infer request of their own; each call then sets only the
         changing inputs (latents, timestep, boost). The plan is chosen at the first call, when
         every shape is known."""
-        unknown = set(constants) - set(ENGINES[engine].input_names)
-        if unknown:
-            raise KeyError(f"{engine} has no input(s) {', '.join(sorted(unknown))}; its inputs are {', '.join(ENGINES[engine].input_names)}")
+        self.check_inputs(engine, constants, complete=False)
         return _BoundCall(self, engine, dict(constants))
 
     def describe(self) -> dict[str, str]:
@@ -204,6 +227,10 @@ class OpenVinoBackend(Backend):
             "openvino": ov.get_version(),
             "engine_dir": str(entry.path.parent),
         }
+
+    def release(self, engines: Collection[str]) -> None:
+        for key in [k for k in self._plans if k[0] in engines]:
+            del self._plans[key]
 
     def close(self) -> None:
         self._plans.clear()

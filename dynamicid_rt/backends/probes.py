@@ -8,9 +8,11 @@ from __future__ import annotations
 import ctypes
 import functools
 import importlib.util
+import platform
 import re
 import sys
 from pathlib import Path
+from typing import Collection
 
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
@@ -117,18 +119,70 @@ def tensorrt_rtx_no_device() -> str:
     return f"GPU 0 is sm {ccs[0]}, not a TensorRT-RTX target ({targets}); use --backend tensorrt"
 
 
+CPUINFO = Path("/proc/cpuinfo")
+# Per UNet step against our torch fp32, measured by this project's bench (benchmarks/bench_cpu.py,
+# issue 21): OpenVINO bf16 on CPUs with bf16 units, OpenVINO f32 on an AVX2-only CPU.
+BENCH_BF16_VS_TORCH = 5.5
+BENCH_F32_AVX2_VS_TORCH = 3.05
+
+
 @functools.lru_cache(maxsize=1)
+def _cpuinfo_fields() -> dict[str, str]:
+    """The first processor's ``name: value`` lines of /proc/cpuinfo (none on macOS or Windows)."""
+    try:
+        text = CPUINFO.read_text()
+    except OSError:
+        return {}
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        name, colon, value = line.partition(":")
+        if colon:
+            fields.setdefault(name.strip(), value.strip())
+    return fields
+
+
 def cpu_flags() -> frozenset[str]:
     """The CPU feature flags of /proc/cpuinfo (empty where there is none, e.g. macOS, Windows)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    line = next((ln for ln in text.splitlines() if ln.startswith(("flags", "Features"))), "")
-    return frozenset(line.partition(":")[2].split())
+    fields = _cpuinfo_fields()
+    return frozenset((fields.get("flags") or fields.get("Features") or "").split())
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name ("AMD EPYC 9654"), or what the platform module knows."""
+    return _cpuinfo_fields().get("model name") or platform.processor() or platform.machine()
+
+
+def cpu_bf16_units(openvino_capabilities: Collection[str] = ()) -> str | None:
+    """"AMX" or "AVX-512 BF16" as /proc/cpuinfo names the units, "bf16 units" where only OpenVINO's
+    ``OPTIMIZATION_CAPABILITIES`` (given) reports BF16, else None."""
+    flags = cpu_flags()
+    if "amx_bf16" in flags:
+        return "AMX"
+    if "avx512_bf16" in flags:
+        return "AVX-512 BF16"
+    return "bf16 units" if "BF16" in openvino_capabilities else None
 
 
 def cpu_has_bf16() -> bool:
     """Whether the CPU has bf16 arithmetic units (AVX-512 BF16 or AMX); without them bf16 is
     emulated and slower than fp32, so it is not offered."""
     return any(flag in cpu_flags() for flag in BF16_CPU_FLAGS)
+
+
+def cpu_fastest_path(openvino_capabilities: Collection[str] = ()) -> str:
+    """One line naming the fastest CPU path this CPU has, from its flags (never assumed) and, where
+    given, OpenVINO's ``OPTIMIZATION_CAPABILITIES``."""
+    gain = f"~{BENCH_BF16_VS_TORCH / BENCH_F32_AVX2_VS_TORCH:.1f}×"
+    units = cpu_bf16_units(openvino_capabilities)
+    if units is not None:
+        return f"{units}: OpenVINO bf16 ({gain} f32 in this project's bench; --precision bf16)"
+    flags = cpu_flags()
+    if not flags:
+        found = "CPU features unknown (no /proc/cpuinfo)"
+    elif "avx512f" in flags:
+        found = "AVX-512 without BF16"
+    elif "avx2" in flags:
+        found = "AVX2 only"
+    else:
+        found = "no AVX2"
+    return f"{found}: OpenVINO f32; a CPU with AVX-512 BF16 or AMX runs bf16 {gain} faster (this project's bench)"

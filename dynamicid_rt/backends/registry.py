@@ -4,7 +4,8 @@ A backend is declared once, in ``dynamicid_rt/backends/__init__.py``, by a ``reg
 line: its name, the ``module:Class`` that implements it (imported only when chosen), its pip extra,
 the packages it needs, the precisions it runs per device, its constructor options, its optional
 capabilities and its place in auto's order. Everything here reads those declarations; nothing
-imports a backend module until :func:`create_backend` builds one.
+imports a backend module until :func:`create_backend` builds one. Device and precision are
+resolved and checked here, once (:func:`resolve`); a backend's constructor takes them as given.
 
 Auto's order (``auto_rank``, lower first): TensorRT (cuda), TensorRT-RTX (cuda, on its target
 GPUs), onnxruntime CUDA, torch CUDA, OpenVINO (cpu), onnxruntime CPU, torch CPU. A candidate is usable when its packages are importable
@@ -28,10 +29,46 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 AUTO = "auto"
-# Constructor keywords a backend may declare in ``options`` (besides the model paths).
-KNOWN_OPTIONS = ("device", "precision", "engine_dir", "trt_provider", "cuda_graphs")
+
+
+@dataclass(frozen=True)
+class BackendOption:
+    """A switch some backends' constructors take, off unless asked for: one entry of
+    ``Pipeline.load(backend_options=...)`` and one CLI flag. ``help`` follows the names of the
+    backends that declare it (``"onnxruntime " + help``)."""
+
+    name: str
+    help: str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+BACKEND_OPTIONS: dict[str, BackendOption] = {option.name: option for option in (
+    BackendOption("trt_provider", "on CUDA through its TensorRT provider (the first run builds engines: minutes)"),
+    BackendOption("cuda_graphs", "on CUDA: replay each UNet step from a CUDA graph (fixed shapes within a generation)"),
+)}
+# Constructor keywords a backend may declare in ``options`` (besides the model paths): where it
+# runs (resolved here, see create_backend), the ONNX cache it reads, the progress callback of that
+# cache's build (``export.progress.BuildProgress``), and its switches.
+KNOWN_OPTIONS = ("device", "precision", "engine_dir", "build_progress", *BACKEND_OPTIONS)
 # Optional Backend methods a backend may declare in ``capabilities``.
 KNOWN_CAPABILITIES = ("activation_maps", "device_bind")
+
+
+@dataclass(frozen=True)
+class CpuNeed:
+    """What a precision needs of the CPU to be offered there: a probe, and why it is missing in the user's terms."""
+
+    present: Callable[[], bool]
+    missing: str
+
+
+# Precisions offered on the CPU only where it has the units for them (the rest need nothing).
+CPU_NEEDS: dict[str, CpuNeed] = {
+    "bf16": CpuNeed(probes.cpu_has_bf16, "this CPU has no bf16 units: avx512_bf16 or amx_bf16"),
+}
 
 
 @dataclass(frozen=True)
@@ -39,7 +76,8 @@ class BackendInfo:
     """What the registry knows about one backend without importing it.
 
     ``precisions`` maps a device kind (``cpu``, ``cuda``) to the precisions the backend runs there,
-    its default first; ``bf16`` on the CPU is offered only where the CPU has bf16 units.
+    its default first: the only list of them (the CLI's choices, ``doctor`` and create_backend's
+    checks read it); on the CPU one in CPU_NEEDS (``bf16``) is offered only where the CPU has its units.
     ``devices`` is a cheap probe returning the device kinds usable here, preferred first.
     ``options`` are the keywords its constructor takes besides the model paths (see KNOWN_OPTIONS).
     ``capabilities``: ``activation_maps`` (SAA maps for the desktop), ``device_bind`` (``bind()``
@@ -81,9 +119,13 @@ class BackendInfo:
     def precisions_here(self, device_kind: str) -> tuple[str, ...]:
         """Precisions this backend runs on ``device_kind`` on this machine, default first."""
         offered = self.precisions.get(device_kind, ())
-        if device_kind == "cpu" and not probes.cpu_has_bf16():
-            offered = tuple(p for p in offered if p != "bf16")
+        if device_kind == "cpu":
+            offered = tuple(p for p in offered if p not in CPU_NEEDS or CPU_NEEDS[p].present())
         return offered
+
+    def backend_options(self) -> tuple[str, ...]:
+        """The switches of BACKEND_OPTIONS this backend takes."""
+        return tuple(o for o in self.options if o in BACKEND_OPTIONS)
 
 
 BACKENDS: dict[str, BackendInfo] = {}
@@ -108,16 +150,19 @@ def supports(backend: "Backend", capability: str) -> bool:
 
 @dataclass(frozen=True)
 class AutoChoice:
-    """What auto picked and why: ``skipped`` holds one line per better-ranked candidate it passed."""
+    """What auto picked and why: ``skipped`` holds one line per better-ranked candidate it passed;
+    ``cpu`` the fastest path this CPU has, when auto picked the CPU (its speed depends on it)."""
 
     backend: str
     device: str
     skipped: tuple[str, ...]
     preferred: tuple[str, ...] = ()
+    cpu: str = ""
 
     def explain(self) -> str:
         why = "; ".join(self.skipped) if self.skipped else "the first choice of auto's order"
-        return f"{self.backend} on {self.device} ({why})" + "".join(f"; {line}" for line in self.preferred)
+        cpu = [f"this CPU: {self.cpu}"] if self.cpu else []
+        return f"{self.backend} on {self.device} ({why})" + "".join(f"; {line}" for line in [*self.preferred, *cpu])
 
 
 def _candidates() -> list[tuple[int, BackendInfo, str]]:
@@ -129,7 +174,7 @@ def choose_auto(device: str | None = None, precision: str | None = None) -> Auto
     backends that run ``precision`` there when those are given."""
     want_kind = device.partition(":")[0] if device else None
     if device is not None:
-        _check_device_name(device)
+        parse_device(device)
     skipped: list[str] = []
     probed: dict[str, tuple[str, ...]] = {}
     for _, info, kind in _candidates():
@@ -148,7 +193,8 @@ def choose_auto(device: str | None = None, precision: str | None = None) -> Auto
         if precision is not None and precision not in info.precisions_here(kind):
             skipped.append(f"{label}: does not run {precision} here")
             continue
-        return AutoChoice(info.name, device or kind, tuple(skipped), _preferred(info, kind))
+        cpu = probes.cpu_fastest_path() if kind == "cpu" else ""
+        return AutoChoice(info.name, device or kind, tuple(skipped), _preferred(info, kind), cpu)
     raise BackendError(
         f"backend auto found no usable backend ({'; '.join(skipped) or 'none registered'}); "
         f"install one, e.g. pip install 'dynamicid-rt[openvino]'"
@@ -165,13 +211,19 @@ def _preferred(info: BackendInfo, kind: str) -> tuple[str, ...]:
     return tuple(lines)
 
 
-def _check_device_name(device: str) -> None:
-    """A device name some backend understands (``cpu``, ``cuda``, ``cuda:1``), else a BackendError
-    saying so: otherwise a typo reads as "no usable backend, install one"."""
+def parse_device(device: str) -> tuple[str, int]:
+    """``cuda:1`` as ``("cuda", 1)`` (index 0 when none is given) for a device name some backend
+    understands, else a BackendError saying so: otherwise a typo reads as "no usable backend, install one"."""
     kinds = sorted({kind for info in BACKENDS.values() for kind in info.precisions})
     kind, colon, index = device.partition(":")
     if kind not in kinds or (colon and not index.isdigit()):
         raise BackendError(f"device {device!r} is not a device name; use {', '.join(kinds)} (or cuda:N for the N-th GPU)")
+    return kind, int(index or 0)
+
+
+def precision_choices() -> tuple[str, ...]:
+    """Every precision some backend declares, in declaration order (the CLI's ``--precision`` choices)."""
+    return tuple(dict.fromkeys(p for info in BACKENDS.values() for offered in info.precisions.values() for p in offered))
 
 
 def _resolve_device(info: BackendInfo, device: str | None) -> str:
@@ -199,26 +251,18 @@ def _resolve_precision(info: BackendInfo, device: str, precision: str | None) ->
         return offered[0]
     if precision not in offered:
         declared = info.precisions.get(kind, ())
-        why = " (this CPU has no bf16 units: avx512_bf16 or amx_bf16)" if precision == "bf16" and "bf16" in declared else ""
+        need = CPU_NEEDS.get(precision) if kind == "cpu" and precision in declared else None
+        why = f" ({need.missing})" if need is not None else ""
         raise BackendError(
             f"the {info.name} backend cannot run {precision} on {kind}{why}; it runs {', '.join(offered)} there"
         )
     return precision
 
 
-def create_backend(
-    name: str,
-    paths: "ModelPaths",
-    device: str | None = None,
-    precision: str | None = None,
-    engine_dir: Path | None = None,
-    trt_provider: bool = False,
-    cuda_graphs: bool = False,
-) -> "Backend":
-    """Build the backend ``name`` (or the one auto picks) after checking, before any model loads,
-    that its packages, the device and the precision are available here. ``trt_provider``: ONNX
-    Runtime through its TensorRT provider; ``cuda_graphs``: torch replays the UNet step from a CUDA
-    graph (each only for the backend that declares it)."""
+def resolve(name: str, device: str | None = None, precision: str | None = None) -> tuple[BackendInfo, str, str]:
+    """The backend ``name`` (or the one auto picks), and the device and precision it runs here,
+    each checked once, before any model loads: its packages are installed, the device is usable and
+    the backend runs the precision there. Constructors take the two as given."""
     if name == AUTO:
         choice = choose_auto(device, precision)
         log.info("backend auto: picked %s", choice.explain())
@@ -228,14 +272,45 @@ def create_backend(
     if missing:
         raise BackendError(f"the {name} backend needs {', '.join(missing)}, which is not installed; install it with: {info.install_advice()}")
     device = _resolve_device(info, device)
-    precision = _resolve_precision(info, device, precision)
+    return info, device, _resolve_precision(info, device, precision)
+
+
+def check_backend_options(info: BackendInfo, options: Mapping[str, Any]) -> None:
+    """A name in ``options`` that no backend declares (BACKEND_OPTIONS) is a one-line error naming
+    the options of ``info``'s backend."""
+    unknown = [name for name in options if name not in BACKEND_OPTIONS]
+    if unknown:
+        takes = ", ".join(info.backend_options()) or "none"
+        raise BackendError(
+            f"unknown backend option {', '.join(map(repr, unknown))}; the {info.name} backend's options: {takes}"
+        )
+
+
+def create_backend(
+    name: str,
+    paths: "ModelPaths",
+    device: str | None = None,
+    precision: str | None = None,
+    engine_dir: Path | None = None,
+    build_progress: Callable[..., None] | None = None,
+    **options: Any,
+) -> "Backend":
+    """Build the backend ``name`` (or the one auto picks) on the device and precision
+    :func:`resolve` checks. ``engine_dir``: the ONNX cache; ``build_progress``: told how its build
+    goes, by the backends that build one (the others need none); ``options``: switches of
+    BACKEND_OPTIONS (``trt_provider``: ONNX Runtime through its TensorRT provider; ``cuda_graphs``:
+    torch replays the UNet step from a CUDA graph), each passed only to a backend that declares it."""
+    info, device, precision = resolve(name, device, precision)
+    check_backend_options(info, options)
     given: dict[str, Any] = {
         "device": device, "precision": precision, "engine_dir": engine_dir,
-        "trt_provider": trt_provider or None, "cuda_graphs": cuda_graphs or None,  # None: not asked for
+        **{k: v for k, v in options.items() if v is not False},  # False, like None: not asked for
     }
+    # A switch of another backend (--trt-provider when auto picked torch) is said and left out.
     ignored = [k for k, v in given.items() if v is not None and k not in info.options]
     if ignored:
-        log.warning("the %s backend takes no %s; ignoring it", name, ", ".join(ignored))
+        log.warning("the %s backend takes no %s; ignoring it", info.name, ", ".join(ignored))
+    given["build_progress"] = build_progress
     module_name, _, class_name = info.target.partition(":")
     cls = getattr(importlib.import_module(module_name), class_name)
     return cls(paths, **{k: v for k, v in given.items() if k in info.options and v is not None})

@@ -16,26 +16,32 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
 from ..contract import ENGINES
-from ..errors import DynamicIDError, ModelFolderError, NumericalError
+from ..errors import DynamicIDError, NumericalError
 from ..paths import ModelPaths
 from .base import Backend, EngineCall
+from .registry import parse_device
+
+if TYPE_CHECKING:
+    from dynamicid_rt.export.progress import BuildProgress
 
 log = logging.getLogger(__name__)
 
 
 class TensorRTBackend(Backend):
-    """``device``: ``"cuda"`` or ``"cuda:N"``; ``precision``: ``"fp16"`` (default) or ``"fp32"``;
-    ``engine_dir``: the engine cache (default: the user cache). Missing plans are built first."""
+    """``device`` (``"cuda"`` or ``"cuda:N"``) and ``precision`` as the registry resolved them
+    (``create_backend``), taken as given; ``engine_dir``: the ONNX cache, which holds the plans too
+    (default: the user cache). Missing plans are built first."""
 
     name = "tensorrt"  # also the backend whose library (engines/library.py) this class drives
 
     def __init__(
-        self, paths: ModelPaths, device: str | None = None, precision: str | None = None, engine_dir: Path | None = None
+        self, paths: ModelPaths, device: str = "cuda", precision: str = "fp16", engine_dir: Path | None = None,
+        build_progress: "BuildProgress | None" = None,
     ) -> None:
         from dynamicid_rt.engines import cuda
         from dynamicid_rt.engines.build import build_plans, find_static_plans
@@ -47,17 +53,15 @@ class TensorRTBackend(Backend):
         from dynamicid_rt.export.cache import default_engine_dir, default_engines
 
         lib = load(self.name)
-        kind, _, index = (device or "cuda").partition(":")
-        if kind != "cuda" or (index and not index.isdigit()):
-            raise DynamicIDError(f"device {device!r}: the {self.name} backend runs on cuda or cuda:N")
-        self.device_id = int(index or 0)
+        _, self.device_id = parse_device(device)
         cuda.call("cudaSetDevice", self.device_id)
-        self.precision = precision or "fp16"
+        self.precision = precision
         engine_dir = Path(engine_dir) if engine_dir is not None else default_engine_dir(paths)
         self.gpu = cuda.gpu_info(self.device_id)
         settings = BuildSettings(targets=lib.spec.targets_for_gpu(self.gpu.name, self.gpu.compute_capability))
         plans = build_plans(
-            paths, engine_dir, self.precision, default_engines(paths), settings=settings, lib=lib, gpu=self.gpu
+            paths, engine_dir, self.precision, default_engines(paths), settings=settings, lib=lib, gpu=self.gpu,
+            export_progress=build_progress,
         )
         dims = plans[0].entry.dims
         super().__init__(dims, has_imr=paths.has_imr)
@@ -93,7 +97,7 @@ class TensorRTBackend(Backend):
 
         self.check_engine(engine)
         if engine not in self.engines:
-            raise ModelFolderError(f"engine {engine!r} is not available: the model folder lacks its weights")
+            raise self.unavailable(engine)
         for candidate in self.engines[engine]:
             if not out_of_profile(candidate.profile, shapes):
                 return candidate
@@ -109,9 +113,7 @@ class TensorRTBackend(Backend):
 
     def bind(self, engine: str, constants: Mapping[str, np.ndarray]) -> EngineCall:
         """Upload ``constants`` once; each call uploads only the other inputs (see :class:`_Bound`)."""
-        unknown = set(constants) - set(ENGINES[engine].input_names)
-        if unknown:
-            raise KeyError(f"{engine} has no input(s) {', '.join(sorted(unknown))}")
+        self.check_inputs(engine, constants, complete=False)
         return _Bound(self, engine, {k: np.ascontiguousarray(v) for k, v in constants.items()})
 
     def _finish(self, engine: str, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -179,11 +181,8 @@ class _Bound:
 
 
 def _contract_inputs(engine: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    names = ENGINES[engine].input_names
-    missing = [n for n in names if n not in inputs]
-    if missing:
-        raise KeyError(f"{engine} needs input(s) {', '.join(missing)}; got {', '.join(inputs) or 'none'}")
-    return {n: np.asarray(inputs[n]) for n in names}
+    spec = Backend.check_inputs(engine, inputs)
+    return {n: np.asarray(inputs[n]) for n in spec.input_names}
 
 
 def _static_size(tag: str) -> Any:

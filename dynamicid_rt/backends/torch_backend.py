@@ -8,45 +8,32 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from ..contract import ENGINES, EngineSpec
+from ..contract import ENGINES, LORA_ENGINES, EngineSpec
 from ..lora import LoraFile, LoraRef, load_loras
 from ..models.engines import load_engine_module
-from ..models.lora_merge import LORA_ENGINES, LoraMerger
+from ..models.lora_merge import LoraMerger
 from ..models.base import read_model_dims
 from ..paths import ModelPaths
-from ..errors import BackendError
 from .base import Backend, EngineCall
-from .torch_bound import STEP_INPUTS, BoundUNet
+from .torch_bound import BoundUNet
 
 log = logging.getLogger(__name__)
 
-FP32_INPUTS = frozenset({"timestep", "id_boxes", "id_scale", "id_boost", "id_gating", "id_mix"})
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-# Under bf16 only the heavy engines (run every step / per image) drop precision; the identity and
-# text engines run once per request and stay fp32, which keeps identity tokens exact.
-BF16_ENGINES = frozenset({"unet", "vae_decoder"})
-# Convolution-heavy engines run channels_last on CUDA (tensor-core convolutions without transposes).
-CHANNELS_LAST = {"unet": "sample", "vae_decoder": "latent"}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}  # per precision the registry declares
 _LOAD_LOCK = threading.RLock()
 
 
 class TorchBackend(Backend):
     name = "torch"
 
-    def __init__(
-        self, paths: ModelPaths, device: str | None = None, precision: str | None = None, cuda_graphs: bool = False
-    ) -> None:
-        """``cuda_graphs``: replay the bound UNet step from a CUDA graph (CUDA only; see :meth:`bind`)."""
+    def __init__(self, paths: ModelPaths, device: str = "cpu", precision: str = "fp32", cuda_graphs: bool = False) -> None:
+        """``device`` and ``precision`` as the registry resolved them (``create_backend``), taken as
+        given; ``cuda_graphs``: replay the bound UNet step from a CUDA graph (CUDA only; see :meth:`bind`)."""
         super().__init__(read_model_dims(paths), paths.has_imr)
         self.paths = paths
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        precision = precision or ("fp16" if self.device.type == "cuda" else "fp32")
-        if precision not in PRECISIONS:
-            raise BackendError(f"precision {precision!r}: the torch backend runs {', '.join(PRECISIONS)}")
-        if self.device.type == "cpu" and precision == "fp16":
-            log.warning("fp16 on CPU is slow and not always supported; fp32 (or bf16 on CPUs with bf16 units) is recommended")
+        self.device = torch.device(device)
         self.precision = precision
-        self.dtype = PRECISIONS[precision]
+        self.dtype = DTYPES[precision]
         self.cuda_graphs = cuda_graphs
         if cuda_graphs and self.device.type != "cuda":
             log.warning("cuda_graphs needs a CUDA device; running eagerly on %s", self.device)
@@ -66,7 +53,8 @@ class TorchBackend(Backend):
                 return self._modules[engine]
             log.info("loading %s (%s, %s)", engine, self.device, self.precision)
             module = load_engine_module(self.paths, engine, dtype=self.engine_dtype(engine), device=self.device)
-            if engine in CHANNELS_LAST and self.device.type == "cuda":
+            # Image-sized (convolution-heavy) engines run channels_last on CUDA: tensor-core convolutions without transposes.
+            if ENGINES[engine].sized and self.device.type == "cuda":
                 module = module.to(memory_format=torch.channels_last)
             if engine in LORA_ENGINES:
                 self._mergers[engine] = LoraMerger(module, engine)
@@ -89,18 +77,17 @@ class TorchBackend(Backend):
 
     def engine_dtype(self, engine: str) -> torch.dtype:
         if self.precision == "bf16":
-            return self.dtype if engine in BF16_ENGINES else torch.float32
+            # Only the heavy engines (run every step / per image) drop precision; the identity and text
+            # engines run once per request and stay fp32, which keeps identity tokens exact.
+            return self.dtype if ENGINES[engine].bf16 else torch.float32
         # The VAE decoder stays fp32 under fp16: SD1.5's VAE overflows in half precision (bf16 has fp32's range).
-        return torch.float32 if engine == "vae_decoder" else self.dtype
+        return torch.float32 if ENGINES[engine].fp32_in_fp16 else self.dtype
 
     @torch.inference_mode()
     def run(self, engine: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        spec = ENGINES[engine]
+        spec = self.check_inputs(engine, inputs)
         module = self.module(engine)
-        missing = [t.name for t in spec.inputs if t.name not in inputs]
-        if missing:
-            raise KeyError(f"engine {engine} needs input(s) {', '.join(missing)}")
-        args = [self._tensor(t.name, inputs[t.name], module) for t in spec.inputs]
+        args = [self._tensor(spec, t.name, inputs[t.name], module) for t in spec.inputs]
         return _outputs(spec, module(*args))
 
     @torch.inference_mode()
@@ -112,8 +99,8 @@ class TorchBackend(Backend):
         if key not in self._modules:
             log.info("loading an fp32 %s to retry in full precision", engine)
             self._modules[key] = load_engine_module(self.paths, engine, dtype=torch.float32, device=self.device)
-        spec, module = ENGINES[engine], self._modules[key]
-        return _outputs(spec, module(*(self._tensor(n, inputs[n], module) for n in spec.input_names)))
+        spec, module = self.check_inputs(engine, inputs), self._modules[key]
+        return _outputs(spec, module(*(self._tensor(spec, n, inputs[n], module) for n in spec.input_names)))
 
     @torch.inference_mode()
     def bind(self, engine: str, constants: Mapping[str, np.ndarray]) -> EngineCall:
@@ -121,25 +108,24 @@ class TorchBackend(Backend):
         input but the per-step ones (sample, timestep, id_boost), the region masks and each layer's
         identity-token projections are also built once (:class:`BoundUNet`), and with
         ``cuda_graphs`` the step is replayed from a CUDA graph. Results equal :meth:`run`'s."""
-        spec = ENGINES[engine]
+        spec = self.check_inputs(engine, constants, complete=False)
         module = self.module(engine)
-        unknown = set(constants) - set(spec.input_names)
-        if unknown:
-            raise KeyError(f"{engine} has no input(s) {', '.join(sorted(unknown))}; its inputs are {', '.join(spec.input_names)}")
-        fixed = {name: self._tensor(name, value, module) for name, value in constants.items()}
-        if engine == "unet" and set(fixed) == set(spec.input_names) - set(STEP_INPUTS):
+        fixed = {name: self._tensor(spec, name, value, module) for name, value in constants.items()}
+        if spec.step_inputs and set(fixed) == set(spec.input_names) - set(spec.step_inputs):
             bound = BoundUNet(module, fixed, cuda_graphs=self.cuda_graphs)
 
             @torch.inference_mode()
             def unet_step(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-                args = [self._tensor(name, inputs[name], module) for name in STEP_INPUTS]
+                self.check_inputs(engine, {*fixed, *inputs})
+                args = [self._tensor(spec, name, inputs[name], module) for name in spec.step_inputs]
                 return {"noise_pred": bound.step(*args).float().cpu().numpy()}
 
             return unet_step
 
         @torch.inference_mode()
         def call(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-            args = [fixed[n] if n in fixed else self._tensor(n, inputs[n], module) for n in spec.input_names]
+            self.check_inputs(engine, {*fixed, *inputs})
+            args = [fixed[n] if n in fixed else self._tensor(spec, n, inputs[n], module) for n in spec.input_names]
             return _outputs(spec, module(*args))
 
         return call
@@ -148,16 +134,17 @@ class TorchBackend(Backend):
     def activation_maps(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         """Per-identity SAA activation maps (B, N, h, w) in [0, 1] for one UNet call."""
         module = self.module("unet")
-        args = [self._tensor(t.name, inputs[t.name], module) for t in ENGINES["unet"].inputs]
+        spec = self.check_inputs("unet", inputs)
+        args = [self._tensor(spec, t.name, inputs[t.name], module) for t in spec.inputs]
         return module.activation_maps(*args).float().cpu().numpy()
 
-    def _tensor(self, name: str, value: np.ndarray, module: torch.nn.Module) -> torch.Tensor:
+    def _tensor(self, spec: EngineSpec, name: str, value: np.ndarray, module: torch.nn.Module) -> torch.Tensor:
         tensor = torch.from_numpy(np.ascontiguousarray(value)).to(self.device)
         # Activations take the module's precision; the small control inputs (timestep, boxes,
         # scales) stay fp32 so box edges and gating constants are exact under fp16.
-        if tensor.is_floating_point() and name not in FP32_INPUTS:
+        if tensor.is_floating_point() and name not in spec.control_inputs:
             tensor = tensor.to(next(module.parameters()).dtype)
-        if self.device.type == "cuda" and name in CHANNELS_LAST.values():
+        if self.device.type == "cuda" and name in spec.image_inputs:
             tensor = tensor.contiguous(memory_format=torch.channels_last)
         return tensor
 

@@ -15,12 +15,12 @@ from typing import Mapping
 
 import torch
 
+from ..contract import UNET
 from ..models.saa import SAAInputs, SAAUNet
 
 log = logging.getLogger(__name__)
 
-# The unet inputs that change at every step; every other contract input is bound once.
-STEP_INPUTS = ("sample", "timestep", "id_boost")
+STEP_INPUTS = UNET.step_inputs  # deprecated alias: the contract's EngineSpec.step_inputs
 
 
 class BoundUNet:

@@ -1,12 +1,18 @@
-"""Entry points that build the module of each contract engine (SPEC §4, §5) from a model folder."""
+"""Entry points that build the module of each contract engine (SPEC §4, §5) from a model folder.
+
+Which function builds which engine is the contract's ``EngineSpec.loader``; the loaders that need
+more than ``(paths, dtype, device)`` live here.
+"""
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from ..checkpoints import read_saa_checkpoint
+from ..contract import ENGINES
 from ..errors import ModelFolderError
 from . import base
 from .imr import load_imr
@@ -16,6 +22,8 @@ from .saa import load_unet as _load_unet_folder
 
 if TYPE_CHECKING:
     from ..paths import ModelPaths
+
+EngineLoader = Callable[["ModelPaths", torch.dtype, "str | torch.device"], torch.nn.Module]
 
 
 def load_unet(base_model, saa_checkpoint: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> SAAUNet:
@@ -29,25 +37,32 @@ def load_unet(base_model, saa_checkpoint: str | Path, dtype: torch.dtype = torch
     return _load_unet_folder(base_model, saa_checkpoint, dtype=dtype, device=device)
 
 
+def load_unet_module(paths: "ModelPaths", dtype: torch.dtype, device: str | torch.device) -> torch.nn.Module:
+    # The LoRA is merged in fp32, then the merged weights are cast: merging in fp16 would round twice.
+    unet = base.load_base_unet(paths, torch.float32, device)
+    return install_saa(unet, read_saa_checkpoint(paths.saa).processors, source=str(paths.saa))
+
+
+def load_face_projector_module(paths: "ModelPaths", dtype: torch.dtype, device: str | torch.device) -> torch.nn.Module:
+    return load_face_projector(paths.saa, paths.projector, dtype=dtype, device=device)
+
+
+def load_imr_module(paths: "ModelPaths", dtype: torch.dtype, device: str | torch.device) -> torch.nn.Module:
+    return load_imr(paths.imr, paths.keypoint_encoder, dtype=dtype, device=device)
+
+
+def engine_loader(engine: str) -> EngineLoader:
+    """The function the contract names as ``engine``'s loader, imported now."""
+    if engine not in ENGINES:
+        raise KeyError(f"unknown engine {engine!r}; the contract has {', '.join(ENGINES)}")
+    module_name, _, function = ENGINES[engine].loader.partition(":")
+    return getattr(importlib.import_module(module_name), function)
+
+
 def load_engine_module(paths: "ModelPaths", engine: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> torch.nn.Module:
     """The module that implements one engine of the contract, in eval mode, with ``forward`` taking
     the engine's inputs in contract order and returning its outputs in contract order."""
-    if engine == "unet":
-        # The LoRA is merged in fp32, then the merged weights are cast: merging in fp16 would round twice.
-        unet = base.load_base_unet(paths, torch.float32, device)
-        module = install_saa(unet, read_saa_checkpoint(paths.saa).processors, source=str(paths.saa))
-    elif engine == "text_encoder":
-        module = base.load_text_encoder(paths, dtype, device)
-    elif engine == "image_encoder":
-        module = base.load_image_encoder(paths, dtype, device)
-    elif engine == "vae_decoder":
-        module = base.load_vae_decoder(paths, dtype, device)
-    elif engine == "face_projector":
-        module = load_face_projector(paths.saa, paths.projector, dtype=dtype, device=device)
-    elif engine == "imr":
-        if not paths.has_imr:
-            raise ModelFolderError("this model folder has no IMR.bin / key_point_encoder.bin: expression editing is unavailable")
-        module = load_imr(paths.imr, paths.keypoint_encoder, dtype=dtype, device=device)
-    else:
-        raise KeyError(f"unknown engine {engine!r}")
-    return module.to(device=device, dtype=dtype).eval()
+    loader = engine_loader(engine)
+    if not paths.provides(engine):
+        raise ModelFolderError(f"engine {engine!r} is not available: the model folder lacks {ENGINES[engine].needs}")
+    return loader(paths, dtype, device).to(device=device, dtype=dtype).eval()

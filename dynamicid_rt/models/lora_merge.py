@@ -17,7 +17,6 @@ from ..lora import LoraFile, cache_key, weight_deltas
 
 log = logging.getLogger(__name__)
 
-LORA_ENGINES = ("unet", "text_encoder")  # the engines user LoRAs change; the part name is the engine's
 
 
 def lora_root(module: nn.Module, engine: str) -> nn.Module:

@@ -9,6 +9,7 @@ import socket
 from typing import Any, Callable
 
 from .. import DynamicIDError
+from .credentials import parse_auth
 
 log = logging.getLogger("dynamicid_rt")
 
@@ -31,19 +32,6 @@ def register(sub: argparse._SubParsersAction, add_model_args: Callable[[argparse
     s.set_defaults(handler=cmd_serve)
 
 
-def parse_auth(text: str | None) -> list[tuple[str, str]]:
-    """``user:pass[,user:pass]`` as pairs; refused when a pair lacks its user or password."""
-    if text is None:
-        return []
-    pairs = []
-    for item in text.split(","):
-        user, sep, password = item.partition(":")
-        if not sep or not user or not password:
-            raise DynamicIDError(f"--api-auth {item!r}: expected USER:PASS (several separated by commas)")
-        pairs.append((user, password))
-    return pairs
-
-
 def check_serve_args(args: argparse.Namespace) -> tuple[str, list[tuple[str, str]]]:
     """The host to bind and the credentials, after the checks that come before any model loads."""
     credentials = parse_auth(args.api_auth)
@@ -62,8 +50,8 @@ def load_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """``Pipeline.load`` arguments of the model options, as plain values (Ray ships them to replicas)."""
     overrides = {k: str(v) for k, v in (("vae", args.vae), ("tokenizer", args.tokenizer)) if v is not None}
     return dict(models=str(args.models) if args.models else None, backend=args.backend, device=args.device,
-                precision=args.precision, engine_dir=str(args.engine_dir) if args.engine_dir else None,
-                trt_provider=args.trt_provider, cuda_graphs=args.cuda_graphs, **overrides)
+                precision=args.precision, onnx_cache=str(args.onnx_cache) if args.onnx_cache else None,
+                backend_options=dict.fromkeys(args.backend_options or (), True), **overrides)  # the switch flags given
 
 
 def _bind(host: str, port: int) -> socket.socket:

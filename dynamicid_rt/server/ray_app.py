@@ -60,7 +60,7 @@ def build_app(load_kwargs: dict[str, Any], credentials: Sequence[tuple[str, str]
 def app_builder(args: dict[str, str]) -> "serve.Application":
     """For Ray's own CLI: ``serve run dynamicid_rt.server.ray_app:app_builder models=DIR replicas=2
     [backend=auto device=cuda api_auth=USER:PASS max_upload_mb=32]`` (CPU replicas when device=cpu)."""
-    from .command import parse_auth
+    from .credentials import parse_auth
 
     known = {"models", "backend", "device", "replicas", "api_auth", "max_upload_mb"}
     if set(args) - known:
