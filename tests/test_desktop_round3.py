@@ -16,7 +16,7 @@ pytest.importorskip("PySide6", reason="the desktop app needs PySide6 (pip instal
 pytest.importorskip("pytestqt", reason="the desktop tests need pytest-qt")
 hypothesis = pytest.importorskip("hypothesis", reason="the layout property needs hypothesis")
 
-from hypothesis import given, settings, strategies as st  # noqa: E402
+from hypothesis import example, given, settings, strategies as st  # noqa: E402
 from PySide6.QtCore import QPointF, QSettings, Qt  # noqa: E402
 from PySide6.QtWidgets import QFileDialog  # noqa: E402
 
@@ -77,6 +77,9 @@ OPS = st.one_of(
 
 @settings(max_examples=150, deadline=None)
 @given(st.lists(OPS, max_size=25))
+# Found in CI: a layout restored while a person's encoding had failed gives that person's retry the restored box.
+@example([("add",), ("move", 0, (0.0, 0.0, 0.25, 0.25)), ("move", 0, (0.0, 0.0, 0.25, 0.375)), ("fail", 0),
+          ("restore", [(0.0, 0.0, 0.25, 0.25)]), ("retry", 0)])
 def test_2_boxes_not_involved_never_change(qapp, ops):
     model = PeopleModel()
     photo = iter(range(10**6))
@@ -108,6 +111,8 @@ def test_2_boxes_not_involved_never_change(qapp, ops):
         elif kind == "restore":
             if len(op[1]) == len(people):
                 involved |= {p.key for p in people}
+                # A restored layout gives a failed person the box a retry brings back.
+                failed_box |= {p.key: box for p, box in zip(people, op[1]) if p.status is Status.ERROR}
             restore_people(model, {"boxes": op[1]})
         elif kind == "fail":
             row = op[1] % len(people)
