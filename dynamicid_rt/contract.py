@@ -266,6 +266,13 @@ LORA_ENGINES = tuple(name for name, spec in ENGINES.items() if spec.user_loras)
 IDENTITY_ENGINES = ("face_projector", "image_encoder", "imr")
 
 
+def engine_spec(name: str) -> EngineSpec:
+    """The declaration of engine ``name``; an unknown name is a KeyError naming the known ones."""
+    if name not in ENGINES:
+        raise KeyError(f"unknown engine {name!r}; the contract has {', '.join(ENGINES)}")
+    return ENGINES[name]
+
+
 def register_engine(spec: EngineSpec) -> EngineSpec:
     """Add an engine to the contract: every consumer (exporter, caches, backends, plans) reads
     :data:`ENGINES`, so it is built, cached and run like the others. A name already taken is refused."""

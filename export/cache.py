@@ -22,30 +22,29 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from dynamicid_rt.atomic import write_error
-from dynamicid_rt.contract import CONTRACT_CHANGES, CONTRACT_VERSION, ENGINES, ModelDims
+from dynamicid_rt.contract import CONTRACT_CHANGES, CONTRACT_VERSION, ENGINES, ModelDims, engine_spec
 from dynamicid_rt.errors import DynamicIDError, ModelFolderError
 from dynamicid_rt.paths import ModelPaths
 from dynamicid_rt.preflight import check_before_export
 
 from .recipes import (
-    BUILD_TOLERANCE, CUDA_MODEL_FILE, EXPORTER_VERSION, MODEL_FILE, OPSET, cuda_graph, engine_spec, export_into,
-    graph_precision, source_files, source_fingerprint,
+    BUILD_TOLERANCE, CUDA_MODEL_FILE, EXPORTER_VERSION, MODEL_FILE, OPSET, cuda_graph, export_into, graph_precision,
+    source_files, source_fingerprint,
 )
 from .progress import BuildProgress, BuildStatus, BuildTracker
 from .store import MANIFEST, build_folder, build_lock, check_files, read_manifest, remove_abandoned_builds
 
 __all__ = [  # with the recipe's names that callers import from here
-    "BUILD_TOLERANCE", "BuildProgress", "BuildStatus", "CUDA_MODEL_FILE", "EXPORTER_VERSION", "FORMAT_VERSION", "MANIFEST", "MODEL_FILE", "OPSET",
-    "PRECISIONS", "CacheEntry", "build_engines", "check_entry", "contract_record", "cuda_graph", "default_engine_dir",
-    "default_engines", "entry_dir", "expected_manifest", "find_entry", "graph_precision", "source_files",
-    "source_fingerprint",
+    "BUILD_TOLERANCE", "BuildProgress", "BuildStatus", "CUDA_MODEL_FILE", "EXPORTER_VERSION", "FORMAT_VERSION",
+    "MANIFEST", "MODEL_FILE", "OPSET", "PRECISIONS", "CacheEntry", "build_engines", "check_entry", "contract_record",
+    "cuda_graph", "default_engine_dir", "default_engines", "entry_dir", "expected_manifest", "find_entry",
+    "graph_precision", "source_files", "source_fingerprint",
 ]
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 PRECISIONS = ("fp32", "fp16")
-
 
 
 @dataclass(frozen=True)
@@ -199,9 +198,10 @@ def build_engines(
     engine_dir = Path(engine_dir) if engine_dir is not None else default_engine_dir(paths)
     expected = {name: expected_manifest(paths, name, precision) for name in names}
     to_build = [n for n in names if force or check_entry(entry_dir(engine_dir, n, precision), expected[n], verify)[0] is None]
+    sources = {n: source_files(paths, n) for n in names}
     if to_build:  # what `inspect` would refuse is refused here, before the first export
-        check_before_export(paths, [f for n in to_build for f in source_files(paths, n)])
-    tracker = BuildTracker({n: sum(f.stat().st_size for f in source_files(paths, n)) for n in names}, set(to_build), progress)
+        check_before_export(paths, [f for n in to_build for f in sources[n]])
+    tracker = BuildTracker({n: sum(f.stat().st_size for f in sources[n]) for n in names}, set(to_build), progress)
     out = []
     try:
         engine_dir.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
@@ -19,6 +18,8 @@ import torch
 
 from dynamicid_rt.contract import EngineSpec, ModelDims
 from dynamicid_rt.errors import DynamicIDError, NumericalError
+
+from .progress import StageClock
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -90,15 +91,12 @@ def export_engine(
     is filled with the seconds of each stage (``seconds``) and the measured ``parity_relative_error``;
     ``on_stage`` is told each stage as it starts."""
     out_path = Path(out_path)
-    stage = on_stage or (lambda _: None)
-    seconds: dict[str, float] = {}
+    clock = StageClock(on_stage)
     args = to_torch_inputs(spec, spec.sample_inputs(dims))
     module = module.eval()
     with tempfile.TemporaryDirectory(prefix="onnx-raw-", dir=out_path.parent) as raw_dir:
         raw = Path(raw_dir) / "raw.onnx"
-        stage("tracing")
-        started = time.perf_counter()
-        with warnings.catch_warnings(), torch.no_grad():
+        with clock.stage("trace", "tracing"), warnings.catch_warnings(), torch.no_grad():
             # TorchScript tracing: seconds where torch.export takes minutes on a UNet. Its warnings
             # about Python values frozen into the trace are checked for real by the build's parity
             # check at other shapes; here they would only drown the log.
@@ -107,33 +105,25 @@ def export_engine(
                 module, args, str(raw), input_names=spec.input_names, output_names=spec.output_names,
                 dynamic_axes=spec.dynamic_axes(), opset_version=opset, dynamo=False, do_constant_folding=True,
             )
-        seconds["trace"] = time.perf_counter() - started
-        stage("folding constants")
-        started = time.perf_counter()
         # Folded straight into place, weights in their final file: only the small graph is rewritten below.
-        session = _fold_constants(raw, out_path)
-        seconds["fold"] = time.perf_counter() - started
-    started = time.perf_counter()
-    model = onnx.load(str(out_path), load_external_data=False)
-    _drop_unused_opsets(model)
-    _check_names(model, spec)
-    onnx.save_model(model, str(out_path))  # external weights stay where the folding wrote them
-    del model
-    seconds["save"] = time.perf_counter() - started
+        with clock.stage("fold", "folding constants"):
+            session = _fold_constants(raw, out_path)
+    with clock.stage("save"):
+        model = onnx.load(str(out_path), load_external_data=False)
+        _drop_unused_opsets(model)
+        _check_names(model, spec)
+        onnx.save_model(model, str(out_path))  # external weights stay where the folding wrote them
+        del model
     if check_at:
-        stage("checking parity")
-        started = time.perf_counter()
-        error = compare_with_torch(session, module, spec, dims, list(check_at), tolerance)
-        seconds["parity"] = time.perf_counter() - started
+        with clock.stage("parity", "checking parity"):
+            error = compare_with_torch(session, module, spec, dims, list(check_at), tolerance)
         if record is not None:
             record["parity_relative_error"] = error
     del session
-    stage("checking the graph")
-    started = time.perf_counter()
-    _infer_and_check(out_path)
-    seconds["check"] = time.perf_counter() - started
+    with clock.stage("check", "checking the graph"):
+        _infer_and_check(out_path)
     if record is not None:
-        record["seconds"] = seconds
+        record["seconds"] = clock.seconds
     return out_path
 
 

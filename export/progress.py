@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Callable, Iterator, Mapping
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,25 @@ class BuildStatus:
 BuildProgress = Callable[[BuildStatus], None]
 
 
+class StageClock:
+    """The seconds of each stage of one engine's export (``seconds``, by key), and ``on_stage`` told
+    each stage's words as it starts (stages without words are timed only)."""
+
+    def __init__(self, on_stage: Callable[[str], None] | None = None) -> None:
+        self.seconds: dict[str, float] = {}
+        self._on_stage = on_stage
+
+    @contextmanager
+    def stage(self, key: str, words: str | None = None) -> Iterator[None]:
+        if self._on_stage is not None and words is not None:
+            self._on_stage(words)
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[key] = time.perf_counter() - started
+
+
 class BuildTracker:
     """Turns the builder's events into :class:`BuildStatus` reports and INFO log lines (which the
     desktop shows as its loading activity)."""
@@ -66,13 +86,13 @@ class BuildTracker:
         return max(0.0, left * rate - (elapsed if engine in self.to_build else 0.0))
 
     def report(self, engine: str, stage: str) -> None:
-        if stage in ("building", "loading weights") and self._started is None:
+        if stage == "building":
             self._started = time.perf_counter()
         status = BuildStatus(
             engine, self.names.index(engine), len(self.names), stage, self.done_bytes, sum(self.weights.values()),
             self._seconds_left(engine),
         )
-        if engine in self.to_build and stage not in ("checking", "built"):
+        if engine in self.to_build and stage != "checking":
             log.info("%s (engine %d/%d): %s, %s", engine, status.index + 1, status.count, stage, status.time_left)
         if self.progress is not None:
             self.progress(status)

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import time
 from pathlib import Path
 from typing import Any, Callable
 
-from dynamicid_rt.contract import ENGINES, EngineSpec, ModelDims
+from dynamicid_rt.contract import ENGINES, ModelDims, engine_spec
 from dynamicid_rt.errors import DynamicIDError, ModelFolderError
 from dynamicid_rt.paths import ModelPaths
+
+from .progress import StageClock
 
 MODEL_FILE = "model.onnx"
 # fp16 entries of EngineSpec.fused_attention engines also hold CUDA_MODEL_FILE: attention fused into
@@ -28,13 +29,6 @@ OPSET = 18
 BUILD_TOLERANCE = 1e-3
 _SAMPLE_BYTES = 8 << 20  # per sampled chunk of a large weight file
 _FULL_HASH_LIMIT = 256 << 20
-
-
-def engine_spec(engine: str) -> EngineSpec:
-    """The contract's declaration of ``engine``; an unknown name is a KeyError naming the known ones."""
-    if engine not in ENGINES:
-        raise KeyError(f"unknown engine {engine!r}; the contract has {', '.join(ENGINES)}")
-    return ENGINES[engine]
 
 
 def source_files(paths: ModelPaths, engine: str) -> list[Path]:
@@ -115,47 +109,39 @@ def export_into(
     dims = read_model_dims(paths)
     target = tmp / MODEL_FILE
     record: dict[str, Any] = {"parity_relative_error": None}
-    stage = on_stage or (lambda _: None)
-    seconds: dict[str, float] = {}
+    clock = StageClock(on_stage)
 
     def load_module() -> torch.nn.Module:
-        stage("loading weights")
-        started = time.perf_counter()
-        module = load_engine_module(paths, engine, torch.float32, "cpu")
-        seconds["load"] = time.perf_counter() - started
-        return module
+        with clock.stage("load", "loading weights"):
+            return load_engine_module(paths, engine, torch.float32, "cpu")
 
     if precision == "fp16":
         if fp32_graph is not None:
             source = fp32_graph  # reuse the valid fp32 graph rather than exporting again
         else:
             (tmp / "fp32").mkdir()
-            stages: dict[str, Any] = {}
             source = onnx_export.export_engine(
-                load_module(), spec, dims, tmp / "fp32" / MODEL_FILE, OPSET, record=stages, on_stage=on_stage
+                load_module(), spec, dims, tmp / "fp32" / MODEL_FILE, OPSET, record=record, on_stage=on_stage
             )
-            seconds |= stages["seconds"]
-        stage("converting to fp16")
-        started = time.perf_counter()
-        if graph_precision(engine, precision) == "fp32":
-            onnx_export.save_model(onnx.load(str(source), load_external_data=True), target)  # a copy
-        else:
-            onnx_export.convert_fp16(source, target)
-        if cuda_graph(engine, precision):
-            from .fused_attention import write_fused_attention
+        with clock.stage("convert", "converting to fp16"):
+            if graph_precision(engine, precision) == "fp32":
+                onnx_export.save_model(onnx.load(str(source), load_external_data=True), target)  # a copy
+            else:
+                onnx_export.convert_fp16(source, target)
+            if cuda_graph(engine, precision):
+                from .fused_attention import write_fused_attention
 
-            write_fused_attention(target, tmp / CUDA_MODEL_FILE)
-            onnx_export.check_finite(tmp / CUDA_MODEL_FILE, spec, dims)
-        shutil.rmtree(tmp / "fp32", ignore_errors=True)
-        onnx_export.check_finite(target, spec, dims)
-        seconds["convert"] = time.perf_counter() - started
-        return dims, record | {"seconds": seconds}
-    # Traced at the opt shapes, checked at the smallest ones, on the session that folded the graph:
-    # a tracer that froze a shape fails here, and the check costs no second session.
-    points = [{a.name: a.min for a in spec.axes}]
-    onnx_export.export_engine(
-        load_module(), spec, dims, target, OPSET, check_at=points, tolerance=BUILD_TOLERANCE, record=record,
-        on_stage=on_stage,
-    )
-    record["seconds"] = seconds | record["seconds"]
+                write_fused_attention(target, tmp / CUDA_MODEL_FILE)
+                onnx_export.check_finite(tmp / CUDA_MODEL_FILE, spec, dims)
+            shutil.rmtree(tmp / "fp32", ignore_errors=True)
+            onnx_export.check_finite(target, spec, dims)
+    else:
+        # Traced at the opt shapes, checked at the smallest ones, on the session that folded the
+        # graph: a tracer that froze a shape fails here, and the check costs no second session.
+        points = [{a.name: a.min for a in spec.axes}]
+        onnx_export.export_engine(
+            load_module(), spec, dims, target, OPSET, check_at=points, tolerance=BUILD_TOLERANCE, record=record,
+            on_stage=on_stage,
+        )
+    record["seconds"] = clock.seconds | record.get("seconds", {})
     return dims, record

@@ -114,7 +114,7 @@ def build_folder(parent: Path, name: str, fill: Callable[[Path], dict[str, Any]]
         manifest = fields | {"files": file_table(tmp)}
         manifest["hash_seconds"] = round(time.perf_counter() - started, 2)
         # The table has just hashed every file: stamp them, so the first start does not hash them again.
-        stamp_hashed(tmp, {name: record["sha256"] for name, record in manifest["files"].items()})
+        stamp_hashed(tmp, {file: record["sha256"] for file, record in manifest["files"].items()})
         # Without its manifest the folder is never taken for a valid entry.
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
         replace_dir(tmp, parent / name)

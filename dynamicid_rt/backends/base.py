@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Callable, Collection, Mapping, Sequence
 
 import numpy as np
 
-from ..contract import ENGINES, EngineSpec, ModelDims
+from ..contract import ENGINES, EngineSpec, ModelDims, engine_spec
 from ..errors import ModelFolderError
 
 if TYPE_CHECKING:
@@ -66,9 +66,7 @@ class Backend(ABC):
     @staticmethod
     def check_engine(engine: str) -> EngineSpec:
         """The engine's declaration; an unknown name is a KeyError naming the known ones."""
-        if engine not in ENGINES:
-            raise KeyError(f"unknown engine {engine!r}; the contract has {', '.join(ENGINES)}")
-        return ENGINES[engine]
+        return engine_spec(engine)
 
     @staticmethod
     def check_inputs(engine: str, given: Collection[str], complete: bool = True) -> EngineSpec:

@@ -32,7 +32,6 @@ import numpy as np
 
 from ..contract import ENGINES, LORA_ENGINES
 from ..paths import ModelPaths
-from . import probes
 from .base import Backend, EngineCall
 from .openvino_cache import check_blobs, record_blobs
 from .openvino_int8w import INT8W_ENGINES, compressed_model, nncf_version
@@ -70,11 +69,6 @@ def optimization_capabilities(core: "ov.Core | None" = None) -> list[str]:
         return list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
     except RuntimeError:
         return []
-
-
-def cpu_has_bf16(core: "ov.Core") -> bool:
-    """bf16 units detected by OpenVINO itself or in /proc/cpuinfo (never assumed)."""
-    return "BF16" in optimization_capabilities(core) or probes.cpu_has_bf16()
 
 
 class _Plan:
@@ -195,7 +189,7 @@ class OpenVinoBackend(Backend):
     def _compile_with(
         self, entry: "CacheEntry", shapes: dict[str, tuple[int, ...]], precision: str, config: dict[str, str]
     ) -> "ov.CompiledModel":
-        if not shapes and precision != "int8w":
+        if not shapes:  # (int8w compresses only sized engines, which always have shapes)
             # Compiled from the path: OpenVINO keys its cache by the file, so a warm start imports the
             # blob without parsing the ONNX (from a model object it must read and hash the whole graph).
             return self.core.compile_model(str(entry.onnx), "CPU", config)
