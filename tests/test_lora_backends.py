@@ -137,3 +137,19 @@ def test_png_parameters_carry_tags_and_hashes_back(tiny_pipeline, lora_file, tmp
     parsed = parse_parameters(read_parameters(save_png(result.images[0], tmp_path / "x.png", text)))
     assert parsed["prompt"] == "a portrait <lora:style:0.8>"
     assert parsed["lora_hashes"] == result.lora_hashes and parsed["sampler"] == "lcm"
+
+
+def test_torch_merges_into_an_engine_first_loaded_by_a_run(tiny_bundle, lora_file):
+    from dynamicid_rt.backends.torch_backend import TorchBackend
+    from dynamicid_rt.contract import ENGINES
+
+    paths = ModelPaths.from_folder(tiny_bundle)
+    inputs = ENGINES["unet"].sample_inputs(TorchBackend(paths).dims, seed=3)
+    ran_first = TorchBackend(paths)
+    plain = ran_first.run("unet", inputs)["noise_pred"]  # loads the UNet inside run's inference mode
+    ran_first.set_loras([LoraRef(lora_file, 0.8)])
+    merged_first = TorchBackend(paths)
+    merged_first.set_loras([LoraRef(lora_file, 0.8)])
+    got, want = ran_first.run("unet", inputs)["noise_pred"], merged_first.run("unet", inputs)["noise_pred"]
+    np.testing.assert_array_equal(got, want)
+    assert np.abs(got - plain).max() > 1e-3  # the LoRA did change the UNet

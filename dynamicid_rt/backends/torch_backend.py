@@ -47,8 +47,9 @@ class TorchBackend(Backend):
         if engine in self._modules:
             return self._modules[engine]
         # One loader at a time in the process: transformers' and diffusers' lazy imports are not
-        # thread-safe (two threads' first calls fail with "cannot import name ...").
-        with _LOAD_LOCK:
+        # thread-safe (two threads' first calls fail with "cannot import name ..."). Loaded outside
+        # inference mode even when first used inside run(): LoRA merges update the weights in place.
+        with _LOAD_LOCK, torch.inference_mode(False):
             if engine in self._modules:
                 return self._modules[engine]
             log.info("loading %s (%s, %s)", engine, self.device, self.precision)
