@@ -17,7 +17,8 @@ from ..contract import ENGINES, LORA_ENGINES
 from ..errors import NumericalError
 from ..paths import ModelPaths
 from .base import Backend, EngineCall
-from .ort_providers import ORT_LOG_SEVERITY, TENSORRT, check_available, check_session, log_tensorrt_build, requested, session_providers
+from .ort_optimized import SessionMaker, cpu_session
+from .ort_providers import CPU, ORT_LOG_SEVERITY, TENSORRT, check_available, check_session, log_tensorrt_build, requested, session_providers
 from .registry import parse_device
 
 if TYPE_CHECKING:
@@ -37,6 +38,15 @@ def _graph_load_errors() -> tuple[type[Exception], ...]:
     from onnxruntime.capi.onnxruntime_pybind11_state import InvalidGraph, InvalidProtobuf, NoSuchFile
 
     return (InvalidProtobuf, InvalidGraph, NoSuchFile)
+
+
+def _session_options() -> "ort.SessionOptions":
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = ORT_LOG_SEVERITY  # a provider that fails to load says why
+    return options
 
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
@@ -96,23 +106,30 @@ class OnnxRuntimeBackend(Backend):
         return session
 
     def _open(self, entry: "CacheEntry") -> "ort.InferenceSession":
-        """A session on ``entry``'s graph, checked to run on the providers asked for."""
+        """A session on ``entry``'s graph, checked to run on the providers asked for. On the CPU,
+        from ONNX Runtime's optimized graph stored in the entry (made by the first session)."""
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = ORT_LOG_SEVERITY  # a provider that fails to load says why
         providers = self._providers(entry)
         if TENSORRT in requested(providers):
             log_tensorrt_build(entry.engine, entry.path / "tensorrt")
+
+        def make(graph: Path, options: "ort.SessionOptions") -> "ort.InferenceSession":
+            return ort.InferenceSession(str(graph), options, providers=providers)
+
         try:
-            session = ort.InferenceSession(str(self._graph(entry)), options, providers=providers)
+            session = self._new_session(entry, providers, make)
         except _graph_load_errors() as exc:  # a graph that passed its hash check but will not parse
             entry = self._rebuild(entry, exc)
-            session = ort.InferenceSession(str(self._graph(entry)), options, providers=providers)
+            session = self._new_session(entry, providers, make)
         check_session(entry.engine, requested(providers), session.get_providers())
         log.info("%s: loaded %s with %s", entry.engine, self._graph(entry), ", ".join(session.get_providers()))
         return session
+
+    def _new_session(self, entry: "CacheEntry", providers: list[Any], make: SessionMaker) -> "ort.InferenceSession":
+        if requested(providers) == [CPU]:
+            return cpu_session(entry, _session_options, make)
+        return make(self._graph(entry), _session_options())
 
     def _graph(self, entry: "CacheEntry") -> Path:
         """The CUDA provider runs the entry's fused-attention graph; TensorRT's provider cannot import

@@ -4,9 +4,10 @@ OpenVINO reads the cached fp32 ONNX graphs directly (no second export format). T
 shapes follow the image size (UNet, VAE decoder) are compiled per static input shape: one compiled
 model per (engine, shapes), kept in a small LRU, so the sampler loop runs a static plan. The others
 (text encoder, image encoder, projector, IMR) run once per request and are compiled once from the
-graph's path with their dynamic axes, so a warm start imports their blobs without reading the ONNX.
-Compiled blobs go to OpenVINO's model cache inside the engine's cache entry (``<entry>/openvino``),
-so a second start imports them instead of compiling again. :meth:`OpenVinoBackend.release` drops
+graph's path with their dynamic axes; the sized ones from a graph file per shape
+(``openvino_graphs.py``). Either way a warm start imports the compiled plan without reading the
+ONNX weights. Compiled plans go to OpenVINO's model cache inside the engine's cache entry
+(``<entry>/openvino``), so a second start imports them instead of compiling again. :meth:`OpenVinoBackend.release` drops
 the plans of engines that will not run for a while (the identity engines while sampling).
 
 bf16 (only on CPUs with bf16 units) is a per-model precision hint: the UNet and the VAE decoder run
@@ -33,7 +34,8 @@ import numpy as np
 from ..contract import ENGINES, LORA_ENGINES
 from ..paths import ModelPaths
 from .base import Backend, EngineCall
-from .openvino_cache import check_blobs, record_blobs
+from .openvino_cache import check_blobs, drop_unkeyed_blobs, record_blobs
+from .openvino_graphs import graph_name, static_graph
 from .openvino_int8w import INT8W_ENGINES, compressed_model, nncf_version
 
 if TYPE_CHECKING:
@@ -171,8 +173,12 @@ class OpenVinoBackend(Backend):
     def _compile(self, entry: "CacheEntry", shapes: dict[str, tuple[int, ...]]) -> "ov.CompiledModel":
         precision = self.engine_precision(entry.engine)
         # One cache folder per precision: OpenVINO's cache key does not tell an f32 blob from a bf16
-        # one of the same graph (measured: bf16 imported the f32 blob and produced NaN).
+        # one of the same graph (measured: bf16 imported the f32 blob and produced NaN). A sized
+        # engine's plans go one folder deeper, per shape, beside that shape's graph file.
         cache = entry.path / "openvino" / precision
+        if shapes:
+            drop_unkeyed_blobs(cache, entry.engine)
+            cache = cache / graph_name(shapes)
         config = {
             "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",  # int8w: f32 on int8 weights
             "PERFORMANCE_HINT": "LATENCY",
@@ -189,10 +195,13 @@ class OpenVinoBackend(Backend):
     def _compile_with(
         self, entry: "CacheEntry", shapes: dict[str, tuple[int, ...]], precision: str, config: dict[str, str]
     ) -> "ov.CompiledModel":
+        # Compiled from a file, OpenVINO keys its cache by the file and imports the plan without
+        # reading the graph; from a model object it must read and hash the whole graph first.
         if not shapes:  # (int8w compresses only sized engines, which always have shapes)
-            # Compiled from the path: OpenVINO keys its cache by the file, so a warm start imports the
-            # blob without parsing the ONNX (from a model object it must read and hash the whole graph).
             return self.core.compile_model(str(entry.onnx), "CPU", config)
+        graph = static_graph(entry, shapes) if precision != "int8w" else None
+        if graph is not None:
+            return self.core.compile_model(str(graph), "CPU", config)
         model = compressed_model(self.core, entry) if precision == "int8w" else self.core.read_model(str(entry.onnx))
         model.reshape({name: list(shape) for name, shape in shapes.items() if name in _input_names(model)})
         return self.core.compile_model(model, "CPU", config)

@@ -54,3 +54,18 @@ def record_blobs(folder: Path) -> None:
         blobs[blob.name] = record if unchanged else file_record(blob)
     if blobs != known:
         write_manifest(path, {"blobs": blobs})
+
+
+def drop_unkeyed_blobs(folder: Path, engine: str) -> None:
+    """Remove the blobs directly in a sized engine's ``folder``: plans an earlier release compiled
+    from a reshaped model object, before each shape had a graph file and a plan folder of its own
+    (``openvino_graphs.py``); no start imports them any more."""
+    blobs = list(folder.glob("*.blob"))
+    if not blobs:
+        return
+    size = sum(b.stat().st_size for b in blobs)
+    for blob in blobs:
+        blob.unlink(missing_ok=True)
+    (folder / MANIFEST).unlink(missing_ok=True)
+    log.info("%s: removed %d compiled plan(s) of the earlier OpenVINO cache layout from %s (%.1f GB)",
+             engine, len(blobs), folder, size / 1e9)
