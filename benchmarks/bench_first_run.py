@@ -3,18 +3,21 @@
 On the full-size random bundle (SD1.5's real sizes, random weights), each run in a process of its
 own so that its peak memory (max RSS) is its own:
 
-1. cold, on the default CPU backend (auto's choice): an empty ONNX cache and identity cache, then
-   ``Pipeline.load`` (which exports every engine), one identity, one image. Prints the per-stage
-   breakdown of the export from the entries' manifests (module loading, torch->ONNX trace, constant
-   folding, saving, checks, parity against torch, hashing), the backend's own preparation (OpenVINO
-   conversion and compilation) and the time to the first image;
-2. warm, on each backend: the caches of run 1, a new process: ``Pipeline.load``, the same identity
-   (from the identity cache), one image; prints the time from ``Pipeline.load`` to the start and to
-   the end of the first denoising step, and peak RSS with the ratio to ONNX Runtime's.
+1. cold, on the default CPU backend and precision (auto's choice): an empty ONNX cache and
+   identity cache, then ``Pipeline.load`` (which exports every engine), one identity, one image.
+   Prints the per-stage breakdown of the export from the entries' manifests (module loading,
+   torch->ONNX trace, constant folding, saving, checks, parity against torch, hashing), the
+   backend's own preparation (OpenVINO compilation) and the time to the first image;
+2. per backend of ``--backends`` (``name`` or ``name:precision``), two new processes on the caches
+   of run 1: the *first start* of that backend, which adds what it keeps of its own (ONNX
+   Runtime's optimized graphs, OpenVINO's plans for its precision, the identity cache is per
+   backend), then a *warm start*: ``Pipeline.load``, the same identity (from the identity cache),
+   one image. Prints the time from ``Pipeline.load`` to the start and to the end of the first
+   denoising step, and peak RSS with the ratio to ONNX Runtime's warm start.
 
     python benchmarks/bench_first_run.py                              # 512², the release default steps
     python benchmarks/bench_first_run.py --steps 4 --size 256         # a shorter look
-    python benchmarks/bench_first_run.py --backends onnxruntime openvino --warm-only --onnx-cache DIR
+    python benchmarks/bench_first_run.py --backends onnxruntime openvino:fp32 --warm-only --onnx-cache DIR
 
 The bundle (about 7 GB) is written once under --models before anything is timed; the caches go to a
 scratch folder that is deleted at the end unless --onnx-cache names one.
@@ -58,8 +61,10 @@ def run(mode: str, backend: str, models: Path, onnx_cache: Path, identity_cache:
     logging.getLogger("dynamicid_rt").addHandler(stages)
     logging.getLogger("dynamicid_rt").setLevel(logging.INFO)
 
+    backend, _, precision = backend.partition(":")
     t0 = time.perf_counter()
-    pipe = Pipeline.load(models, backend=backend, device="cpu", onnx_cache=onnx_cache, cache_dir=identity_cache)
+    pipe = Pipeline.load(models, backend=backend, device="cpu", precision=precision or None, onnx_cache=onnx_cache,
+                         cache_dir=identity_cache)
     load_s = time.perf_counter() - t0
     t = time.perf_counter()
     person = pipe.encode_identity(models / "samples" / "person_a.png")
@@ -75,7 +80,7 @@ def run(mode: str, backend: str, models: Path, onnx_cache: Path, identity_cache:
     later = [b - a for a, b in zip(step_ends[1:], step_ends[2:])] or [step_ends[0] - t]
     step_s = sorted(later)[len(later) // 2]
     out = {
-        "mode": mode, "backend": result.backend, "size": size, "steps": request.steps,
+        "mode": mode, "backend": f"{result.backend} {pipe.backend.precision}", "size": size, "steps": request.steps,
         "import_s": import_s, "load_s": load_s, "identity_s": identity_s, "image_s": image_s,
         "to_first_image_s": time.perf_counter() - t0,
         "to_first_step_start_s": first_end - step_s, "to_first_step_end_s": first_end, "step_s": step_s,
@@ -129,12 +134,12 @@ def _report(cold: dict | None, breakdown: dict, warm: list[dict]) -> None:
               f"decode {cold['timings'].get('decode', 0):.1f})")
         print(f"  model folder to first image: {cold['to_first_image_s']:.1f} s ({cold['to_first_image_s'] / 60:.1f} min), "
               f"peak RSS {cold['peak_rss_mib']:.0f} MiB")
-    ort = next((w for w in warm if w["backend"].startswith("onnxruntime")), None)
+    ort = next((w for w in warm if w["backend"].startswith("onnxruntime") and w["mode"] == "warm"), None)
     print("\nwarm start (caches built, new process), from Pipeline.load:")
-    print(f"  {'backend':<22}{'import':>8}{'load':>8}{'identity':>10}{'1st step start':>16}{'1st step end':>14}{'step':>8}{'peak RSS':>11}{'vs ORT':>8}")
+    print(f"  {'backend':<22}{'start':<7}{'import':>8}{'load':>8}{'identity':>10}{'1st step start':>16}{'1st step end':>14}{'step':>8}{'peak RSS':>11}{'vs ORT':>8}")
     for w in warm:
         ratio = w["peak_rss_mib"] / ort["peak_rss_mib"] if ort else float("nan")
-        print(f"  {w['backend']:<22}{w['import_s']:>7.1f}s{w['load_s']:>7.1f}s{w['identity_s']:>9.1f}s"
+        print(f"  {w['backend']:<22}{w['mode'].split()[0]:<7}{w['import_s']:>7.1f}s{w['load_s']:>7.1f}s{w['identity_s']:>9.1f}s"
               f"{w['to_first_step_start_s']:>15.1f}s{w['to_first_step_end_s']:>13.1f}s{w['step_s']:>7.1f}s"
               f"{w['peak_rss_mib']:>8.0f} MiB{ratio:>7.2f}x")
         for at, message in w["log"]:
@@ -147,7 +152,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--steps", type=int, default=0, help="cold run's sampler steps (default: the release default)")
     parser.add_argument("--warm-steps", type=int, default=3, help="warm runs' steps (they time the start, not the image)")
-    parser.add_argument("--backends", nargs="+", default=["onnxruntime", "openvino"], help="warm runs")
+    parser.add_argument("--backends", nargs="+", default=["onnxruntime", "openvino", "openvino:fp32"],
+                        help="warm runs: name or name:precision (openvino: its default here, bf16 on CPUs with bf16 units)")
     parser.add_argument("--onnx-cache", type=Path, default=None, help="keep the caches here (default: scratch)")
     parser.add_argument("--warm-only", action="store_true", help="skip the cold run (caches exist)")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
@@ -172,8 +178,8 @@ def main() -> None:
         if not args.warm_only:
             shutil.rmtree(onnx_cache, ignore_errors=True)
             cold = _child([*common, "--steps", str(args.steps), "--child", "cold", "auto", str(models), str(onnx_cache), str(identities)])
-        warm = [_child([*common, "--steps", str(args.warm_steps), "--child", "warm", b, str(models), str(onnx_cache), str(identities)])
-                for b in args.backends]
+        warm = [_child([*common, "--steps", str(args.warm_steps), "--child", mode, b, str(models), str(onnx_cache), str(identities)])
+                for b in args.backends for mode in ("first start", "warm")]
         breakdown = export_breakdown(onnx_cache)
         _report(cold, breakdown, warm)
         if args.out:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
@@ -230,13 +231,17 @@ class _BuildBar:
 
     def __init__(self) -> None:
         self.bar = None
+        self.logging = contextlib.ExitStack()
 
     def __call__(self, status: "BuildStatus") -> None:
         from tqdm import tqdm
 
+        from .export.cli import logging_beside_a_bar
+
         if self.bar is None:
             if status.stage in ("checking", "reused"):
                 return
+            self.logging.enter_context(logging_beside_a_bar())
             self.bar = tqdm(total=status.total_bytes, unit="B", unit_scale=True, disable=None,
                             bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} of weights, {postfix}")
         self.bar.set_description(f"exporting {status.engine} ({status.index + 1}/{status.count})", refresh=False)
@@ -246,6 +251,7 @@ class _BuildBar:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+        self.logging.close()
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

@@ -294,6 +294,7 @@ class Pipeline:
             # Host-side noise: the same seed gives the same image start on every backend and device.
             noise = initial_noise(seeds, (4, lh, lw))
 
+        self.backend.prepare(["unet"])  # loads while the text encoder runs, where the backend can
         t = time.perf_counter()
         # A1111's <lora:name:w> tags (restored PNG prompts carry them) are not text for CLIP.
         states, _ = self.prompts.encode([strip_lora_tags(request.negative_prompt), strip_lora_tags(request.prompt)])

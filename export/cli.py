@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from dynamicid_rt.contract import ENGINES
 from dynamicid_rt.errors import DynamicIDError, ModelFolderError
 
+from . import progress
 from .cache import PRECISIONS
 from .progress import BuildStatus
 
@@ -63,7 +67,7 @@ def run_build_engines(args: argparse.Namespace) -> int:
     paths = ModelPaths.from_folder(args.models)
     names = args.engines or default_engines(paths)
     engine_dir = args.engine_dir or default_engine_dir(paths)
-    with tqdm(total=len(names), unit="engine", desc="build-engines") as bar:
+    with logging_beside_a_bar(), tqdm(total=len(names), unit="engine", desc="build-engines") as bar:
 
         def progress(status: BuildStatus) -> None:
             text = f"{status.engine}: {status.stage}"
@@ -77,3 +81,22 @@ def run_build_engines(args: argparse.Namespace) -> int:
     for entry in entries:
         tqdm.write(f"{entry.engine:<15} {'reused' if entry.reused else 'built':<7} {entry.onnx}")
     return 0
+
+
+@contextmanager
+def logging_beside_a_bar() -> Iterator[None]:
+    """While a tqdm bar shows an export: log lines are written through tqdm (printed as they are,
+    they would tear the bar), and the export's stage lines (``progress.py``), which the bar shows, are not logged."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    stage_log = logging.getLogger(progress.__name__)
+
+    def drop(record: logging.LogRecord) -> bool:
+        return False
+
+    stage_log.addFilter(drop)
+    try:
+        with logging_redirect_tqdm(loggers=[logging.getLogger()]):
+            yield
+    finally:
+        stage_log.removeFilter(drop)

@@ -16,8 +16,8 @@ BASE_FLAGS = "fpu sse sse2 ssse3 sse4_1 sse4_2 avx f16c fma"
 CPUS = {  # /proc/cpuinfo flags of each kind of CPU, and the start of the line it gets
     "avx2": (f"{BASE_FLAGS} avx2", "AVX2 only: OpenVINO f32; a CPU with AVX-512 BF16 or AMX runs bf16 ~1.8× faster"),
     "avx512": (f"{BASE_FLAGS} avx2 avx512f avx512bw avx512vl avx512_vnni", "AVX-512 without BF16: OpenVINO f32; a CPU"),
-    "avx512_bf16": (f"{BASE_FLAGS} avx2 avx512f avx512bw avx512_bf16", "AVX-512 BF16: OpenVINO bf16 (~1.8× f32"),
-    "amx": (f"{BASE_FLAGS} avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8", "AMX: OpenVINO bf16 (~1.8× f32"),
+    "avx512_bf16": (f"{BASE_FLAGS} avx2 avx512f avx512bw avx512_bf16", "AVX-512 BF16: OpenVINO bf16, its default here (~1.8× f32"),
+    "amx": (f"{BASE_FLAGS} avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8", "AMX: OpenVINO bf16, its default here (~1.8× f32"),
 }
 
 
@@ -79,6 +79,24 @@ def test_auto_names_the_cpu_capability_in_its_choice_and_log(fake_cpu, caplog, c
     else:
         with pytest.raises(BackendError, match="does not run bf16 here"):
             choose_auto(device="cpu", precision="bf16")
+
+
+@pytest.mark.parametrize("cpu", list(CPUS))
+def test_openvino_runs_bf16_by_default_only_where_the_cpu_has_the_units_and_says_why(fake_cpu, caplog, cpu):
+    if not probes.installed("openvino"):
+        pytest.skip("needs openvino installed")
+    fake_cpu(CPUS[cpu][0])
+    units = cpu in ("avx512_bf16", "amx")
+    with caplog.at_level(logging.INFO, logger="dynamicid_rt.backends.registry"):
+        _, _, precision = resolve("openvino", device="cpu")
+    assert precision == ("bf16" if units else "fp32")
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("openvino on cpu: precision")]
+    if units:
+        assert line.startswith("openvino on cpu: precision bf16, its default on a CPU with bf16 units") and "--precision fp32" in line
+    else:
+        assert line == "openvino on cpu: precision fp32, because this CPU has no bf16 units: avx512_bf16 or amx_bf16 (it runs bf16 where they are)"
+    assert resolve("openvino", device="cpu", precision="fp32")[2] == "fp32"  # asked for: kept, on every CPU
+    assert resolve("torch", device="cpu")[2] == "fp32"  # torch's bf16 is no faster per image: never its default
 
 
 def test_auto_on_a_gpu_says_nothing_of_the_cpu(monkeypatch):

@@ -86,11 +86,13 @@ def _two_person_image(pipe: Pipeline, samples) -> np.ndarray:
     return np.asarray(pipe.generate(req).images[0])
 
 
-@pytest.mark.parametrize(("precision", "min_psnr"), [("fp32", 40.0), pytest.param("bf16", 30.0, marks=needs_bf16)])
+@pytest.mark.parametrize(("precision", "min_psnr"), [("fp32", 40.0), pytest.param("bf16", 30.0, marks=needs_bf16), (None, 30.0)])
 def test_image_matches_the_torch_pipeline(tiny_bundle, tiny_engines, tiny_pipeline, samples, tmp_path, precision, min_psnr):
-    pipe = Pipeline.load(tiny_bundle, backend="openvino", precision=precision, engine_dir=tiny_engines, cache_dir=tmp_path)
+    """None: what a user gets by default (bf16 on CPUs with bf16 units, else fp32)."""
+    pipe = Pipeline.load(tiny_bundle, backend="openvino", precision=precision, onnx_cache=tiny_engines, cache_dir=tmp_path)
     try:
-        assert pipe.backend.name == "openvino" and pipe.backend.precision == precision
+        expected = precision or ("bf16" if probes.cpu_has_bf16() else "fp32")
+        assert pipe.backend.name == "openvino" and pipe.backend.precision == expected
         image = _two_person_image(pipe, samples)
     finally:
         pipe.close()

@@ -12,6 +12,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from dynamicid_rt.backends import probes
+
 pytest.importorskip("openvino", reason="int8w needs openvino (pip install 'dynamicid-rt[openvino]')")
 pytest.importorskip("nncf", reason="int8w needs nncf (pip install 'dynamicid-rt[openvino]')")
 
@@ -142,7 +144,7 @@ def test_the_compressed_unet_is_cached_and_a_damaged_one_compressed_again(int8w_
 
 
 def test_int8w_is_opt_in_and_openvino_only(tiny_bundle, tmp_path, caplog):
-    assert resolve("openvino")[2] == "fp32"  # off by default
+    assert resolve("openvino")[2] == ("bf16" if probes.cpu_has_bf16() else "fp32")  # int8w: off by default
     assert resolve("openvino", precision="int8w")[2] == "int8w"
     for backend in ("onnxruntime", "torch"):
         with pytest.raises(BackendError, match=f"the {backend} backend cannot run int8w on cpu") as refused:

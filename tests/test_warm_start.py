@@ -247,3 +247,27 @@ def test_an_optimized_graph_of_another_onnxruntime_is_replaced(tiny_bundle, engi
     again.close()
     (new,) = (entry.path / "onnxruntime").glob("cpu-*")
     assert new != old and json.loads((new / "manifest.json").read_text())["onnxruntime"].endswith(".other")
+
+
+def test_onnxruntime_prepares_the_unet_in_the_background_without_holding_up_other_engines(tiny_bundle, engines):
+    import threading
+
+    backend = _ort(tiny_bundle, engines)
+    try:
+        text = ENGINES["text_encoder"].sample_inputs(backend.dims, seed=12)
+        text["input_ids"] %= 400  # ids inside the tiny tokenizer's vocabulary
+        with backend._open_lock("unet"):  # the UNet "loading" all along
+            done = threading.Event()
+            worker = threading.Thread(target=lambda: (backend.run("text_encoder", text), done.set()))
+            worker.start()
+            assert done.wait(60), "the text encoder waited for the UNet's load"
+            worker.join()
+        backend.prepare(["unet"])
+        (thread,) = backend._preparing
+        thread.join(60)
+        assert "unet" in backend._sessions and thread.name == "prepare-unet"
+        unet = ENGINES["unet"].sample_inputs(backend.dims, seed=13)
+        np.testing.assert_array_equal(backend.run("unet", unet)["noise_pred"],
+                                      _plain_session_output(backend._entries["unet"].onnx, unet))
+    finally:
+        backend.close()

@@ -55,6 +55,11 @@ class Backend(ABC):
         """Called after each generation: a backend may keep what it learned (TensorRT-RTX stores
         the kernels it compiled just in time)."""
 
+    def prepare(self, engines: Collection[str]) -> None:
+        """Start loading ``engines`` in the background, because they run soon (the UNet while the
+        text encoder runs); their first run waits for it. Backends whose loading overlaps other
+        work override this; an error surfaces at that run, not here."""
+
     def release(self, engines: Collection[str]) -> None:
         """Free what ``engines`` hold beyond their cache entries (compiled plans), because they will
         not run for a while; their next run builds them again from the cache. Backends whose plans

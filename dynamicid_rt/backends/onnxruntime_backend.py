@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_SESSION_LOCK = threading.RLock()
+_SESSION_LOCK = threading.Lock()  # guards each backend's table of per-engine locks
 
 
 def _graph_load_errors() -> tuple[type[Exception], ...]:
@@ -86,15 +86,38 @@ class OnnxRuntimeBackend(Backend):
         self._available = available
         self.trt_provider = trt_provider
         self._sessions: dict[str, ort.InferenceSession] = {}
+        self._open_locks: dict[str, threading.Lock] = {}
+        self._preparing: list[threading.Thread] = []
 
     def _providers(self, entry: "CacheEntry") -> list[Any]:
         fp16 = entry.manifest.get("graph_precision", self.precision) == "fp16"
         return session_providers(self._device_type, self._device_id, fp16, self.trt_provider, entry.path / "tensorrt")
 
+    def _open_lock(self, engine: str) -> threading.Lock:
+        """One lock per engine: two threads' first calls open (or rebuild) an engine once, and one
+        engine opening (the UNet, prepared in the background) does not hold up another's."""
+        with _SESSION_LOCK:
+            return self._open_locks.setdefault(engine, threading.Lock())
+
     def _session(self, engine: str) -> "ort.InferenceSession":
         self.check_engine(engine)
-        with _SESSION_LOCK:  # two threads' first calls open (or rebuild) an engine once
+        with self._open_lock(engine):
             return self._session_locked(engine)
+
+    def prepare(self, engines: Collection[str]) -> None:
+        """Open the sessions of ``engines`` in background threads (ONNX Runtime releases the GIL
+        while it loads a graph), so the UNet loads while the text encoder runs."""
+        for engine in engines:
+            if engine in self._entries and engine not in self._sessions:
+                thread = threading.Thread(target=self._prepare_one, args=(engine,), name=f"prepare-{engine}", daemon=True)
+                thread.start()
+                self._preparing.append(thread)
+
+    def _prepare_one(self, engine: str) -> None:
+        try:
+            self._session(engine)
+        except Exception as exc:  # the run that needs it opens it again and raises there
+            log.debug("%s: loading ahead failed (%s); it loads when it runs", engine, exc)
 
     def _session_locked(self, engine: str) -> "ort.InferenceSession":
         session = self._sessions.get(engine)
@@ -158,8 +181,8 @@ class OnnxRuntimeBackend(Backend):
             return  # the same set: every session (and compiled plan) is reused
         entries = lora_entries(self.paths, self._engine_dir, self.precision, files)
         self._lora_keys = keys
-        with _SESSION_LOCK:
-            for engine, entry in entries.items():
+        for engine, entry in entries.items():
+            with self._open_lock(engine):
                 if self._entries[engine].path != entry.path:
                     self._entries[engine] = entry
                     self._sessions.pop(engine, None)
@@ -225,6 +248,9 @@ class OnnxRuntimeBackend(Backend):
         }
 
     def close(self) -> None:
+        for thread in self._preparing:
+            thread.join()
+        self._preparing.clear()
         self._sessions.clear()
 
 

@@ -175,7 +175,7 @@ def cpu_fastest_path(openvino_capabilities: Collection[str] = ()) -> str:
     gain = f"~{BENCH_BF16_VS_TORCH / BENCH_F32_AVX2_VS_TORCH:.1f}×"
     units = cpu_bf16_units(openvino_capabilities)
     if units is not None:
-        return f"{units}: OpenVINO bf16 ({gain} f32 in this project's bench; --precision bf16)"
+        return f"{units}: OpenVINO bf16, its default here ({gain} f32 in this project's bench; --precision fp32 to keep fp32)"
     flags = cpu_flags()
     if not flags:
         found = "CPU features unknown (no /proc/cpuinfo)"

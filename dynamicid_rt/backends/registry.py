@@ -272,7 +272,20 @@ def resolve(name: str, device: str | None = None, precision: str | None = None) 
     if missing:
         raise BackendError(f"the {name} backend needs {', '.join(missing)}, which is not installed; install it with: {info.install_advice()}")
     device = _resolve_device(info, device)
-    return info, device, _resolve_precision(info, device, precision)
+    resolved = _resolve_precision(info, device, precision)
+    if precision is None and device == "cpu" and info.precisions["cpu"][0] in CPU_NEEDS:  # a default that depends on the CPU
+        log.info("%s on cpu: precision %s", info.name, default_precision_reason(info, resolved))
+    return info, device, resolved
+
+
+def default_precision_reason(info: BackendInfo, resolved: str) -> str:
+    """Why ``resolved`` is ``info``'s CPU precision here when none was asked for (its declared
+    default needs CPU units, CPU_NEEDS)."""
+    declared = info.precisions["cpu"][0]
+    if resolved == declared:
+        others = "/".join(p for p in info.precisions_here("cpu") if p != resolved)
+        return f"{resolved}, its default on a CPU with bf16 units, as this one (--precision {others} on request)"
+    return f"{resolved}, because {CPU_NEEDS[declared].missing} (it runs {declared} where they are)"
 
 
 def check_backend_options(info: BackendInfo, options: Mapping[str, Any]) -> None:
