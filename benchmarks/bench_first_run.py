@@ -17,6 +17,7 @@ own so that its peak memory (max RSS) is its own:
 
     python benchmarks/bench_first_run.py                              # 512², the release default steps
     python benchmarks/bench_first_run.py --steps 4 --size 256         # a shorter look
+    python benchmarks/bench_first_run.py --cold openvino:fp32 --backends onnxruntime   # as on a CPU without bf16 units
     python benchmarks/bench_first_run.py --backends onnxruntime openvino:fp32 --warm-only --onnx-cache DIR
 
 The bundle (about 7 GB) is written once under --models before anything is timed; the caches go to a
@@ -156,6 +157,7 @@ def main() -> None:
                         help="warm runs: name or name:precision (openvino: its default here, bf16 on CPUs with bf16 units)")
     parser.add_argument("--onnx-cache", type=Path, default=None, help="keep the caches here (default: scratch)")
     parser.add_argument("--warm-only", action="store_true", help="skip the cold run (caches exist)")
+    parser.add_argument("--cold", default="auto", metavar="BACKEND", help="the cold run's backend[:precision] (default: auto)")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     parser.add_argument("--child", nargs=5, metavar=("MODE", "BACKEND", "MODELS", "CACHE", "IDS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -177,7 +179,7 @@ def main() -> None:
         cold = None
         if not args.warm_only:
             shutil.rmtree(onnx_cache, ignore_errors=True)
-            cold = _child([*common, "--steps", str(args.steps), "--child", "cold", "auto", str(models), str(onnx_cache), str(identities)])
+            cold = _child([*common, "--steps", str(args.steps), "--child", "cold", args.cold, str(models), str(onnx_cache), str(identities)])
         warm = [_child([*common, "--steps", str(args.warm_steps), "--child", mode, b, str(models), str(onnx_cache), str(identities)])
                 for b in args.backends for mode in ("first start", "warm")]
         breakdown = export_breakdown(onnx_cache)

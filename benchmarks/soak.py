@@ -41,9 +41,10 @@ def expected_file(path: Path, out_dir: Path) -> bool:
         return path.name.startswith("soak-") and path.suffix == ".png"
     if path.name.startswith(".lock-") or path.name == "verified.json":
         return True
-    if "openvino" in path.parts:  # OpenVINO's model cache inside an engine entry, per precision (README: OpenVINO)
-        return path.suffix == ".blob"
-    return path.suffix in (".npz", ".onnx", ".json", ".sha256")
+    if "openvino" in path.parts:  # OpenVINO's model cache and static graph files inside an engine entry (README: OpenVINO)
+        return path.suffix in (".blob", ".json", ".onnx", ".data")
+    # ".data": external weights of a graph (ONNX Runtime's stored optimized graph, full-size entries)
+    return path.suffix in (".npz", ".onnx", ".json", ".sha256", ".data")
 
 
 def soak(backend: str, models: Path, work: Path, rounds: int, steps: int) -> tuple[float, list[Path]]:

@@ -162,3 +162,26 @@ def test_a_damaged_cached_blob_is_compiled_again_with_the_reason(tiny_bundle, ti
     caplog.clear()
     check_blobs(blobs[0].parent, "face_projector")  # the rewritten blob is recorded again: nothing to say
     assert not caplog.records and (blobs[0].parent / MANIFEST).is_file()
+
+
+def test_beside_the_export_bar_log_lines_stay_whole_and_the_stage_lines_go(capsys):
+    import logging
+    import sys
+
+    from dynamicid_rt.export.cli import logging_beside_a_bar
+
+    console = logging.StreamHandler(sys.stderr)  # the CLI's handler (logging.basicConfig)
+    root = logging.getLogger()
+    root.addHandler(console)
+    try:
+        with logging_beside_a_bar():
+            assert console not in root.handlers  # replaced by tqdm's, which writes above the bar
+            logging.getLogger("dynamicid_rt.export.progress").warning("unet (engine 5/6): tracing, about 1 min left")
+            logging.getLogger("dynamicid_rt.export.cache").warning("built unet (fp32) in 54.2 s")
+        assert console in root.handlers
+        logging.getLogger("dynamicid_rt.export.progress").warning("after the bar: shown again")
+    finally:
+        root.removeHandler(console)
+    err = capsys.readouterr().err
+    assert "built unet (fp32) in 54.2 s" in err and "after the bar: shown again" in err
+    assert "tracing" not in err  # the bar shows the stage
