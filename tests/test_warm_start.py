@@ -271,3 +271,29 @@ def test_onnxruntime_prepares_the_unet_in_the_background_without_holding_up_othe
                                       _plain_session_output(backend._entries["unet"].onnx, unet))
     finally:
         backend.close()
+
+
+def test_a_cache_that_cannot_be_written_still_runs_the_slow_way_with_a_warning(tiny_bundle, engines, monkeypatch, caplog):
+    import errno
+
+    from dynamicid_rt.backends import openvino_graphs, ort_optimized
+    from dynamicid_rt.errors import OutputError
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(ort_optimized, "build_folder", read_only)
+    monkeypatch.setattr(openvino_graphs, "_write", lambda *a, **k: (_ for _ in ()).throw(OutputError("x cannot be written: the disk is full")))
+    with caplog.at_level("WARNING", logger="dynamicid_rt"):
+        ort_backend = _ort(tiny_bundle, engines)
+        inputs = ENGINES["unet"].sample_inputs(ort_backend.dims, seed=14, h=16, w=16)
+        got = ort_backend.run("unet", inputs)["noise_pred"]
+        ort_backend.close()
+        ov_backend = _ov(tiny_bundle, engines)
+        got_ov = ov_backend.run("unet", inputs)["noise_pred"]
+        ov_backend.close()
+    np.testing.assert_array_equal(got, _plain_session_output(engines / "unet-fp32" / "model.onnx", inputs))
+    np.testing.assert_allclose(got_ov, _reshaped_reference(engines / "unet-fp32" / "model.onnx", inputs), rtol=0, atol=1e-6)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("cannot be stored" in m and "Read-only file system" in m for m in messages)
+    assert any("static graph" in m and "cannot write there" in m and "disk is full" in m for m in messages)

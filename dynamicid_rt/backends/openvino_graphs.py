@@ -13,8 +13,8 @@ graph's folder; a link costs no space).
 A graph file is trusted only while graphs.json records its SHA-256 (1.4 MB, hashed at each use),
 the SHA-256 of the entry graph it was made from, and links that are the entry's files; else it is
 written again, with the reason logged. The entry itself is validated by the ONNX cache before
-this runs. Where the file system has no hard links, :func:`static_graph` returns None and the
-caller reshapes a model object. Imports ``onnx`` only to write a graph, never torch.
+this runs. Where the file system has no hard links or the cache cannot be written,
+:func:`static_graph` returns None and the caller reshapes a model object. Imports ``onnx`` only to write a graph, never torch.
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from dynamicid_rt.atomic import atomic_write
+from dynamicid_rt.errors import OutputError
 from dynamicid_rt.export.store import build_lock, check_file, file_record, read_manifest, write_manifest
 
 if TYPE_CHECKING:
@@ -47,33 +48,33 @@ def graph_name(shapes: Shapes) -> str:
 
 
 def static_graph(entry: "CacheEntry", shapes: Shapes) -> Path | None:
-    """The graph file of ``entry`` with ``shapes`` fixed, checked or written now; None where this
-    file system cannot hard-link the weights."""
+    """The graph file of ``entry`` with ``shapes`` fixed, checked or written now; None where it
+    cannot be written (no hard links on this file system, a read-only or full cache folder)."""
     folder = entry.path / "openvino" / "graphs"
     name = graph_name(shapes)
     source = entry.manifest["files"][entry.onnx.name]["sha256"]
     problem = _check(folder, name, source)
     if not problem:
         return folder / f"{name}.onnx"
-    with build_lock(folder.parent, "graphs"):
-        problem = _check(folder, name, source)  # another process may have written it meanwhile
-        if not problem:
-            return folder / f"{name}.onnx"
-        if problem != "absent":
-            log.warning("%s: OpenVINO's static graph %s: %s; writing it again", entry.engine, name, problem)
-            for plans in (entry.path / "openvino").glob(f"*/{name}"):  # keyed by the old file: never imported again
-                shutil.rmtree(plans, ignore_errors=True)
-        try:
+    try:
+        with build_lock(folder.parent, "graphs"):
+            problem = _check(folder, name, source)  # another process may have written it meanwhile
+            if not problem:
+                return folder / f"{name}.onnx"
+            if problem != "absent":
+                log.warning("%s: OpenVINO's static graph %s: %s; writing it again", entry.engine, name, problem)
+                for plans in (entry.path / "openvino").glob(f"*/{name}"):  # keyed by the old file: never imported again
+                    shutil.rmtree(plans, ignore_errors=True)
             record = _write(entry, folder, name, shapes)
-        except OSError as exc:
-            if _no_hard_links(exc):
-                log.info("%s: no hard links in %s (%s); OpenVINO reshapes the graph at each start", entry.engine, folder, exc)
-                return None
-            raise
-        manifest, _ = read_manifest(folder / MANIFEST, "graphs") if (folder / MANIFEST).is_file() else (None, "")
-        graphs = dict(manifest["graphs"]) if manifest else {}
-        graphs[name] = record
-        write_manifest(folder / MANIFEST, {"graphs": graphs})
+            manifest, _ = read_manifest(folder / MANIFEST, "graphs") if (folder / MANIFEST).is_file() else (None, "")
+            graphs = dict(manifest["graphs"]) if manifest else {}
+            graphs[name] = record
+            write_manifest(folder / MANIFEST, {"graphs": graphs})
+    except (OSError, OutputError) as exc:  # reshaping a model object writes nothing: slower, never wrong
+        why = "no hard links" if isinstance(exc, OSError) and _no_hard_links(exc) else "cannot write there"
+        log.log(logging.INFO if why == "no hard links" else logging.WARNING,
+                "%s: OpenVINO's static graph in %s: %s (%s); reshaping the graph at each start instead", entry.engine, folder, why, exc)
+        return None
     return folder / f"{name}.onnx"
 
 

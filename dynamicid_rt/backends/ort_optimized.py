@@ -22,6 +22,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from dynamicid_rt.errors import OutputError
 from dynamicid_rt.export.store import MANIFEST, build_folder, build_lock, check_files, read_manifest
 
 from .probes import cpu_flags, cpu_model
@@ -62,26 +63,32 @@ def cpu_session(entry: "CacheEntry", new_options: OptionsMaker, make: SessionMak
     session = _stored(entry, folder / name, new_options(), make)
     if session is not None:
         return session
-    folder.mkdir(parents=True, exist_ok=True)
-    with build_lock(folder, name):
-        session = _stored(entry, folder / name, new_options(), make)  # another process may have built it
-        if session is not None:
-            return session
-        for other in folder.glob("cpu-*"):  # another ONNX Runtime or CPU: one optimized copy per entry
-            log.info("%s: replacing ONNX Runtime's optimized graph %s (made by another ONNX Runtime or CPU)", entry.engine, other.name)
-            shutil.rmtree(other, ignore_errors=True)
-        made: list["ort.InferenceSession"] = []
+    made: list["ort.InferenceSession"] = []
 
-        def fill(tmp: Path) -> dict:
-            options = new_options()
-            options.optimized_model_filepath = str(tmp / OPTIMIZED)
-            options.add_session_config_entry("session.optimized_model_external_initializers_file_name", f"{OPTIMIZED}.data")
-            options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-            made.append(make(entry.onnx, options))
-            return {"format": "onnxruntime-optimized", "onnxruntime": ort.__version__, "key": name,
-                    "source_sha256": entry.manifest["files"][entry.onnx.name]["sha256"]}
+    def fill(tmp: Path) -> dict:
+        options = new_options()
+        options.optimized_model_filepath = str(tmp / OPTIMIZED)
+        options.add_session_config_entry("session.optimized_model_external_initializers_file_name", f"{OPTIMIZED}.data")
+        options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+        made.append(make(entry.onnx, options))
+        return {"format": "onnxruntime-optimized", "onnxruntime": ort.__version__, "key": name,
+                "source_sha256": entry.manifest["files"][entry.onnx.name]["sha256"]}
 
-        build_folder(folder, name, fill)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with build_lock(folder, name):
+            session = _stored(entry, folder / name, new_options(), make)  # another process may have built it
+            if session is not None:
+                return session
+            for other in folder.glob("cpu-*"):  # another ONNX Runtime or CPU: one optimized copy per entry
+                log.info("%s: replacing ONNX Runtime's optimized graph %s (made by another ONNX Runtime or CPU)", entry.engine, other.name)
+                shutil.rmtree(other, ignore_errors=True)
+            build_folder(folder, name, fill)
+    except (OSError, OutputError, *_load_errors()) as exc:
+        # A read-only or full cache (ONNX Runtime reports a failed save as its own error): this start
+        # optimizes in memory, and so will the next. A fault of the graph itself recurs in make().
+        log.warning("%s: ONNX Runtime's optimized graph cannot be stored in %s (%s); optimizing at each start", entry.engine, folder, exc)
+        return made[0] if made else make(entry.onnx, new_options())
     log.info("%s: stored ONNX Runtime's optimized graph in %s", entry.engine, folder / name)
     return made[0]
 
