@@ -77,3 +77,39 @@ def _write_stamps(folder: Path, stamps: dict, verified: Mapping[str, str]) -> No
         with contextlib.suppress(OSError, OutputError):  # a read-only cache still works, it only hashes again
             with atomic_write(folder / STAMP, "w") as f:
                 json.dump(stamps, f)
+
+
+class RememberedDigests:
+    """Digests of files outside a cache (the model folder's weights, which are never written to),
+    remembered in one JSON file inside the cache, keyed by each file's absolute path and stat as
+    above: a start reads none of those files again while their stat is unchanged. A racy file (see
+    :data:`RACY_NS`) is not remembered; a cache that cannot be written only computes again."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            known = json.loads(path.read_text())
+        except (OSError, ValueError):
+            known = {}
+        self.known: dict = known if isinstance(known, dict) else {}
+        self.changed = False
+
+    def digest(self, file: Path, compute) -> str:
+        """``compute(file)``, or what it gave last time for this file with this stat."""
+        key = str(file.resolve())
+        stat = _stat_key(file)
+        record = self.known.get(key)
+        if isinstance(record, list) and record[:-1] == stat:
+            return record[-1]
+        value = compute(file)
+        if time.time_ns() - file.stat().st_ctime_ns > RACY_NS:
+            self.known[key] = [*stat, value]
+            self.changed = True
+        return value
+
+    def save(self) -> None:
+        if self.changed:
+            with contextlib.suppress(OSError, OutputError):
+                with atomic_write(self.path, "w") as f:
+                    json.dump(self.known, f)
+            self.changed = False

@@ -26,6 +26,7 @@ from dynamicid_rt.contract import CONTRACT_CHANGES, CONTRACT_VERSION, ENGINES, M
 from dynamicid_rt.errors import DynamicIDError, ModelFolderError
 from dynamicid_rt.paths import ModelPaths
 from dynamicid_rt.preflight import check_before_export
+from dynamicid_rt.stamps import RememberedDigests
 
 from .recipes import (
     BUILD_TOLERANCE, CUDA_MODEL_FILE, EXPORTER_VERSION, MODEL_FILE, OPSET, cuda_graph, export_into, graph_precision,
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 PRECISIONS = ("fp32", "fp16")
+SOURCES = "sources.json"  # the source files' fingerprints, by path and stat (stamps.RememberedDigests)
 
 
 @dataclass(frozen=True)
@@ -104,8 +106,11 @@ def contract_record(engine: str, dims: ModelDims) -> dict[str, Any]:
     }
 
 
-def expected_manifest(paths: ModelPaths, engine: str, precision: str) -> dict[str, Any]:
-    """The manifest fields an entry must carry to be reused (``dims`` and files come from the build)."""
+def expected_manifest(
+    paths: ModelPaths, engine: str, precision: str, remembered: RememberedDigests | None = None
+) -> dict[str, Any]:
+    """The manifest fields an entry must carry to be reused (``dims`` and files come from the build);
+    ``remembered``: source fingerprints kept in the cache (:func:`build_engines`)."""
     return {
         "format": FORMAT_VERSION,
         "contract_version": CONTRACT_VERSION,  # checked first: an older contract explains every other change
@@ -117,7 +122,7 @@ def expected_manifest(paths: ModelPaths, engine: str, precision: str) -> dict[st
         "opset": OPSET,
         "torch": _version("torch"),
         "onnx": _version("onnx"),
-        "source_sha256": source_fingerprint(paths, engine),
+        "source_sha256": source_fingerprint(paths, engine, remembered),
     }
 
 
@@ -196,7 +201,11 @@ def build_engines(
         if not paths.provides(name):
             raise ModelFolderError(f"the {name} engine needs {spec.needs}; leave {name} out of --engines or add the files")
     engine_dir = Path(engine_dir) if engine_dir is not None else default_engine_dir(paths)
-    expected = {name: expected_manifest(paths, name, precision) for name in names}
+    # Source fingerprints kept in the cache, so a warm start reads no weights (``verify``: all read again).
+    remembered = RememberedDigests(engine_dir / SOURCES) if not verify else None
+    expected = {name: expected_manifest(paths, name, precision, remembered) for name in names}
+    if remembered is not None:
+        remembered.save()
     to_build = [n for n in names if force or check_entry(entry_dir(engine_dir, n, precision), expected[n], verify)[0] is None]
     sources = {n: source_files(paths, n) for n in names}
     if to_build:  # what `inspect` would refuse is refused here, before the first export

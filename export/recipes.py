@@ -14,6 +14,7 @@ from typing import Any, Callable
 from dynamicid_rt.contract import ENGINES, ModelDims, engine_spec
 from dynamicid_rt.errors import DynamicIDError, ModelFolderError
 from dynamicid_rt.paths import ModelPaths
+from dynamicid_rt.stamps import RememberedDigests
 
 from .progress import StageClock
 
@@ -62,10 +63,13 @@ def _file_fingerprint(path: Path) -> str:
     return digest.hexdigest()
 
 
-def source_fingerprint(paths: ModelPaths, engine: str) -> str:
+def source_fingerprint(paths: ModelPaths, engine: str, remembered: RememberedDigests | None = None) -> str:
+    """The fingerprint of an engine's source files; with ``remembered``, a file whose stat is
+    unchanged since its last fingerprint is not read again (a warm start reads no weights)."""
     digest = hashlib.sha256()
     for path in source_files(paths, engine):
-        digest.update(path.name.encode() + b"\0" + _file_fingerprint(path).encode() + b"\0")
+        file_digest = remembered.digest(path, _file_fingerprint) if remembered is not None else _file_fingerprint(path)
+        digest.update(path.name.encode() + b"\0" + file_digest.encode() + b"\0")
     return digest.hexdigest()
 
 

@@ -185,3 +185,57 @@ def test_beside_the_export_bar_log_lines_stay_whole_and_the_stage_lines_go(capsy
     err = capsys.readouterr().err
     assert "built unet (fp32) in 54.2 s" in err and "after the bar: shown again" in err
     assert "tracing" not in err  # the bar shows the stage
+
+
+def test_source_fingerprints_are_remembered_by_stat_and_read_again_when_a_file_changes(tmp_path, monkeypatch):
+    import hashlib
+
+    from dynamicid_rt.stamps import RememberedDigests
+
+    monkeypatch.setattr(stamps, "RACY_NS", 0)  # the file was just written: trust its stat at once
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"a" * 4096)
+    reads = []
+
+    def compute(path):
+        reads.append(path)
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    memo = RememberedDigests(tmp_path / "cache" / "sources.json")
+    first = memo.digest(weights, compute)
+    memo.save()
+    again = RememberedDigests(tmp_path / "cache" / "sources.json")  # the next start
+    assert again.digest(weights, compute) == first and len(reads) == 1
+    weights.write_bytes(b"b" * 4096)  # the same size, rewritten: its stat moved
+    assert again.digest(weights, compute) == hashlib.sha256(b"b" * 4096).hexdigest() and len(reads) == 2
+
+
+def test_a_warm_cache_check_reads_no_source_file(tiny_bundle, tmp_path, monkeypatch):
+    import shutil
+
+    from dynamicid_rt.export import recipes
+
+    monkeypatch.setattr(stamps, "RACY_NS", 0)
+    paths = ModelPaths.from_folder(tiny_bundle)
+    build_engines(paths, tmp_path / "engines", engines=["face_projector"])
+    assert (tmp_path / "engines" / "sources.json").is_file()
+
+    def no_reads(path):
+        raise AssertionError(f"read {path} again")
+
+    monkeypatch.setattr(recipes, "_file_fingerprint", no_reads)
+    (entry,) = build_engines(paths, tmp_path / "engines", engines=["face_projector"])
+    assert entry.reused
+    # A changed source is still found: its stat moved, so it is read and the entry rebuilt.
+    monkeypatch.undo()
+    monkeypatch.setattr(stamps, "RACY_NS", 0)
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    paths = ModelPaths.from_folder(bundle)
+    build_engines(paths, tmp_path / "engines2", engines=["face_projector"])
+    (source,) = [f for f in recipes.source_files(paths, "face_projector") if f.suffix in (".bin", ".safetensors")][:1]
+    data = bytearray(source.read_bytes())
+    data[-1] ^= 0xFF
+    source.write_bytes(bytes(data))
+    (rebuilt,) = build_engines(paths, tmp_path / "engines2", engines=["face_projector"])
+    assert not rebuilt.reused
