@@ -204,8 +204,6 @@ def build_engines(
     # Source fingerprints kept in the cache, so a warm start reads no weights (``verify``: all read again).
     remembered = RememberedDigests(engine_dir / SOURCES) if not verify else None
     expected = {name: expected_manifest(paths, name, precision, remembered) for name in names}
-    if remembered is not None:
-        remembered.save()
     to_build = [n for n in names if force or check_entry(entry_dir(engine_dir, n, precision), expected[n], verify)[0] is None]
     sources = {n: source_files(paths, n) for n in names}
     if to_build:  # what `inspect` would refuse is refused here, before the first export
@@ -223,6 +221,8 @@ def build_engines(
                                       lambda stage, name=name: tracker.report(name, stage))
             tracker.finished(name, built=not entry.reused)
             out.append(entry)
+        if remembered is not None:  # once every entry is valid: a failed build leaves nothing new
+            remembered.save()
     except Exception as exc:  # torch and onnx report a full disk in their own exception types
         error = write_error(engine_dir, exc)
         if error is None:
