@@ -15,6 +15,7 @@ bars; a build that runs out of GPU memory says how to lower the workspace.
 """
 from __future__ import annotations
 
+import gc
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +72,16 @@ class BuildSettings:
 
 def make_logger(trt: ModuleType) -> Any:
     """A TensorRT logger that forwards to :mod:`logging` and keeps the error messages (to recognise
-    out-of-memory failures)."""
+    out-of-memory failures). Made right before the builder, runtime or refitter that uses it.
+
+    It first collects Python's cyclic garbage. TensorRT-RTX 1.7.1 calls the logger while it holds
+    a lock of its own (creating a builder, for one); an allocation in that call can start the
+    garbage collector, which may free an earlier IBuilder kept in a reference cycle (a traceback's
+    frames hold one after a failed build), and that IBuilder's destructor takes the same lock: the
+    process hangs, holding the GIL (seen in a test run; native stacks: ``createInferBuilder`` ->
+    ``PyLogger::log`` -> ``gc_collect_main`` -> ``IBuilder`` dealloc -> ``pthread_mutex_lock``).
+    Collected here, such objects are freed while no TensorRT lock is held."""
+    gc.collect()
 
     class Logger(trt.ILogger):
         def __init__(self) -> None:
