@@ -19,7 +19,7 @@ import numpy as np
 from .backends import create_backend, supports
 from .backends.base import Backend
 from .best_of import generate_best_of
-from .contract import IDENTITY_ENGINES, TEXT_ENCODER
+from .contract import IDENTITY_ENGINES, TEXT_ENCODER, UNET
 from .errors import Cancelled, NumericalError, RequestError
 from .export.progress import BuildProgress
 from .fingerprint import identity_model_fingerprint
@@ -294,7 +294,7 @@ class Pipeline:
             # Host-side noise: the same seed gives the same image start on every backend and device.
             noise = initial_noise(seeds, (4, lh, lw))
 
-        self.backend.prepare(["unet"])  # loads while the text encoder runs, where the backend can
+        self.backend.prepare([UNET.name])  # loads while the text encoder runs, where the backend can
         t = time.perf_counter()
         # A1111's <lora:name:w> tags (restored PNG prompts carry them) are not text for CLIP.
         states, _ = self.prompts.encode([strip_lora_tags(request.negative_prompt), strip_lora_tags(request.prompt)])

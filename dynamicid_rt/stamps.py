@@ -37,6 +37,11 @@ def _stat_key(path: Path) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
 
+def _racy(path: Path) -> bool:
+    """Changed too recently for its stat to be trusted (see :data:`RACY_NS`)."""
+    return time.time_ns() - path.stat().st_ctime_ns <= RACY_NS
+
+
 def _read_stamps(folder: Path) -> dict:
     try:
         stamps = json.loads((folder / STAMP).read_text())
@@ -70,13 +75,17 @@ def _write_stamps(folder: Path, stamps: dict, verified: Mapping[str, str]) -> No
     changed = False
     for name, digest in verified.items():
         path = folder / name
-        if time.time_ns() - path.stat().st_ctime_ns > RACY_NS:
+        if not _racy(path):
             stamps[name] = [*_stat_key(path), digest]
             changed = True
     if changed:
-        with contextlib.suppress(OSError, OutputError):  # a read-only cache still works, it only hashes again
-            with atomic_write(folder / STAMP, "w") as f:
-                json.dump(stamps, f)
+        _write_json(folder / STAMP, stamps)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    with contextlib.suppress(OSError, OutputError):  # a read-only cache still works, it only hashes again
+        with atomic_write(path, "w") as f:
+            json.dump(data, f)
 
 
 class RememberedDigests:
@@ -102,14 +111,12 @@ class RememberedDigests:
         if isinstance(record, list) and record[:-1] == stat:
             return record[-1]
         value = compute(file)
-        if time.time_ns() - file.stat().st_ctime_ns > RACY_NS:
+        if not _racy(file):
             self.known[key] = [*stat, value]
             self.changed = True
         return value
 
     def save(self) -> None:
         if self.changed:
-            with contextlib.suppress(OSError, OutputError):
-                with atomic_write(self.path, "w") as f:
-                    json.dump(self.known, f)
+            _write_json(self.path, self.known)
             self.changed = False

@@ -64,6 +64,11 @@ class CacheEntry:
         return self.path / MODEL_FILE
 
     @property
+    def graph_sha256(self) -> str:
+        """The SHA-256 of ``onnx`` as the manifest records it: what caches derived from the graph key on."""
+        return self.manifest["files"][self.onnx.name]["sha256"]
+
+    @property
     def cuda_onnx(self) -> Path:
         """The graph for ONNX Runtime's CUDA provider: the fused-attention one where the entry has it."""
         name = self.manifest.get("cuda_graph")

@@ -106,4 +106,3 @@ class BuildTracker:
         self.to_build.discard(engine)
         self._started = None
         self.report(engine, "built" if built else "reused")
-

@@ -38,6 +38,16 @@ def _ort(tiny_bundle, engines):
     return OnnxRuntimeBackend(ModelPaths.from_folder(tiny_bundle), engine_dir=engines)
 
 
+def _first_run(backend, engine: str, seed: int, **dims):
+    """``(inputs, output, entry)`` of one run of ``engine`` on a fresh backend, which is then closed."""
+    inputs = ENGINES[engine].sample_inputs(backend.dims, seed=seed, **dims)
+    try:
+        output = backend.run(engine, inputs)[ENGINES[engine].output_names[0]]
+        return inputs, output, backend._entries[engine]
+    finally:
+        backend.close()
+
+
 def _flip(path: Path) -> None:
     """The same size, other bytes: only a SHA-256 can tell."""
     data = bytearray(path.read_bytes())
@@ -58,11 +68,7 @@ def _reshaped_reference(entry_onnx: Path, inputs: dict[str, np.ndarray]) -> np.n
 
 
 def test_openvino_warm_start_compiles_the_unet_from_its_graph_file_without_reading_the_onnx(tiny_bundle, engines, monkeypatch):
-    inputs = ENGINES["unet"].sample_inputs(_ov(tiny_bundle, engines).dims, seed=4, h=24, w=24)
-    first = _ov(tiny_bundle, engines)
-    got = first.run("unet", inputs)["noise_pred"]
-    entry = first._entries["unet"]
-    first.close()
+    inputs, got, entry = _first_run(_ov(tiny_bundle, engines), "unet", seed=4, h=24, w=24)
     np.testing.assert_allclose(got, _reshaped_reference(entry.onnx, inputs), rtol=0, atol=1e-6)
 
     graphs = list((entry.path / "openvino" / "graphs").glob("static-*.onnx"))
@@ -106,11 +112,7 @@ def test_static_graph_links_the_entry_weights_and_computes_the_reshaped_graph(ti
 
 
 def test_a_damaged_static_graph_is_written_again_with_the_reason(tiny_bundle, engines, caplog):
-    inputs = ENGINES["unet"].sample_inputs(_ov(tiny_bundle, engines).dims, seed=6, h=16, w=16)
-    first = _ov(tiny_bundle, engines)
-    before = first.run("unet", inputs)["noise_pred"]
-    entry = first._entries["unet"]
-    first.close()
+    inputs, before, entry = _first_run(_ov(tiny_bundle, engines), "unet", seed=6, h=16, w=16)
     (graph,) = (entry.path / "openvino" / "graphs").glob("static-*.onnx")
     _flip(graph)
     with caplog.at_level("WARNING", logger="dynamicid_rt"):
@@ -192,11 +194,7 @@ def _plain_session_output(entry_onnx: Path, inputs: dict[str, np.ndarray]) -> np
 
 
 def test_onnxruntime_stores_its_optimized_graph_and_a_warm_start_loads_it_unoptimized(tiny_bundle, engines, monkeypatch):
-    first = _ort(tiny_bundle, engines)
-    inputs = ENGINES["unet"].sample_inputs(first.dims, seed=9)
-    got = first.run("unet", inputs)["noise_pred"]
-    entry = first._entries["unet"]
-    first.close()
+    inputs, got, entry = _first_run(_ort(tiny_bundle, engines), "unet", seed=9)
     reference = _plain_session_output(entry.onnx, inputs)
     np.testing.assert_array_equal(got, reference)
     (stored,) = (entry.path / "onnxruntime").glob("cpu-*")
@@ -219,11 +217,7 @@ def test_onnxruntime_stores_its_optimized_graph_and_a_warm_start_loads_it_unopti
 
 
 def test_a_damaged_optimized_graph_is_made_again_with_the_reason(tiny_bundle, engines, caplog):
-    first = _ort(tiny_bundle, engines)
-    inputs = ENGINES["unet"].sample_inputs(first.dims, seed=10)
-    before = first.run("unet", inputs)["noise_pred"]
-    entry = first._entries["unet"]
-    first.close()
+    inputs, before, entry = _first_run(_ort(tiny_bundle, engines), "unet", seed=10)
     (stored,) = (entry.path / "onnxruntime").glob("cpu-*")
     _flip(stored / "model.onnx")
     with caplog.at_level("WARNING", logger="dynamicid_rt"):
@@ -235,11 +229,7 @@ def test_a_damaged_optimized_graph_is_made_again_with_the_reason(tiny_bundle, en
 
 
 def test_an_optimized_graph_of_another_onnxruntime_is_replaced(tiny_bundle, engines, monkeypatch):
-    first = _ort(tiny_bundle, engines)
-    inputs = ENGINES["face_projector"].sample_inputs(first.dims, seed=11)
-    before = first.run("face_projector", inputs)["id_tokens"]
-    entry = first._entries["face_projector"]
-    first.close()
+    inputs, before, entry = _first_run(_ort(tiny_bundle, engines), "face_projector", seed=11)
     (old,) = (entry.path / "onnxruntime").glob("cpu-*")
     monkeypatch.setattr(ort, "__version__", ort.__version__ + ".other")
     again = _ort(tiny_bundle, engines)

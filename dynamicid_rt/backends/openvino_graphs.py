@@ -52,7 +52,7 @@ def static_graph(entry: "CacheEntry", shapes: Shapes) -> Path | None:
     cannot be written (no hard links on this file system, a read-only or full cache folder)."""
     folder = entry.path / "openvino" / "graphs"
     name = graph_name(shapes)
-    source = entry.manifest["files"][entry.onnx.name]["sha256"]
+    source = entry.graph_sha256
     problem = _check(folder, name, source)
     if not problem:
         return folder / f"{name}.onnx"
@@ -119,7 +119,7 @@ def _write(entry: "CacheEntry", folder: Path, name: str, shapes: Shapes) -> dict
     with atomic_write(path) as f:
         f.write(graph.SerializeToString())
     record = file_record(path)
-    return record | {"source_sha256": entry.manifest["files"][entry.onnx.name]["sha256"], "links": links,
+    return record | {"source_sha256": entry.graph_sha256, "links": links,
                      "shapes": {n: list(s) for n, s in shapes.items()}}
 
 

@@ -80,7 +80,7 @@ def compressed_model(core: "ov.Core", entry: "CacheEntry") -> "ov.Model":
 def _expected(entry: "CacheEntry") -> dict[str, Any]:
     return {
         "format_version": FORMAT_VERSION,
-        "source_sha256": entry.manifest["files"][entry.onnx.name]["sha256"],
+        "source_sha256": entry.graph_sha256,
         "nncf": nncf_version(),
         "mode": MODE,
     }

@@ -4,7 +4,7 @@ Creating the full-size UNet's CPU session is mostly graph optimization: 5.8-8.4 
 exported graph, 1.3 s from a graph ONNX Runtime optimized before (measured at full size). ONNX
 Runtime saves the graph it optimized when asked (``optimized_model_filepath``, its offline
 mode); loaded with optimizations off, that graph computes bit for bit what the saving session
-computes (``tests/test_ort_optimized.py``). It is specific to the machine (the layout
+computes (``tests/test_warm_start.py``). It is specific to the machine (the layout
 optimizations of ``ORT_ENABLE_ALL`` choose the CPU's vector width) and to the ONNX Runtime
 version, so it is kept under a key of both and of the source graph's SHA-256, in
 ``<entry>/onnxruntime/cpu-<key>/``: a verified folder entry like the ONNX cache's own
@@ -45,7 +45,7 @@ def optimized_key(entry: "CacheEntry") -> str:
     import onnxruntime as ort
 
     facts = {
-        "source_sha256": entry.manifest["files"][entry.onnx.name]["sha256"],
+        "source_sha256": entry.graph_sha256,
         "onnxruntime": ort.__version__,
         "cpu": cpu_model(),
         "flags": sorted(cpu_flags()),
@@ -72,7 +72,7 @@ def cpu_session(entry: "CacheEntry", new_options: OptionsMaker, make: SessionMak
         options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
         made.append(make(entry.onnx, options))
         return {"format": "onnxruntime-optimized", "onnxruntime": ort.__version__, "key": name,
-                "source_sha256": entry.manifest["files"][entry.onnx.name]["sha256"]}
+                "source_sha256": entry.graph_sha256}
 
     try:
         folder.mkdir(parents=True, exist_ok=True)
