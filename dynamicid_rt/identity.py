@@ -8,10 +8,8 @@ promise terabytes), no pickles. The encoder that makes identities from photos is
 """
 from __future__ import annotations
 
-import importlib
 import json
 import logging
-import warnings
 import zipfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -256,19 +254,3 @@ def load_saved(path: str | Path, context_dim: int, fingerprint: str, allow_other
         identity.model_fingerprint = fingerprint
     return identity
 
-
-# Names that lived here before the encoder and CLIP's preprocessing got their own modules.
-_MOVED = {
-    "IdentityEncoder": "dynamicid_rt.identity_encoder",
-    "clip_pixel_values": "dynamicid_rt.clip_preprocessing",
-    "CLIP_MEAN": "dynamicid_rt.clip_preprocessing",
-    "CLIP_STD": "dynamicid_rt.clip_preprocessing",
-}
-
-
-def __getattr__(name: str):
-    if name in _MOVED:  # imported on use: the encoder imports this module
-        warnings.warn(f"dynamicid_rt.identity.{name} is deprecated; import it from {_MOVED[name]}",
-                      DeprecationWarning, stacklevel=2)
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

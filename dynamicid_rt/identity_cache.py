@@ -7,13 +7,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from . import identity as _identity
 from .identity import IDENTITY_FORMAT, Identity, entry_problem
 
 log = logging.getLogger(__name__)
@@ -48,14 +46,3 @@ def load_cached(path: Path, context_dim: int, fingerprint: str) -> Identity | No
     log.warning("identity cache entry %s is not usable (%s); re-encoding the photo", path.name, problem)
     return None
 
-
-# Checks of saved identities that lived here; they belong to the identity file's module.
-_MOVED = ("load_saved", "check_tokens_fit", "check_same_model")
-
-
-def __getattr__(name: str):
-    if name in _MOVED:
-        warnings.warn(f"dynamicid_rt.identity_cache.{name} is deprecated; import it from dynamicid_rt.identity",
-                      DeprecationWarning, stacklevel=2)
-        return getattr(_identity, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

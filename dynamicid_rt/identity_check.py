@@ -12,6 +12,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from .errors import RequestError
+from .request import IdentityMatch
 
 Box = tuple[float, float, float, float]  # (y0, x0, y1, x1) in [0, 1] of the image
 
@@ -19,42 +20,6 @@ Box = tuple[float, float, float, float]  # (y0, x0, y1, x1) in [0, 1] of the ima
 class FaceLike(Protocol):
     bbox: tuple[float, float, float, float]  # x0, y0, x1, y1 in image pixels
     embedding: np.ndarray  # (512,) L2-normalised ArcFace embedding
-
-
-@dataclass(frozen=True)
-class IdentityMatch:
-    """How well one person of a request shows in one generated image."""
-
-    name: str
-    box: Box  # the person's region, (y0, x0, y1, x1) fractions
-    similarity: float | None  # ArcFace cosine to the person's reference; None: no face in the box
-    face_box: tuple[float, float, float, float] | None  # (x0, y0, x1, y1) pixels of the face used
-    looks_like: str | None = None  # another person's name when the face matches them better (a swap)
-
-    @property
-    def found(self) -> bool:
-        return self.similarity is not None
-
-    @property
-    def swapped(self) -> bool:
-        return self.looks_like is not None
-
-    @property
-    def ok(self) -> bool:
-        return self.found and not self.swapped
-
-    def label(self) -> str:
-        """Short form for parameters and badges: ``a 0.61``, ``a no face``, ``a 0.31 swap``."""
-        if self.similarity is None:
-            return f"{self.name} no face"
-        return f"{self.name} {self.similarity:.2f}{' swap' if self.swapped else ''}"
-
-    def describe(self) -> str:
-        """One line for people: what was found and what it means."""
-        if self.similarity is None:
-            return f"{self.name}: no face found in its box"
-        text = f"{self.name}: ID match {self.similarity:.2f}"
-        return text + (f" (looks more like {self.looks_like}: swapped?)" if self.swapped else "")
 
 
 def reference_embeddings(people: Sequence[object]) -> list[np.ndarray]:
@@ -120,8 +85,3 @@ def rank_key(matches: Sequence[IdentityMatch]) -> tuple[int, int, float]:
     swapped = sum(m.found and m.swapped for m in matches)
     lowest = min((m.similarity for m in matches if m.similarity is not None), default=-1.0)
     return missing, swapped, -lowest
-
-
-def parameters_text(matches: Sequence[IdentityMatch]) -> str:
-    """The ``ID match`` value of the PNG parameters: ``a 0.61, b 0.58``."""
-    return ", ".join(m.label() for m in matches)

@@ -9,11 +9,21 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from .atomic import atomic_write
 from .paths import ModelPaths
-from .request import ModelInfo
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The base model as AUTOMATIC1111 names it in image parameters."""
+
+    name: str  # the checkpoint's file stem, or the diffusers folder's name
+    hash: str = ""  # first 10 hex digits of the checkpoint's SHA-256 ("" when unknown)
+    vae: str = ""  # a separate VAE's file or folder name ("" for the base's own)
+
 
 log = logging.getLogger(__name__)
 

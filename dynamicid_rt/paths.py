@@ -67,10 +67,11 @@ class ModelPaths:
 
     def with_overrides(self, **overrides: str | Path | None) -> "ModelPaths":
         """These paths with single parts pointed elsewhere (``vae=...``; None drops an optional part)."""
+        parts = [f.name for f in fields(self)]
+        unknown = set(overrides) - set(parts)
+        if unknown:  # checked before the values: Path() of a wrong type would raise first
+            raise ModelFolderError(f"unknown model part(s): {', '.join(sorted(unknown))}; the parts are {', '.join(parts)}")
         given = {k: (Path(v).expanduser() if v is not None else None) for k, v in overrides.items()}
-        unknown = set(given) - {f.name for f in fields(self)}
-        if unknown:
-            raise TypeError(f"unknown model part(s): {', '.join(sorted(unknown))}")
         return replace(self, **given)
 
     @property

@@ -45,24 +45,6 @@ log = logging.getLogger(__name__)
 ProgressCallback = Callable[[ProgressInfo], None]
 
 
-def _deprecated_load_keywords(
-    onnx_cache: str | Path | None, backend_options: Mapping[str, object] | None,
-    engine_dir: str | Path | None, trt_provider: bool | None, cuda_graphs: bool | None,
-) -> tuple[str | Path | None, dict[str, object]]:
-    """``Pipeline.load``'s old keywords mapped to ``onnx_cache`` and ``backend_options``, with a DeprecationWarning each."""
-    options = dict(backend_options or {})
-    if engine_dir is not None:
-        warnings.warn("Pipeline.load(engine_dir=...) is deprecated; use onnx_cache=...", DeprecationWarning, stacklevel=3)
-        onnx_cache = onnx_cache if onnx_cache is not None else engine_dir
-    for name, value in (("trt_provider", trt_provider), ("cuda_graphs", cuda_graphs)):
-        if value is not None:
-            warnings.warn(
-                f"Pipeline.load({name}=...) is deprecated; use backend_options={{{name!r}: ...}}", DeprecationWarning, stacklevel=3
-            )
-            options.setdefault(name, value)
-    return onnx_cache, options
-
-
 def _user_cache_dir() -> Path:
     from platformdirs import user_cache_dir
 
@@ -105,9 +87,6 @@ class Pipeline:
         backend_options: Mapping[str, object] | None = None,
         cache_dir: str | Path | None = None,
         build_progress: BuildProgress | None = None,
-        engine_dir: str | Path | None = None,
-        trt_provider: bool | None = None,
-        cuda_graphs: bool | None = None,
         **overrides: str | Path | None,
     ) -> "Pipeline":
         """Open a model folder (SPEC §3) on a backend. ``models=None`` opens the tiny demo bundle,
@@ -116,10 +95,7 @@ class Pipeline:
         ``onnx_cache``: the folder of exported graphs (default: the user cache); ``backend_options``:
         switches declared in ``dynamicid_rt.BACKEND_OPTIONS``, e.g. ``{"cuda_graphs": True}``, each
         passed to the backend that declares it. ``build_progress`` is told each engine and stage of a
-        first run's ONNX export, with the time left (:class:`~dynamicid_rt.export.BuildStatus`).
-        ``engine_dir``, ``trt_provider`` and ``cuda_graphs`` are deprecated spellings of
-        ``onnx_cache`` and of those two options."""
-        onnx_cache, backend_options = _deprecated_load_keywords(onnx_cache, backend_options, engine_dir, trt_provider, cuda_graphs)
+        first run's ONNX export, with the time left (:class:`~dynamicid_rt.export.BuildStatus`)."""
         is_tiny = False
         if models is None:
             from .tiny.bundle import default_tiny_dir, write_tiny_bundle

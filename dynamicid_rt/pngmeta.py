@@ -80,9 +80,7 @@ def format_parameters(result: "Result", index: int = 0, *, lora_hashes: Mapping[
             ("People", json.dumps([i.name for i in req.identities], ensure_ascii=False)),
         ]
         if result.identity_scores:
-            from .identity_check import parameters_text
-
-            fields.append(("ID match", parameters_text(result.identity_scores[index])))
+            fields.append(("ID match", ", ".join(m.label() for m in result.identity_scores[index])))
     lines = a1111_lines(req.prompt, req.negative_prompt)
     exact = exact_prompt_fields(req.prompt, req.negative_prompt, lines)
     fields += [("Backend", result.backend), ("Version", VERSION)]

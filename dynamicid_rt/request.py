@@ -10,12 +10,12 @@ import numpy as np
 
 from .errors import RequestError
 from .lora import check_lora_refs
+from .model_hash import ModelInfo
 from .sampler_names import canonical_sampler
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from .identity_check import IdentityMatch
 
 Box = tuple[float, float, float, float]  # (y0, x0, y1, x1) in [0, 1] of the image
 MAX_IDENTITIES = 4
@@ -294,12 +294,39 @@ class ProgressInfo:
 
 
 @dataclass(frozen=True)
-class ModelInfo:
-    """The base model as AUTOMATIC1111 names it in image parameters."""
+class IdentityMatch:
+    """How well one person of a request shows in one generated image."""
 
-    name: str  # the checkpoint's file stem, or the diffusers folder's name
-    hash: str = ""  # first 10 hex digits of the checkpoint's SHA-256 ("" when unknown)
-    vae: str = ""  # a separate VAE's file or folder name ("" for the base's own)
+    name: str
+    box: Box  # the person's region, (y0, x0, y1, x1) fractions
+    similarity: float | None  # ArcFace cosine to the person's reference; None: no face in the box
+    face_box: tuple[float, float, float, float] | None  # (x0, y0, x1, y1) pixels of the face used
+    looks_like: str | None = None  # another person's name when the face matches them better (a swap)
+
+    @property
+    def found(self) -> bool:
+        return self.similarity is not None
+
+    @property
+    def swapped(self) -> bool:
+        return self.looks_like is not None
+
+    @property
+    def ok(self) -> bool:
+        return self.found and not self.swapped
+
+    def label(self) -> str:
+        """Short form for parameters and badges: ``a 0.61``, ``a no face``, ``a 0.31 swap``."""
+        if self.similarity is None:
+            return f"{self.name} no face"
+        return f"{self.name} {self.similarity:.2f}{' swap' if self.swapped else ''}"
+
+    def describe(self) -> str:
+        """One line for people: what was found and what it means."""
+        if self.similarity is None:
+            return f"{self.name}: no face found in its box"
+        text = f"{self.name}: ID match {self.similarity:.2f}"
+        return text + (f" (looks more like {self.looks_like}: swapped?)" if self.swapped else "")
 
 
 @dataclass
@@ -315,7 +342,7 @@ class Result:
     # for, or the backend cannot provide them).
     activation_maps: list[np.ndarray] | None = None
     # Per image, each person's likeness (Request.check_identities or best_of; None: not asked for).
-    identity_scores: list[list["IdentityMatch"]] | None = None
+    identity_scores: list[list[IdentityMatch]] | None = None
     # The final latents (batch, 4, height/8, width/8) float32, before the division by the VAE
     # scale: for img2img chains and checks.
     latents: np.ndarray | None = None

@@ -87,7 +87,7 @@ def test_auto_backend_runs_without_torch_when_it_picks_onnxruntime(tiny_bundle, 
     body = f"""
         import json, sys
         from dynamicid_rt import Pipeline, Request
-        pipe = Pipeline.load({str(tiny_bundle)!r}, engine_dir={str(tiny_engines)!r}, cache_dir={str(tmp_path)!r})
+        pipe = Pipeline.load({str(tiny_bundle)!r}, onnx_cache={str(tiny_engines)!r}, cache_dir={str(tmp_path)!r})
         a = pipe.encode_identity({str(samples / "person_a.png")!r})
         result = pipe.generate(Request(prompt="x", identities=[a], width=256, height=256, steps=2, seed=0))
         print(json.dumps({{"backend": result.backend, "torch": "torch" in sys.modules, "size": list(result.images[0].size)}}))

@@ -50,7 +50,7 @@ def test_lora_lcm_image_matches_torch(backend, tiny_bundle, tiny_engines, torch_
     pytest.importorskip(backend)
     loras = [(lora_file, 0.8)]
     reference, plain = torch_images
-    with Pipeline.load(tiny_bundle, backend=backend, device="cpu", engine_dir=tiny_engines, cache_dir=tmp_path) as pipe:
+    with Pipeline.load(tiny_bundle, backend=backend, device="cpu", onnx_cache=tiny_engines, cache_dir=tmp_path) as pipe:
         assert _psnr(_lcm_image(pipe, loras), reference) >= 40.0
         assert _psnr(_lcm_image(pipe, []), plain) >= 40.0  # back to the plain engines
 

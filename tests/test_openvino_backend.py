@@ -104,7 +104,7 @@ def test_openvino_pipeline_never_imports_torch_or_transformers(tiny_bundle, tiny
         f"""
         import json, sys
         from dynamicid_rt import Pipeline, Request
-        pipe = Pipeline.load({str(tiny_bundle)!r}, backend="openvino", engine_dir={str(tiny_engines)!r},
+        pipe = Pipeline.load({str(tiny_bundle)!r}, backend="openvino", onnx_cache={str(tiny_engines)!r},
                              cache_dir={str(tmp_path)!r})
         a = pipe.encode_identity({str(samples / "person_a.png")!r}, face_prompt="in a sad expression")
         result = pipe.generate(Request(prompt="x", identities=[a], width=256, height=256, steps=2, seed=0))

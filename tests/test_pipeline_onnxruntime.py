@@ -16,7 +16,7 @@ from dynamicid_rt.cli import main
 
 @pytest.fixture(scope="module")
 def ort_pipeline(tiny_bundle, tiny_engines, tmp_path_factory):
-    pipe = Pipeline.load(tiny_bundle, backend="onnxruntime", device="cpu", engine_dir=tiny_engines,
+    pipe = Pipeline.load(tiny_bundle, backend="onnxruntime", device="cpu", onnx_cache=tiny_engines,
                          cache_dir=tmp_path_factory.mktemp("ort-cache"))
     yield pipe
     pipe.close()
@@ -56,7 +56,7 @@ def test_onnxruntime_pipeline_never_imports_torch_or_transformers(tiny_bundle, t
         f"""
         import json, sys
         from dynamicid_rt import Pipeline, Request
-        pipe = Pipeline.load({str(tiny_bundle)!r}, backend="onnxruntime", engine_dir={str(tiny_engines)!r},
+        pipe = Pipeline.load({str(tiny_bundle)!r}, backend="onnxruntime", onnx_cache={str(tiny_engines)!r},
                              cache_dir={str(tmp_path)!r})
         a = pipe.encode_identity({str(samples / "person_a.png")!r}, face_prompt="in a sad expression")
         result = pipe.generate(Request(prompt="x", identities=[a], width=256, height=256, steps=2, seed=0))

@@ -185,7 +185,7 @@ def test_corrupt_engine_that_ort_cannot_parse_is_rebuilt(tiny_bundle, engines_co
     manifest["files"]["model.onnx"] |= {"size": onnx.stat().st_size, "sha256": _sha256(onnx), "mtime_ns": onnx.stat().st_mtime_ns}
     (folder / MANIFEST).write_text(json.dumps(manifest))
     caplog.set_level(logging.WARNING)
-    with Pipeline.load(tiny_bundle, backend="onnxruntime", device="cpu", engine_dir=engines_copy) as pipe:
+    with Pipeline.load(tiny_bundle, backend="onnxruntime", device="cpu", onnx_cache=engines_copy) as pipe:
         result = pipe.generate(Request(prompt="x", steps=1, width=256, height=256, seed=2))
     assert "corrupt engine" in caplog.text and "rebuilding" in caplog.text
     assert np.isfinite(np.asarray(result.images[0], np.float32)).all()

@@ -15,7 +15,7 @@ import sys, threading
 import numpy as np
 from dynamicid_rt import Pipeline, Request
 
-pipe = Pipeline.load(sys.argv[1], backend=sys.argv[2], device="cpu", cache_dir=sys.argv[3], engine_dir=sys.argv[4])
+pipe = Pipeline.load(sys.argv[1], backend=sys.argv[2], device="cpu", cache_dir=sys.argv[3], onnx_cache=sys.argv[4])
 images, errors = {}, []
 
 def generate(k):

@@ -40,7 +40,7 @@ def _edit_json(path, **changes):
 
 
 def _load_onnxruntime(bundle, tmp_path):
-    return Pipeline.load(bundle, backend="onnxruntime", device="cpu", engine_dir=tmp_path / "engines", cache_dir=tmp_path / "cache")
+    return Pipeline.load(bundle, backend="onnxruntime", device="cpu", onnx_cache=tmp_path / "engines", cache_dir=tmp_path / "cache")
 
 
 def _overlap_two_tensors(path):
@@ -116,4 +116,4 @@ def test_a_valid_cache_is_reused_without_the_export_checks(tiny_bundle, tiny_eng
         raise AssertionError("checkpoints were loaded although every engine was cached")
 
     monkeypatch.setattr(preflight, "check_before_export", refuse)
-    Pipeline.load(tiny_bundle, backend="onnxruntime", device="cpu", engine_dir=tiny_engines).close()
+    Pipeline.load(tiny_bundle, backend="onnxruntime", device="cpu", onnx_cache=tiny_engines).close()

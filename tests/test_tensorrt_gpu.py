@@ -49,7 +49,7 @@ def _image(pipe: Pipeline, samples, size: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def reference(tiny_bundle, tiny_engines, samples, tmp_path_factory) -> np.ndarray:
-    with Pipeline.load(tiny_bundle, backend="onnxruntime", device="cpu", precision="fp32", engine_dir=tiny_engines,
+    with Pipeline.load(tiny_bundle, backend="onnxruntime", device="cpu", precision="fp32", onnx_cache=tiny_engines,
                        cache_dir=tmp_path_factory.mktemp("ort")) as pipe:
         return _image(pipe, samples, 256)
 
@@ -64,7 +64,7 @@ def trt_engine_dir(tiny_engines, tmp_path):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_fp16_matches_onnxruntime_cpu_fp32(backend, tiny_bundle, trt_engine_dir, samples, reference, tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="dynamicid_rt"):
-        with Pipeline.load(tiny_bundle, backend=backend, device="cuda", precision="fp16", engine_dir=trt_engine_dir,
+        with Pipeline.load(tiny_bundle, backend=backend, device="cuda", precision="fp16", onnx_cache=trt_engine_dir,
                            cache_dir=tmp_path) as pipe:
             assert pipe.backend.name == backend
             image = _image(pipe, samples, 256)
@@ -73,7 +73,7 @@ def test_fp16_matches_onnxruntime_cpu_fp32(backend, tiny_bundle, trt_engine_dir,
         assert "runtime cache saved for" in caplog.text
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="dynamicid_rt.engines"):
-            with Pipeline.load(tiny_bundle, backend=backend, device="cuda", engine_dir=trt_engine_dir, cache_dir=tmp_path) as pipe:
+            with Pipeline.load(tiny_bundle, backend=backend, device="cuda", onnx_cache=trt_engine_dir, cache_dir=tmp_path) as pipe:
                 again = _image(pipe, samples, 256)
         assert "runtime cache" in caplog.text and "loaded" in caplog.text
         assert _psnr(again, reference) >= 35.0
@@ -90,7 +90,7 @@ def test_static_plans_match_onnxruntime(backend, tiny_bundle, trt_engine_dir, sa
     plans = build_plans(ModelPaths.from_folder(tiny_bundle), trt_engine_dir, "fp16", ["unet", "vae_decoder"],
                         static=StaticSize(256, 256), lib=load(backend), gpu=gpu_here())
     assert {p.tag for p in plans} == {"dynamic", "static-256x256"}
-    with Pipeline.load(tiny_bundle, backend=backend, device="cuda", engine_dir=trt_engine_dir, cache_dir=tmp_path) as pipe:
+    with Pipeline.load(tiny_bundle, backend=backend, device="cuda", onnx_cache=trt_engine_dir, cache_dir=tmp_path) as pipe:
         assert pipe.backend.describe()["static plans"] == "static-256x256"
         image = _image(pipe, samples, 256)
         if backend == "tensorrt":

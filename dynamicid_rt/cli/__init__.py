@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 # Only the public API (SPEC §6: the CLI stands on layer 5's public names).
-from . import (
+from dynamicid_rt import (
     AUTO, BACKEND_OPTIONS, BACKENDS, SAMPLERS, DynamicIDError, __version__, canonical_sampler, parse_lora_arg, precision_choices,
 )
-from .messages import user_message
+from dynamicid_rt.messages import user_message
 
 if TYPE_CHECKING:
-    from . import BuildStatus
+    from dynamicid_rt import BuildStatus
 
 log = logging.getLogger("dynamicid_rt")
 
@@ -173,12 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     dk.add_argument("--backend", default=None, choices=_backend_choices(),
                     help="one of %(choices)s for this session (default: the saved choice)")
     try:
-        from .export.cli import register as register_build_engines
+        from dynamicid_rt.export.cli import register as register_build_engines
     except ImportError:  # the exporter's extras are not installed
         register_build_engines = None
     if register_build_engines is not None:
         register_build_engines(sub)
-    from .server.command import register as register_serve  # argparse only; FastAPI loads when it runs
+    from dynamicid_rt.server.command import register as register_serve  # argparse only; FastAPI loads when it runs
 
     register_serve(sub, _add_model_args)
     return parser
@@ -218,7 +218,7 @@ def _check_photos(args: argparse.Namespace) -> None:
 
 def _output_paths(out: Path, count: int, args: argparse.Namespace) -> list[Path]:
     """``out``, then ``out-0``, ``out-1``... for several images; each checked against the inputs."""
-    from . import check_output_path
+    from dynamicid_rt import check_output_path
 
     inputs = [*args.face, *(p for p in args.target_landmarks if p)]
     names = [out] + ([out.with_name(f"{out.stem}-{k}{out.suffix}") for k in range(count)] if count > 1 else [])
@@ -236,7 +236,7 @@ class _BuildBar:
     def __call__(self, status: "BuildStatus") -> None:
         from tqdm import tqdm
 
-        from .export.cli import logging_beside_a_bar
+        from dynamicid_rt.export.cli import logging_beside_a_bar
 
         if self.bar is None:
             if status.stage in ("checking", "reused"):
@@ -257,7 +257,7 @@ class _BuildBar:
 def cmd_generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from . import Pipeline, Request, format_parameters, save_image
+    from dynamicid_rt import Pipeline, Request, format_parameters, save_image
 
     id_scale = _id_scale(args.id_scale, len(args.face))  # checked before any model loads
     width, height = args.size
@@ -314,15 +314,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from . import Pipeline, Request, check_output_path, format_parameters, save_png
-    from .tiny.bundle import default_full_size_dir, default_tiny_dir, write_tiny_bundle
+    from dynamicid_rt import Pipeline, Request, check_output_path, format_parameters, save_png
+    from dynamicid_rt.tiny.bundle import default_full_size_dir, default_tiny_dir, write_tiny_bundle
 
     check_output_path(args.out)  # before minutes of bundle building
     root = args.models or (default_full_size_dir() if args.full_size else default_tiny_dir())
     if (root / "tiny_bundle.json").is_file() or not (root / "base").exists():
         paths = write_tiny_bundle(root, full_size=args.full_size)
     else:
-        from . import ModelPaths
+        from dynamicid_rt import ModelPaths
 
         paths = ModelPaths.from_folder(root)
     samples = root / "samples"
@@ -350,7 +350,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .inspect import inspect_path
+    from dynamicid_rt.inspect import inspect_path
 
     report, ok = inspect_path(args.path)
     print(report)
@@ -358,7 +358,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from .doctor import doctor_report
+    from dynamicid_rt.doctor import doctor_report
 
     report, ok = doctor_report(args.models)
     print(report)
