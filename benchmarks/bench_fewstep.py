@@ -74,7 +74,7 @@ def few_step_against_default(models: Path, engine_dir: Path, size: int) -> dict:
 
 def lora_switching(models: Path, engine_dir: Path, backend: str, loras: list[Path], size: int) -> dict:
     from dynamicid_rt import Pipeline, Request
-    from dynamicid_rt.lora import LoraRef
+    from dynamicid_rt.modelfiles.lora import LoraRef
 
     def image(refs) -> float:
         start = time.perf_counter()
@@ -102,7 +102,7 @@ def patch_against_export(paths, engine_dir: Path, lora: Path) -> dict:
     against the slow way, a full torch->ONNX export of both (into a scratch folder)."""
     from dynamicid_rt.export import build_engines
     from dynamicid_rt.export.lora_entries import lora_entries
-    from dynamicid_rt.lora import LoraRef, load_loras
+    from dynamicid_rt.modelfiles.lora import LoraRef, load_loras
 
     build_engines(paths, engine_dir, "fp32", ["unet", "text_encoder"])  # the base entries the patch starts from
     start = time.perf_counter()

@@ -95,7 +95,7 @@ def _runner(backend: str, workdir: Path):
 
 def worker(backend: str, workdir: Path, sizes: list[int], steps: int, calls: int) -> dict:
     from dynamicid_rt.contract import VAE_SCALE
-    from dynamicid_rt.samplers import SchedulerConfig, sample_ddim
+    from dynamicid_rt.sampling.samplers import SchedulerConfig, sample_ddim
 
     run_unet, run_vae = _runner(backend, workdir)
     out: dict = {"backend": backend, "sizes": {}}

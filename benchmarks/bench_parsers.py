@@ -14,7 +14,7 @@ SIZE = 1_000_000
 
 
 def hostile_texts() -> dict[str, str]:
-    from dynamicid_rt.infotext import MAX_FIELDS_LINE, MAX_TEXT_CHARS
+    from dynamicid_rt.formats.infotext import MAX_FIELDS_LINE, MAX_TEXT_CHARS
 
     def fill(unit: str, head: str = "", tail: str = "") -> str:
         return head + unit * ((SIZE - len(head) - len(tail)) // len(unit)) + tail

@@ -157,7 +157,7 @@ def _runner(backend: str, workdir: Path):
 
 def worker(backend: str, workdir: Path, steps: int, calls: int) -> dict:
     from dynamicid_rt.contract import VAE_SCALE
-    from dynamicid_rt.samplers import SchedulerConfig, sample_ddim
+    from dynamicid_rt.sampling.samplers import SchedulerConfig, sample_ddim
 
     run_unet, run_vae, finish = _runner(backend, workdir)
     inputs = shared._inputs(SIZE)

@@ -27,39 +27,39 @@ _LAZY = {
     "Result": "dynamicid_rt.request",
     "ProgressInfo": "dynamicid_rt.request",
     "Person": "dynamicid_rt.request",
-    "ModelInfo": "dynamicid_rt.model_hash",
+    "ModelInfo": "dynamicid_rt.modelfiles.model_hash",
     "Box": "dynamicid_rt.request",
     "MAX_IDENTITIES": "dynamicid_rt.request",
     "SIZE_RANGE": "dynamicid_rt.request",
     "default_boxes": "dynamicid_rt.request",
-    "Identity": "dynamicid_rt.identity",
+    "Identity": "dynamicid_rt.identity.value",
     "IdentityMatch": "dynamicid_rt.request",
-    "ModelPaths": "dynamicid_rt.paths",
-    "SAMPLERS": "dynamicid_rt.sampler_names",
-    "canonical_sampler": "dynamicid_rt.sampler_names",
+    "ModelPaths": "dynamicid_rt.modelfiles.paths",
+    "SAMPLERS": "dynamicid_rt.sampling.names",
+    "canonical_sampler": "dynamicid_rt.sampling.names",
     "AUTO": "dynamicid_rt.backends",
     # User LoRAs (Request.loras): a file and its strength, and the CLI's PATH[:SCALE].
-    "LoraRef": "dynamicid_rt.lora",
-    "parse_lora_arg": "dynamicid_rt.lora",
-    "prompt_loras": "dynamicid_rt.lora_tags",  # <lora:name:scale> tags of a restored prompt
-    "lora_short_hash": "dynamicid_rt.lora_tags",
+    "LoraRef": "dynamicid_rt.modelfiles.lora",
+    "parse_lora_arg": "dynamicid_rt.modelfiles.lora",
+    "prompt_loras": "dynamicid_rt.formats.lora_tags",  # <lora:name:scale> tags of a restored prompt
+    "lora_short_hash": "dynamicid_rt.formats.lora_tags",
     "BACKENDS": "dynamicid_rt.backends",
     # Each backend's switches (Pipeline.load(backend_options=...)) and every precision some backend runs.
     "BACKEND_OPTIONS": "dynamicid_rt.backends",
     "precision_choices": "dynamicid_rt.backends",
     "cpu_fastest_path": "dynamicid_rt.backends.probes",  # one line: the fastest CPU path this CPU has
     # A1111-format image parameters (a PNG "parameters" chunk).
-    "format_parameters": "dynamicid_rt.pngmeta",
-    "parse_parameters": "dynamicid_rt.pngmeta",
-    "save_png": "dynamicid_rt.pngmeta",
-    "read_parameters": "dynamicid_rt.pngmeta",
+    "format_parameters": "dynamicid_rt.formats.pngmeta",
+    "parse_parameters": "dynamicid_rt.formats.pngmeta",
+    "save_png": "dynamicid_rt.formats.pngmeta",
+    "read_parameters": "dynamicid_rt.formats.pngmeta",
     # Output files: checked before the work, written atomically (PNG, JPEG, WebP).
-    "check_output_path": "dynamicid_rt.outputs",
-    "save_image": "dynamicid_rt.outputs",
+    "check_output_path": "dynamicid_rt.formats.outputs",
+    "save_image": "dynamicid_rt.formats.outputs",
     # Photos as the pipeline reads them, and the live preview of a latent.
-    "load_photo": "dynamicid_rt.photos",
-    "face_thumbnail": "dynamicid_rt.photos",
-    "latent_to_rgb": "dynamicid_rt.preview",
+    "load_photo": "dynamicid_rt.identity.photos",
+    "face_thumbnail": "dynamicid_rt.identity.photos",
+    "latent_to_rgb": "dynamicid_rt.sampling.preview",
     # How a first run's ONNX export goes (Pipeline.load(build_progress=...)).
     "BuildStatus": "dynamicid_rt.export.progress",
     "BuildProgress": "dynamicid_rt.export.progress",
@@ -69,18 +69,19 @@ if TYPE_CHECKING:
     from .backends import AUTO, BACKEND_OPTIONS, BACKENDS, precision_choices
     from .backends.probes import cpu_fastest_path
     from .export.progress import BuildProgress, BuildStatus
-    from .identity import Identity
-    from .identity_check import IdentityMatch
-    from .lora import LoraRef, parse_lora_arg
-    from .lora_tags import lora_short_hash, prompt_loras
-    from .paths import ModelPaths
+    from .identity.value import Identity
+    from .request import IdentityMatch
+    from .modelfiles.lora import LoraRef, parse_lora_arg
+    from .formats.lora_tags import lora_short_hash, prompt_loras
+    from .modelfiles.paths import ModelPaths
     from .pipeline import Pipeline
-    from .photos import face_thumbnail, load_photo
-    from .pngmeta import format_parameters, parse_parameters, read_parameters, save_png
-    from .preview import latent_to_rgb
-    from .request import MAX_IDENTITIES, SIZE_RANGE, Box, ModelInfo, Person, ProgressInfo, Request, Result, default_boxes
-    from .outputs import check_output_path, save_image
-    from .sampler_names import SAMPLERS, canonical_sampler
+    from .identity.photos import face_thumbnail, load_photo
+    from .formats.pngmeta import format_parameters, parse_parameters, read_parameters, save_png
+    from .sampling.preview import latent_to_rgb
+    from .request import MAX_IDENTITIES, SIZE_RANGE, Box, Person, ProgressInfo, Request, Result, default_boxes
+    from .modelfiles.model_hash import ModelInfo
+    from .formats.outputs import check_output_path, save_image
+    from .sampling.names import SAMPLERS, canonical_sampler
 
 
 def __getattr__(name: str):

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import DynamicIDError
-from .paths import ModelPaths
-from .preflight import folder_problems
+from .modelfiles.paths import ModelPaths
+from .models.preflight import folder_problems
 
 
 def _version(dist: str) -> str:

@@ -18,27 +18,29 @@ import numpy as np
 
 from .backends import create_backend, supports
 from .backends.base import Backend
-from .best_of import generate_best_of
+from .identity.best_of import generate_best_of
 from .contract import IDENTITY_ENGINES, TEXT_ENCODER, UNET
 from .errors import Cancelled, NumericalError, RequestError
 from .export.progress import BuildProgress
-from .fingerprint import identity_model_fingerprint
-from .guided_unet import GuidedUNet
-from .identity import Identity, check_same_model, load_saved
-from .identity_check import IdentityMatch, match_identities, reference_embeddings
-from .identity_encoder import IdentityEncoder
-from .lora import check_lora_refs, load_loras
-from .lora_tags import lora_hashes, strip_lora_tags, with_prompt_tags
-from .model_hash import describe_model
-from .paths import ModelPaths, vae_scaling_factor
-from .photos import load_photo
-from .preflight import check_folder
-from .request import Box, ModelInfo, Person, ProgressInfo, Request, Result, default_boxes
-from .noise import image_seeds, initial_noise, step_noise_source
-from .sampler_names import sampler_for_scheduler_class
-from .samplers import run_schedule
-from .schedules import SchedulerConfig, sampling_schedule
-from .unet_feed import identity_inputs, unet_feed
+from .modelfiles.fingerprint import identity_model_fingerprint
+from .denoiser.guided_unet import GuidedUNet
+from .identity.value import Identity, check_same_model, load_saved
+from .request import IdentityMatch
+from .identity.check import match_identities, reference_embeddings
+from .identity.encoder import IdentityEncoder
+from .modelfiles.lora import check_lora_refs, load_loras
+from .formats.lora_tags import lora_hashes, strip_lora_tags, with_prompt_tags
+from .modelfiles.model_hash import describe_model
+from .modelfiles.paths import ModelPaths, vae_scaling_factor
+from .identity.photos import load_photo
+from .models.preflight import check_folder
+from .request import Box, Person, ProgressInfo, Request, Result, default_boxes
+from .modelfiles.model_hash import ModelInfo
+from .sampling.noise import image_seeds, initial_noise, step_noise_source
+from .sampling.names import sampler_for_scheduler_class
+from .sampling.samplers import run_schedule
+from .sampling.schedules import SchedulerConfig, sampling_schedule
+from .denoiser.unet_feed import identity_inputs, unet_feed
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +57,7 @@ class Pipeline:
     """Load once, encode identities, generate images. See README for examples."""
 
     def __init__(self, paths: ModelPaths, backend: Backend, cache_dir: Path | None, is_tiny: bool = False) -> None:
-        from .text import PromptEncoder
+        from .prompts.encoder import PromptEncoder
 
         self.paths = paths
         self.backend = backend
@@ -352,7 +354,7 @@ class Pipeline:
 
 
 def _face_analyzer(paths: ModelPaths):
-    from .faces import FaceAnalyzer
+    from .identity.faces import FaceAnalyzer
 
     return FaceAnalyzer(paths.insightface)
 

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, Sequence, runtime
 import numpy as np
 
 from .errors import RequestError
-from .lora import check_lora_refs
-from .model_hash import ModelInfo
-from .sampler_names import canonical_sampler
+from .modelfiles.lora import check_lora_refs
+from .modelfiles.model_hash import ModelInfo
+from .sampling.names import canonical_sampler
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -92,7 +92,7 @@ class Request:
     activation_maps: bool = False  # also return each person's SAA activation map (backends that can)
     check_identities: bool = False  # measure each person's likeness in every result (Result.identity_scores)
     best_of: int = 1  # generate this many seeds and return them best first (implies check_identities)
-    # User LoRAs as (path, scale) pairs, merged into the UNet and text encoder (dynamicid_rt.lora).
+    # User LoRAs as (path, scale) pairs, merged into the UNet and text encoder (dynamicid_rt.modelfiles.lora).
     loras: Sequence[tuple[str | Path, float]] = ()
     tcd_gamma: float = 0.3  # the tcd sampler's stochasticity (diffusers' eta), from 0 to 1
 
@@ -120,7 +120,7 @@ class Request:
 
     @property
     def sampler_name(self) -> str:
-        """``sampler`` in our spelling: one of :data:`~dynamicid_rt.sampler_names.SAMPLERS`, or
+        """``sampler`` in our spelling: one of :data:`~dynamicid_rt.sampling.names.SAMPLERS`, or
         "default" (resolved once, when the fields are checked)."""
         if not self._checked:
             self.check_fields()

@@ -16,11 +16,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from dynamicid_rt.atomic import atomic_write
+from dynamicid_rt.files.atomic import atomic_write
 from dynamicid_rt.contract import ENGINES
 from dynamicid_rt.errors import RequestError
 from dynamicid_rt.export.progress import BuildProgress
-from dynamicid_rt.paths import ModelPaths
+from dynamicid_rt.modelfiles.paths import ModelPaths
 
 from .builder import BuildSettings, EngineBuildError, build_plan
 from .library import TIMING_CACHE, LoadedTensorRT, load

@@ -55,7 +55,7 @@ def run_build_plans(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from dynamicid_rt.export.cache import default_engine_dir
-    from dynamicid_rt.paths import ModelPaths
+    from dynamicid_rt.modelfiles.paths import ModelPaths
 
     from .build import build_plans
     from .cuda import gpu_here

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dynamicid_rt.atomic import atomic_write
+from dynamicid_rt.files.atomic import atomic_write
 from dynamicid_rt.export.store import check_file, file_record, read_manifest as read_store_manifest, write_manifest
 
 from .library import LoadedTensorRT

@@ -73,7 +73,7 @@ def _engine_dir(models: Path | None) -> Path | None:
     if models is None:
         return None
     from dynamicid_rt.export.cache import default_engine_dir
-    from dynamicid_rt.paths import ModelPaths
+    from dynamicid_rt.modelfiles.paths import ModelPaths
 
     try:
         return default_engine_dir(ModelPaths.from_folder(models))

@@ -21,12 +21,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from dynamicid_rt.atomic import write_error
+from dynamicid_rt.files.atomic import write_error
 from dynamicid_rt.contract import CONTRACT_CHANGES, CONTRACT_VERSION, ENGINES, ModelDims, engine_spec
 from dynamicid_rt.errors import DynamicIDError, ModelFolderError
-from dynamicid_rt.paths import ModelPaths
-from dynamicid_rt.preflight import check_before_export
-from dynamicid_rt.stamps import RememberedDigests
+from dynamicid_rt.modelfiles.paths import ModelPaths
+from dynamicid_rt.models.preflight import check_before_export
+from dynamicid_rt.files.stamps import RememberedDigests
 
 from .recipes import (
     BUILD_TOLERANCE, CUDA_MODEL_FILE, EXPORTER_VERSION, MODEL_FILE, OPSET, cuda_graph, export_into, graph_precision,

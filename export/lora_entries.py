@@ -4,7 +4,7 @@ Re-exporting torch→ONNX for every LoRA set is the slow way (the full-size fp32
 here). A LoRA changes weights only, so a LoRA'd entry is the base entry's graph with the touched
 initializers rewritten: each weight a LoRA changes is found among the base graph's initializers by
 value (the exporter renames linear weights and stores them transposed for MatMul), the summed fp32
-deltas of :func:`dynamicid_rt.lora.weight_deltas` are added, and the graph is saved as an entry of
+deltas of :func:`dynamicid_rt.modelfiles.lora.weight_deltas` are added, and the graph is saved as an entry of
 its own, keyed by each LoRA's content hash and scale (``<engine>-<precision>-lora-<key>``), so that
 switching back to a set finds it on disk. A weight the graph does not hold as one initializer of
 its own falls back to a full export of the merged module. fp16 entries are converted from the
@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from dynamicid_rt.contract import ENGINES, LORA_ENGINES, ModelDims
-from dynamicid_rt.lora import LoraFile, cache_key
-from dynamicid_rt.paths import ModelPaths
+from dynamicid_rt.modelfiles.lora import LoraFile, cache_key
+from dynamicid_rt.modelfiles.paths import ModelPaths
 
 from .cache import CacheEntry, build_engines, check_entry, contract_record, default_engine_dir, expected_manifest
 from .recipes import CUDA_MODEL_FILE, MODEL_FILE, cuda_graph
@@ -134,7 +134,7 @@ def _patch_initializers(paths: ModelPaths, base: CacheEntry, engine: str, loras:
     import torch
     from onnx import numpy_helper
 
-    from dynamicid_rt.lora import weight_deltas
+    from dynamicid_rt.modelfiles.lora import weight_deltas
     from dynamicid_rt.models import load_engine_module
     from dynamicid_rt.models.lora_merge import LoraMerger, lora_root, weight_shapes
 

@@ -13,8 +13,8 @@ from typing import Any, Callable
 
 from dynamicid_rt.contract import ENGINES, ModelDims, engine_spec
 from dynamicid_rt.errors import DynamicIDError, ModelFolderError
-from dynamicid_rt.paths import ModelPaths
-from dynamicid_rt.stamps import RememberedDigests
+from dynamicid_rt.modelfiles.paths import ModelPaths
+from dynamicid_rt.files.stamps import RememberedDigests
 
 from .progress import StageClock
 

@@ -10,7 +10,7 @@ rewritten and written after it (:func:`write_manifest`). :func:`build_lock` seri
 one entry across processes.
 
 Checks: a listed file must exist with its recorded size; its content is verified by SHA-256,
-re-hashed for folder entries when its stamp (``dynamicid_rt.stamps``) differs, for single files
+re-hashed for folder entries when its stamp (``dynamicid_rt.files.stamps``) differs, for single files
 when its modification time differs from the record. Neither torch nor numpy is imported.
 """
 from __future__ import annotations
@@ -25,8 +25,8 @@ from typing import Any, Callable, Mapping
 
 from filelock import FileLock
 
-from dynamicid_rt.atomic import atomic_write, pid_alive
-from dynamicid_rt.stamps import first_mismatch, sha256_file, stamp_hashed
+from dynamicid_rt.files.atomic import atomic_write, pid_alive
+from dynamicid_rt.files.stamps import first_mismatch, sha256_file, stamp_hashed
 
 MANIFEST = "manifest.json"
 BUILDING = ".building-"

@@ -20,7 +20,7 @@ def tiny_bundle(tmp_path_factory) -> Path:
 def tiny_engines(tiny_bundle, tmp_path_factory) -> Path:
     """The tiny bundle's fp32 ONNX engine cache, built once per session."""
     from dynamicid_rt.export import build_engines
-    from dynamicid_rt.paths import ModelPaths
+    from dynamicid_rt.modelfiles.paths import ModelPaths
 
     folder = tmp_path_factory.getbasetemp() / "engines"
     build_engines(ModelPaths.from_folder(tiny_bundle), folder)

@@ -92,7 +92,7 @@ def test_writes_what_a1111_1_10_writes_and_reads_it_back(tiny_pipeline, tiny_bun
 
 
 def test_model_hash_is_cached_by_path_size_and_mtime(tmp_path):
-    from dynamicid_rt.model_hash import file_sha256
+    from dynamicid_rt.modelfiles.model_hash import file_sha256
 
     weights = tmp_path / "model.safetensors"
     weights.write_bytes(b"weights" * 1000)

@@ -17,7 +17,7 @@ import pytest
 from dynamicid_rt.backends import BACKENDS, Backend, BackendInfo, backend_info, choose_auto, create_backend, probes
 from dynamicid_rt.contract import ENGINES
 from dynamicid_rt.errors import BackendError
-from dynamicid_rt.paths import ModelPaths
+from dynamicid_rt.modelfiles.paths import ModelPaths
 
 # A meta-path finder that makes the named top-level packages look uninstalled.
 BLOCKER = textwrap.dedent(

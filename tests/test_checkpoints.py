@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from dynamicid_rt.checkpoints import read_saa_checkpoint, read_state_dict
+from dynamicid_rt.modelfiles.checkpoints import read_saa_checkpoint, read_state_dict
 from dynamicid_rt.errors import CheckpointError
 from dynamicid_rt.models.projector import FaceProjector, load_face_projector
 

@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from dynamicid_rt.clip_preprocessing import clip_pixel_values
-from dynamicid_rt.photos import load_photo
+from dynamicid_rt.identity.clip_preprocessing import clip_pixel_values
+from dynamicid_rt.identity.photos import load_photo
 
 transformers = pytest.importorskip("transformers")
 
@@ -53,7 +53,7 @@ def test_matches_on_the_sample_photo(samples):
 def test_preprocessing_imports_neither_torch_nor_transformers():
     code = (
         "import sys, numpy as np\n"
-        "from dynamicid_rt.clip_preprocessing import clip_pixel_values\n"
+        "from dynamicid_rt.identity.clip_preprocessing import clip_pixel_values\n"
         "clip_pixel_values(np.zeros((300, 200, 3), np.uint8))\n"
         "sys.exit(int('torch' in sys.modules) + 2 * int('transformers' in sys.modules))\n"
     )

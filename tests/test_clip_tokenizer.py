@@ -8,9 +8,9 @@ import shutil
 import numpy as np
 import pytest
 
-from dynamicid_rt.clip_tokenizer import ClipTokenizer
+from dynamicid_rt.prompts.tokenizer import ClipTokenizer
 from dynamicid_rt.errors import ModelFolderError
-from dynamicid_rt.paths import ModelPaths
+from dynamicid_rt.modelfiles.paths import ModelPaths
 
 transformers = pytest.importorskip("transformers")
 
@@ -75,7 +75,7 @@ def test_pad_token_from_the_folder(folder, tmp_path):
 
 def test_long_prompt_truncated_with_warning(folder, caplog):
     tokenizer = ClipTokenizer(folder, 77)
-    with caplog.at_level(logging.WARNING, logger="dynamicid_rt.clip_tokenizer"):
+    with caplog.at_level(logging.WARNING, logger="dynamicid_rt.prompts.tokenizer"):
         ids = tokenizer(["a portrait of a person, " * 20, "a photo"])
     assert len(caplog.records) == 1 and "truncated after: 'a portrait of a person , a portrait" in caplog.text
     vocab = json.loads((folder / "vocab.json").read_text())

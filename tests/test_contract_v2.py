@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from dynamicid_rt import Request, format_parameters, parse_parameters, read_parameters, save_png
-from dynamicid_rt.checkpoints import read_saa_checkpoint
+from dynamicid_rt.modelfiles.checkpoints import read_saa_checkpoint
 from dynamicid_rt.cli import build_parser, main
 from dynamicid_rt.contract import CONTRACT_VERSION, ENGINES
 from dynamicid_rt.errors import RequestError
-from dynamicid_rt.paths import ModelPaths
+from dynamicid_rt.modelfiles.paths import ModelPaths
 from saa_reference import reference_unet
 
 PER_PERSON = [1.0, 0.3, 0.0]

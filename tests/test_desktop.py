@@ -368,7 +368,7 @@ def test_photo_without_face_gets_no_box_and_generate_asks(qtbot, window, samples
 
 def test_best_of_two_shows_a_badge_per_person(qtbot, window, samples):
     from dynamicid_rt.desktop.views import BAD, GOOD, chip_text
-    from dynamicid_rt.identity_check import rank_key
+    from dynamicid_rt.identity.check import rank_key
 
     win = window
     win.people_panel.add_photos([samples / "person_a.png", samples / "person_b.png"])

@@ -27,7 +27,7 @@ from dynamicid_rt.desktop.canvas import LABEL_PX  # noqa: E402
 from dynamicid_rt.desktop.people import PeopleModel, Role, Status  # noqa: E402
 from dynamicid_rt.desktop.restore import restore_people  # noqa: E402
 from dynamicid_rt.desktop.worker import ModelSpec  # noqa: E402
-from dynamicid_rt.identity_check import rank_key  # noqa: E402
+from dynamicid_rt.identity.check import rank_key  # noqa: E402
 
 
 def _boxes(win) -> list:
@@ -431,7 +431,7 @@ def test_9_openvino_sends_no_telemetry_from_our_process(tiny_bundle, tiny_engine
     pytest.importorskip("openvino")
     home = tmp_path / "home"
     home.mkdir()
-    code = ("import sys; from dynamicid_rt.paths import ModelPaths; from dynamicid_rt.backends import create_backend; "
+    code = ("import sys; from dynamicid_rt.modelfiles.paths import ModelPaths; from dynamicid_rt.backends import create_backend; "
             f"create_backend('openvino', ModelPaths.from_folder({str(tiny_bundle)!r}), engine_dir={str(tiny_engines)!r}).close(); "
             "print(sys.modules.get('openvino_telemetry'))")
     run = subprocess.run([sys.executable, "-c", code], env={**os.environ, "HOME": str(home)}, capture_output=True, text=True,

@@ -23,7 +23,7 @@ from dynamicid_rt.desktop.run_controller import user_steps  # noqa: E402
 from dynamicid_rt.desktop.settings_form import SettingsForm  # noqa: E402
 from dynamicid_rt.desktop.views import BAD, GOOD, ChipRow, match_chips  # noqa: E402
 from dynamicid_rt.desktop.worker import ModelSpec, validate_model_folder  # noqa: E402
-from dynamicid_rt.pngmeta import read_parameters  # noqa: E402
+from dynamicid_rt.formats.pngmeta import read_parameters  # noqa: E402
 
 OK = IdentityMatch("anna", (0, 0, 1, 0.5), 0.61, (10, 10, 50, 60))
 MISSING = IdentityMatch("ben", (0, 0.5, 1, 1), None, None)

@@ -15,7 +15,7 @@ from dynamicid_rt.backends.torch_backend import TorchBackend
 from dynamicid_rt.backends.torch_bound import STEP_INPUTS, BoundUNet
 from dynamicid_rt.contract import ENGINES
 from dynamicid_rt.models.engines import load_engine_module
-from dynamicid_rt.paths import ModelPaths
+from dynamicid_rt.modelfiles.paths import ModelPaths
 
 ENGINE_POINTS = {
     "unet": {"B": 2, "h": 24, "w": 40, "N": 2, "M": 2},

@@ -22,7 +22,7 @@ from dynamicid_rt.errors import NumericalError
 from dynamicid_rt.export import onnx_export
 from dynamicid_rt.models import load_engine_module
 from dynamicid_rt.models.base import read_model_dims
-from dynamicid_rt.paths import ModelPaths
+from dynamicid_rt.modelfiles.paths import ModelPaths
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import torch
 
 from dynamicid_rt.contract import ENGINES, ModelDims
 from dynamicid_rt.export import build_engines, cache, find_entry, onnx_export
-from dynamicid_rt.export.cli import register
+from dynamicid_rt.cli.build_engines import register
 from dynamicid_rt.models import load_engine_module
 from dynamicid_rt.tiny.bundle import write_tiny_bundle
 

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from dynamicid_rt.errors import ImageError, ModelFolderError, NoFaceError, RequestError
-from dynamicid_rt.faces import PACK_FILES, DetectedFace, FaceAnalyzer, raster_from_landmarks, source_face_prompt
-from dynamicid_rt.photos import face_crop, face_thumbnail, load_photo
+from dynamicid_rt.identity.faces import PACK_FILES, DetectedFace, FaceAnalyzer, raster_from_landmarks, source_face_prompt
+from dynamicid_rt.identity.photos import face_crop, face_thumbnail, load_photo
 from dynamicid_rt.tiny.face_models import write_face_models
 from dynamicid_rt.tiny.portraits import load_truth, write_portraits
 
@@ -316,7 +316,7 @@ def test_load_photo_conversions(tmp_path):
 
 def test_load_photo_downscales_huge(caplog):
     wide = np.full((80, 4200, 3), 120, dtype=np.uint8)
-    with caplog.at_level(logging.WARNING, logger="dynamicid_rt.photos"):
+    with caplog.at_level(logging.WARNING, logger="dynamicid_rt.identity.photos"):
         out = load_photo(wide)
     assert out.shape == (78, 4096, 3)
     assert "downscaling" in caplog.text

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from dynamicid_rt import samplers
+from dynamicid_rt.sampling import samplers
 from dynamicid_rt.models.base import bundled_sd15_config_dir
-from dynamicid_rt.sampler_names import canonical_sampler, sampler_for_scheduler_class
-from dynamicid_rt.schedules import SchedulerConfig, alphas_cumprod
+from dynamicid_rt.sampling.names import canonical_sampler, sampler_for_scheduler_class
+from dynamicid_rt.sampling.schedules import SchedulerConfig, alphas_cumprod
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")

@@ -10,12 +10,12 @@ import time
 import numpy as np
 import pytest
 
-from dynamicid_rt import stamps
+from dynamicid_rt.files.checks import stamps
 from dynamicid_rt.contract import ENGINES
 from dynamicid_rt.export import BuildStatus, build_engines
 from dynamicid_rt.export.cache import MANIFEST, check_entry, entry_dir, expected_manifest
 from dynamicid_rt.export.store import build_folder, check_files
-from dynamicid_rt.paths import ModelPaths
+from dynamicid_rt.modelfiles.paths import ModelPaths
 
 def _bytes_under(root) -> int:
     if root is None:
@@ -168,7 +168,7 @@ def test_beside_the_export_bar_log_lines_stay_whole_and_the_stage_lines_go(capsy
     import logging
     import sys
 
-    from dynamicid_rt.export.cli import logging_beside_a_bar
+    from dynamicid_rt.cli.build_engines import logging_beside_a_bar
 
     console = logging.StreamHandler(sys.stderr)  # the CLI's handler (logging.basicConfig)
     root = logging.getLogger()
@@ -190,7 +190,7 @@ def test_beside_the_export_bar_log_lines_stay_whole_and_the_stage_lines_go(capsy
 def test_source_fingerprints_are_remembered_by_stat_and_read_again_when_a_file_changes(tmp_path, monkeypatch):
     import hashlib
 
-    from dynamicid_rt.stamps import RememberedDigests
+    from dynamicid_rt.files.stamps import RememberedDigests
 
     monkeypatch.setattr(stamps, "RACY_NS", 0)  # the file was just written: trust its stat at once
     weights = tmp_path / "model.safetensors"

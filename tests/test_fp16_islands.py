@@ -12,7 +12,7 @@ from onnx import TensorProto
 from onnx.utils import Extractor
 
 from dynamicid_rt.export import build_engines
-from dynamicid_rt.paths import ModelPaths
+from dynamicid_rt.modelfiles.paths import ModelPaths
 
 ort = pytest.importorskip("onnxruntime")
 

@@ -14,7 +14,7 @@ from dynamicid_rt.export import build_engines
 from dynamicid_rt.export.cache import CUDA_MODEL_FILE
 from dynamicid_rt.export.fused_attention import fuse_attention
 from dynamicid_rt.models import load_engine_module
-from dynamicid_rt.paths import ModelPaths
+from dynamicid_rt.modelfiles.paths import ModelPaths
 
 ort = pytest.importorskip("onnxruntime")
 

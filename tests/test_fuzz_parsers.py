@@ -120,7 +120,7 @@ def _safetensors_bytes(header, data_size: int, declared_extra: int) -> bytes:
 @example({"w": {"dtype": "F32", "shape": [2] * 16, "data_offsets": [0, 8]}}, 8, 0)
 @example({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, "b": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, 4, 0)
 def test_safetensors_header_check_never_raises(folder, header, data_size, declared_extra):
-    from dynamicid_rt.weightcheck import weight_file_problem
+    from dynamicid_rt.modelfiles.weightcheck import weight_file_problem
 
     path = folder / "weights.safetensors"
     path.write_bytes(_safetensors_bytes(header, data_size, declared_extra))
@@ -139,9 +139,9 @@ def _torch_checkpoint() -> bytes:
 @FUZZ
 @given(st.sampled_from([".bin", ".safetensors"]), _mutations(_torch_checkpoint()))
 def test_checkpoint_readers_raise_only_checkpoint_errors(folder, suffix, data):
-    from dynamicid_rt.checkpoints import load_tensor_file, read_saa_checkpoint
+    from dynamicid_rt.modelfiles.checkpoints import load_tensor_file, read_saa_checkpoint
     from dynamicid_rt.errors import CheckpointError
-    from dynamicid_rt.weightcheck import weight_file_problem
+    from dynamicid_rt.modelfiles.weightcheck import weight_file_problem
 
     path = folder / f"SAA{suffix}"
     path.write_bytes(data)
@@ -166,7 +166,7 @@ def _identity_file() -> bytes:
 @FUZZ
 @given(_mutations(_identity_file()))
 def test_identity_files_raise_only_image_errors(folder, data):
-    from dynamicid_rt.identity_cache import entry_problem, load_cached
+    from dynamicid_rt.identity.cache import entry_problem, load_cached
 
     path = folder / "person.npz"
     path.write_bytes(data)
@@ -187,7 +187,7 @@ def test_identity_files_raise_only_image_errors(folder, data):
 @example("", "automatic")
 def test_sampler_names_raise_only_request_errors(name, schedule):
     from dynamicid_rt import canonical_sampler
-    from dynamicid_rt.pngmeta import sampler_from_a1111
+    from dynamicid_rt.formats.pngmeta import sampler_from_a1111
 
     try:
         canonical_sampler(name, schedule)

@@ -44,7 +44,7 @@ def strict_fp32(monkeypatch):
 @pytest.mark.parametrize("precision,tolerance", [("fp32", 1e-4), ("fp16", 2e-2)])
 def test_torch_cuda_engines_match_cpu(tiny_bundle, precision, tolerance, strict_fp32):
     from dynamicid_rt.backends.torch_backend import TorchBackend
-    from dynamicid_rt.paths import ModelPaths
+    from dynamicid_rt.modelfiles.paths import ModelPaths
 
     paths = ModelPaths.from_folder(tiny_bundle)
     cpu = TorchBackend(paths, device="cpu", precision="fp32")
@@ -62,7 +62,7 @@ def test_torch_cuda_engines_match_cpu(tiny_bundle, precision, tolerance, strict_
 @pytest.mark.parametrize("precision,tolerance", [("fp32", 1e-3), ("fp16", 2e-2)])
 def test_onnxruntime_cuda_matches_cpu(tiny_bundle, tiny_engines, tmp_path, precision, tolerance):
     from dynamicid_rt.backends.onnxruntime_backend import OnnxRuntimeBackend
-    from dynamicid_rt.paths import ModelPaths
+    from dynamicid_rt.modelfiles.paths import ModelPaths
 
     paths = ModelPaths.from_folder(tiny_bundle)
     cpu = OnnxRuntimeBackend(paths, device="cpu", engine_dir=tiny_engines)
@@ -81,7 +81,7 @@ STEP = ("sample", "timestep", "id_boost")
 
 
 def _paths(tiny_bundle):
-    from dynamicid_rt.paths import ModelPaths
+    from dynamicid_rt.modelfiles.paths import ModelPaths
 
     return ModelPaths.from_folder(tiny_bundle)
 

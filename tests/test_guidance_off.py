@@ -6,8 +6,8 @@ import pytest
 
 from dynamicid_rt.backends.base import Backend
 from dynamicid_rt.contract import UNET, ModelDims
-from dynamicid_rt.guided_unet import GuidedUNet
-from dynamicid_rt.unet_feed import IdentityInputs
+from dynamicid_rt.denoiser.guided_unet import GuidedUNet
+from dynamicid_rt.denoiser.unet_feed import IdentityInputs
 
 
 class RowCounter(Backend):

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from dynamicid_rt import Identity, Request
-from dynamicid_rt.best_of import generate_best_of
+from dynamicid_rt.identity.best_of import generate_best_of
 from dynamicid_rt.cli import main
 from dynamicid_rt.errors import Cancelled, RequestError
 from dynamicid_rt import format_parameters, parse_parameters, read_parameters

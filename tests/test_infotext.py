@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from dynamicid_rt import Request, RequestError, Result, format_parameters, parse_parameters
-from dynamicid_rt.infotext import MAX_FIELDS, MAX_TEXT_CHARS, read_fields, read_infotext
+from dynamicid_rt.formats.infotext import MAX_FIELDS, MAX_TEXT_CHARS, read_fields, read_infotext
 
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 

@@ -8,8 +8,8 @@ import pytest
 pytest.importorskip("torch")
 
 from dynamicid_rt import Pipeline, Request  # noqa: E402
-from dynamicid_rt.lora import LoraRef, load_loras  # noqa: E402
-from dynamicid_rt.paths import ModelPaths  # noqa: E402
+from dynamicid_rt.modelfiles.lora import LoraRef, load_loras  # noqa: E402
+from dynamicid_rt.modelfiles.paths import ModelPaths  # noqa: E402
 from lora_files import write_kohya  # noqa: E402
 
 

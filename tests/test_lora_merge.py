@@ -17,7 +17,7 @@ from diffusers.loaders import StableDiffusionLoraLoaderMixin  # noqa: E402
 from transformers import CLIPTextModel  # noqa: E402
 
 from dynamicid_rt.errors import CheckpointError, RequestError  # noqa: E402
-from dynamicid_rt.lora import LoraRef, check_lora_refs, parse_lora_arg, read_lora  # noqa: E402
+from dynamicid_rt.modelfiles.lora import LoraRef, check_lora_refs, parse_lora_arg, read_lora  # noqa: E402
 from lora_files import write_kohya, write_peft  # noqa: E402
 
 TOL = 1e-5
@@ -71,7 +71,7 @@ def lora_files(tiny_bundle, tmp_path_factory):
 @pytest.fixture(scope="module")
 def backend(tiny_bundle):
     from dynamicid_rt.backends.torch_backend import TorchBackend
-    from dynamicid_rt.paths import ModelPaths
+    from dynamicid_rt.modelfiles.paths import ModelPaths
 
     b = TorchBackend(ModelPaths.from_folder(tiny_bundle), device="cpu", precision="fp32")
     yield b

@@ -1,4 +1,4 @@
-"""Where things live (issue 16): one home for the identity file, no import upward, old names kept."""
+"""Where things live (issues 16, 31): one home for the identity file, no import upward."""
 from __future__ import annotations
 
 import ast
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dynamicid_rt.errors import RequestError
-from dynamicid_rt.identity import Identity, load_saved, stack_identity_tokens
+from dynamicid_rt.identity.value import Identity, load_saved, stack_identity_tokens
 
 PACKAGE = Path(__file__).resolve().parents[1] / "dynamicid_rt"
 
@@ -24,7 +24,7 @@ def _imported_modules(path: Path) -> set[str]:
 
 def test_version_module_imports_nothing_and_nothing_reads_the_package_for_it():
     assert not [n for n in ast.parse((PACKAGE / "_version.py").read_text()).body if isinstance(n, (ast.Import, ast.ImportFrom))]
-    assert "." not in _imported_modules(PACKAGE / "pngmeta.py")
+    assert not _imported_modules(PACKAGE / "formats" / "pngmeta.py") & {"..", "."}
     import dynamicid_rt
     from dynamicid_rt._version import __version__
 
@@ -32,8 +32,8 @@ def test_version_module_imports_nothing_and_nothing_reads_the_package_for_it():
 
 
 def test_identity_file_module_imports_neither_its_encoder_nor_its_cache():
-    assert not _imported_modules(PACKAGE / "identity.py") & {".identity_cache", ".identity_encoder", ".faces", ".photos"}
-    assert ".identity_encoder" not in _imported_modules(PACKAGE / "identity_cache.py")
+    assert not _imported_modules(PACKAGE / "identity" / "value.py") & {".cache", ".encoder", ".faces", ".photos"}
+    assert ".encoder" not in _imported_modules(PACKAGE / "identity" / "cache.py")
 
 
 def test_a_model_misfit_is_one_error_wherever_it_is_found(tmp_path):
@@ -45,24 +45,10 @@ def test_a_model_misfit_is_one_error_wherever_it_is_found(tmp_path):
     assert str(stacked.value) == str(loaded.value)
 
 
-@pytest.mark.parametrize("module, name, home", [
-    ("dynamicid_rt.identity", "IdentityEncoder", "dynamicid_rt.identity_encoder"),
-    ("dynamicid_rt.identity", "clip_pixel_values", "dynamicid_rt.clip_preprocessing"),
-    ("dynamicid_rt.identity_cache", "load_saved", "dynamicid_rt.identity"),
-    ("dynamicid_rt.identity_cache", "check_same_model", "dynamicid_rt.identity"),
-])
-def test_moved_names_still_import_with_a_deprecation_warning(module, name, home):
-    import importlib
-
-    with pytest.warns(DeprecationWarning, match=home):
-        found = getattr(importlib.import_module(module), name)
-    assert found is getattr(importlib.import_module(home), name)
-
-
 def test_names_that_stay_importable_where_they_were():
-    from dynamicid_rt.faces import face_crop, face_thumbnail, load_photo
+    from dynamicid_rt.identity.faces import face_crop, face_thumbnail, load_photo
     from dynamicid_rt.models.saa import SAAAttnProcessor, SAAInputs, SAAUNet, install_saa, load_unet  # noqa: F401
     from dynamicid_rt.models.saa_attention import SAAUNet as maths_unet
-    from dynamicid_rt.photos import load_photo as photo_loader
+    from dynamicid_rt.identity.photos import load_photo as photo_loader
 
     assert load_photo is photo_loader and SAAUNet is maths_unet and callable(face_crop) and callable(face_thumbnail)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dynamicid_rt import Request, noise
+from dynamicid_rt import Request
+from dynamicid_rt.sampling import noise
 from dynamicid_rt import pipeline as pipeline_module
 
 SHAPE = (4, 32, 32)

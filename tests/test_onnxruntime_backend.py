@@ -117,7 +117,7 @@ def test_runs_without_torch_on_prebuilt_engines(tiny, engine_dir):
         import numpy as np
         from dynamicid_rt.backends.onnxruntime_backend import OnnxRuntimeBackend
         from dynamicid_rt.contract import ENGINES
-        from dynamicid_rt.paths import ModelPaths
+        from dynamicid_rt.modelfiles.paths import ModelPaths
 
         backend = OnnxRuntimeBackend(ModelPaths.from_folder({str(tiny.root)!r}), device="cpu", engine_dir={str(engine_dir)!r})
         shapes = {{}}

@@ -17,7 +17,7 @@ from dynamicid_rt import Pipeline, Request  # noqa: E402
 from dynamicid_rt.backends import probes  # noqa: E402
 from dynamicid_rt.backends.openvino_backend import PLANS_PER_ENGINE, OpenVinoBackend  # noqa: E402
 from dynamicid_rt.contract import ENGINES  # noqa: E402
-from dynamicid_rt.paths import ModelPaths  # noqa: E402
+from dynamicid_rt.modelfiles.paths import ModelPaths  # noqa: E402
 
 needs_bf16 = pytest.mark.skipif(not probes.cpu_has_bf16(), reason="this CPU has no bf16 units (avx512_bf16 or amx_bf16)")
 

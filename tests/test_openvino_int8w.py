@@ -23,7 +23,7 @@ from dynamicid_rt.backends.openvino_backend import OpenVinoBackend  # noqa: E402
 from dynamicid_rt.cli import main  # noqa: E402
 from dynamicid_rt.contract import ENGINES  # noqa: E402
 from dynamicid_rt.errors import BackendError  # noqa: E402
-from dynamicid_rt.paths import ModelPaths  # noqa: E402
+from dynamicid_rt.modelfiles.paths import ModelPaths  # noqa: E402
 
 MIN_PSNR = 30.0  # the bar for int8w against fp32
 

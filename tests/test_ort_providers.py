@@ -17,7 +17,7 @@ import pytest
 from dynamicid_rt.backends.ort_providers import CPU, CUDA, TENSORRT, ProviderError
 from dynamicid_rt.contract import ENGINES
 from dynamicid_rt.export import build_engines
-from dynamicid_rt.paths import ModelPaths
+from dynamicid_rt.modelfiles.paths import ModelPaths
 
 ort = pytest.importorskip("onnxruntime")
 

@@ -187,8 +187,8 @@ def test_face_errors_and_choice(tiny_pipeline, samples, tmp_path, caplog):
 
 def test_identity_tokens_match_direct_stages(tiny_pipeline, samples):
     """Identity tokens = projector(ArcFace embedding, CLIP penultimate states) computed stage by stage here."""
-    from dynamicid_rt.clip_preprocessing import clip_pixel_values
-    from dynamicid_rt.photos import load_photo
+    from dynamicid_rt.identity.clip_preprocessing import clip_pixel_values
+    from dynamicid_rt.identity.photos import load_photo
 
     photo = load_photo(samples / "person_a.png")
     ident = tiny_pipeline.encode_identity(samples / "person_a.png")

@@ -61,7 +61,7 @@ def test_encode_from_embedding_equals_encoding_the_photo(tiny_pipeline, samples,
 
 def test_encode_from_embedding_with_expression_edit(tiny_pipeline, samples, person_a):
     """The IMR edit from app-given landmarks equals the IMR run here on the same rasters."""
-    from dynamicid_rt.faces import raster_from_landmarks
+    from dynamicid_rt.identity.faces import raster_from_landmarks
 
     face = tiny_pipeline.detect_faces(samples / "person_a.png")[person_a.face_index]
     landmarks = np.linspace(20, 490, 212).reshape(106, 2)  # x, y in the photo resized to 512x512
@@ -104,7 +104,8 @@ def folder_without_insightface(tiny_bundle, tmp_path_factory) -> Path:
 
 
 def test_load_and_generate_without_the_insightface_pack(monkeypatch, folder_without_insightface, tmp_path, person_a, samples):
-    from dynamicid_rt import Pipeline, faces
+    from dynamicid_rt import Pipeline
+    from dynamicid_rt.identity.value import faces
 
     built = []
     original = faces.FaceAnalyzer.__init__
@@ -163,7 +164,7 @@ def test_py_typed_is_shipped():
 
 
 def _imports(path: Path, package: str = "dynamicid_rt") -> list[str]:
-    """Modules a file imports from, relative ones spelt from ``package`` (``.faces`` -> dynamicid_rt.faces)."""
+    """Modules a file imports from, relative ones spelt from ``package`` (``.faces`` -> dynamicid_rt.identity.faces)."""
     names = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.ImportFrom):
@@ -181,12 +182,12 @@ def test_request_module_stands_below_identity_encoding():
     assert own and not [m for m in own if m.split(".")[1] in ("identity", "faces", "pipeline", "pngmeta", "backends")]
     code = "import sys, dynamicid_rt.request; print(sorted(m for m in sys.modules if m.startswith('dynamicid_rt')))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
-    assert "dynamicid_rt.identity" not in loaded and "dynamicid_rt.faces" not in loaded
+    assert "dynamicid_rt.identity.value" not in loaded and "dynamicid_rt.identity.faces" not in loaded
 
 
 def test_cli_and_desktop_use_only_the_public_api():
     # The CLI's own helpers: its reports and messages, the demo bundle, the build-engines command.
-    own_helpers = {"dynamicid_rt.inspect", "dynamicid_rt.doctor", "dynamicid_rt.messages", "dynamicid_rt.tiny.bundle", "dynamicid_rt.export.cli",
+    own_helpers = {"dynamicid_rt.models.inspect", "dynamicid_rt.doctor", "dynamicid_rt.messages", "dynamicid_rt.tiny.bundle", "dynamicid_rt.cli.build_engines",
                    "dynamicid_rt.server.command"}
     server = sorted((ROOT / "dynamicid_rt" / "server").glob("*.py"))  # the web API: a front end too
     files = [ROOT / "dynamicid_rt" / "cli.py", *sorted((ROOT / "desktop").glob("*.py")), *server]

@@ -101,8 +101,8 @@ def test_saved_identity_records_the_model_and_refuses_another(fresh_pipeline, sa
 
 
 def test_fingerprint_is_content_not_location(tiny_bundle, tmp_path):
-    from dynamicid_rt.fingerprint import identity_model_fingerprint
-    from dynamicid_rt.paths import ModelPaths
+    from dynamicid_rt.modelfiles.fingerprint import identity_model_fingerprint
+    from dynamicid_rt.modelfiles.paths import ModelPaths
 
     copy = tmp_path / "moved"
     shutil.copytree(tiny_bundle, copy)
@@ -137,7 +137,7 @@ def _flip_keep_mtime(path):
 def test_engine_with_put_back_mtime_is_rehashed_and_rebuilt(tiny_bundle, engines_copy, caplog):
     from dynamicid_rt.export import build_engines
     from dynamicid_rt.export.cache import check_entry, entry_dir, expected_manifest
-    from dynamicid_rt.paths import ModelPaths
+    from dynamicid_rt.modelfiles.paths import ModelPaths
 
     paths = ModelPaths.from_folder(tiny_bundle)
     folder = entry_dir(engines_copy, "face_projector", "fp32")
@@ -153,9 +153,9 @@ def test_engine_with_put_back_mtime_is_rehashed_and_rebuilt(tiny_bundle, engines
 
 
 def test_engine_verified_once_then_trusted_by_its_stamp(tiny_bundle, engines_copy, monkeypatch):
-    from dynamicid_rt import stamps
+    from dynamicid_rt.files.checks import stamps
     from dynamicid_rt.export import cache
-    from dynamicid_rt.paths import ModelPaths
+    from dynamicid_rt.modelfiles.paths import ModelPaths
 
     paths = ModelPaths.from_folder(tiny_bundle)
     folder = cache.entry_dir(engines_copy, "text_encoder", "fp32")
@@ -176,7 +176,7 @@ def test_engine_verified_once_then_trusted_by_its_stamp(tiny_bundle, engines_cop
 def test_corrupt_engine_that_ort_cannot_parse_is_rebuilt(tiny_bundle, engines_copy, samples, caplog):
     """A manifest that matches a corrupt graph (a copy tool that rewrote both) still recovers."""
     from dynamicid_rt.export.cache import MANIFEST, entry_dir
-    from dynamicid_rt.stamps import sha256_file as _sha256
+    from dynamicid_rt.files.stamps import sha256_file as _sha256
 
     folder = entry_dir(engines_copy, "vae_decoder", "fp32")
     onnx = folder / "model.onnx"

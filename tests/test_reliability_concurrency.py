@@ -53,7 +53,7 @@ def test_two_threads_on_a_fresh_pipeline(tiny_bundle, tiny_engines, samples, tmp
 BUILD_ONE = """
 import sys
 from dynamicid_rt.export import build_engines
-from dynamicid_rt.paths import ModelPaths
+from dynamicid_rt.modelfiles.paths import ModelPaths
 
 (entry,) = build_engines(ModelPaths.from_folder(sys.argv[1]), sys.argv[2], engines=["face_projector"])
 print("reused" if entry.reused else "built")

@@ -116,7 +116,7 @@ def test_pickle_refusals_never_pass_on_torchs_weights_only_advice(tmp_path):
 
     import torch
 
-    from dynamicid_rt.checkpoints import load_tensor_file
+    from dynamicid_rt.modelfiles.checkpoints import load_tensor_file
     from dynamicid_rt.errors import CheckpointError
 
     class Payload:
@@ -180,8 +180,8 @@ def test_request_checked_for_people_not_yet_encoded():
 def test_insightface_future_warning_is_silenced(tiny_bundle, samples):
     script = (
         "import sys\n"
-        "from dynamicid_rt.faces import FaceAnalyzer\n"
-        "from dynamicid_rt.photos import load_photo\n"
+        "from dynamicid_rt.identity.faces import FaceAnalyzer\n"
+        "from dynamicid_rt.identity.photos import load_photo\n"
         "a = FaceAnalyzer(sys.argv[1])\n"
         "assert a.detect(load_photo(sys.argv[2]))\n"
         "a.landmark_raster(load_photo(sys.argv[2]))\n"

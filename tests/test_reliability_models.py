@@ -11,7 +11,7 @@ import struct
 import pytest
 
 from dynamicid_rt import ModelFolderError, Pipeline
-from dynamicid_rt.inspect import inspect_path
+from dynamicid_rt.models.inspect import inspect_path
 
 VAE_WEIGHTS = "base/vae/diffusion_pytorch_model.safetensors"
 
@@ -110,7 +110,7 @@ def test_a_pickle_in_the_saa_file_is_refused_before_any_export(bundle, tmp_path,
 
 
 def test_a_valid_cache_is_reused_without_the_export_checks(tiny_bundle, tiny_engines, no_export, monkeypatch):
-    from dynamicid_rt import preflight
+    from dynamicid_rt.models import preflight
 
     def refuse(*args):
         raise AssertionError("checkpoints were loaded although every engine was cached")

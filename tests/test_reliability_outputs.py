@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dynamicid_rt import atomic
+from dynamicid_rt.files.checks import atomic
 from dynamicid_rt.cli import main
 from dynamicid_rt.errors import OutputError
-from dynamicid_rt.outputs import check_output_path, save_image
+from dynamicid_rt.formats.outputs import check_output_path, save_image
 
 
 @pytest.fixture
@@ -137,7 +137,7 @@ def test_stale_temporaries_of_dead_writers_are_swept(tmp_path):
     # A writer killed mid-write (SIGKILL: no cleanup) leaves its temporary behind.
     script = (
         "import os, signal, sys\n"
-        "from dynamicid_rt.atomic import atomic_write\n"
+        "from dynamicid_rt.files.atomic import atomic_write\n"
         "with atomic_write(sys.argv[1]) as f:\n"
         "    f.write(b'half'); f.flush(); os.kill(os.getpid(), signal.SIGKILL)\n"
     )

@@ -18,7 +18,7 @@ DISK_FULL = "cannot be written: the disk is full"
 @pytest.fixture
 def full_disk(monkeypatch):
     """Every fsync of an atomic write fails as on a full disk (the data does not fit)."""
-    from dynamicid_rt import atomic
+    from dynamicid_rt.files.checks import atomic
 
     def fail(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -38,7 +38,7 @@ def test_outputs_on_a_full_disk(tmp_path, full_disk, suffix):
 
 
 def test_identities_and_the_model_hash_on_a_full_disk(tmp_path, full_disk):
-    from dynamicid_rt.model_hash import file_sha256
+    from dynamicid_rt.modelfiles.model_hash import file_sha256
 
     with pytest.raises(OutputError, match=DISK_FULL):
         Identity(tokens=np.ones((4, 8), np.float32)).save(tmp_path / "a.npz")
@@ -50,7 +50,7 @@ def test_identities_and_the_model_hash_on_a_full_disk(tmp_path, full_disk):
 
 @pytest.mark.parametrize("code, expected", [(errno.EROFS, "read-only"), (errno.EACCES, "permission denied")])
 def test_read_only_or_forbidden_folders(tmp_path, monkeypatch, code, expected):
-    from dynamicid_rt import atomic
+    from dynamicid_rt.files.checks import atomic
 
     real_open = os.open
 
@@ -93,7 +93,7 @@ def test_tiny_bundle_on_a_full_disk_is_one_line(tmp_path, monkeypatch, caplog):
 
 def test_engine_cache_on_a_full_disk(tiny_bundle, tmp_path, monkeypatch):
     from dynamicid_rt.export import build_engines, onnx_export
-    from dynamicid_rt.paths import ModelPaths
+    from dynamicid_rt.modelfiles.paths import ModelPaths
 
     def fail(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dynamicid_rt import samplers
-from dynamicid_rt.samplers import SAMPLERS, SchedulerConfig
+from dynamicid_rt.sampling import samplers
+from dynamicid_rt.sampling.samplers import SAMPLERS, SchedulerConfig
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
@@ -238,7 +238,7 @@ def test_sampler_for_scheduler_class():
 
 
 def test_module_imports_no_torch():
-    code = "import sys, dynamicid_rt.samplers; sys.exit('torch' in sys.modules)"
+    code = "import sys, dynamicid_rt.sampling.samplers; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
@@ -374,7 +374,7 @@ def test_step_counts_past_the_schedule_are_refused_in_one_line(name, scheduler):
     import diffusers
 
     from dynamicid_rt.errors import RequestError
-    from dynamicid_rt.schedules import timesteps
+    from dynamicid_rt.sampling.schedules import timesteps
 
     reference = getattr(diffusers, scheduler).from_config(SD15)
     reference.set_timesteps(1000)

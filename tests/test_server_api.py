@@ -273,7 +273,7 @@ def test_samplers_models_options_and_scripts(api):
 
 
 def test_identities_are_cached_across_requests(api, samples, tmp_path, monkeypatch):
-    from dynamicid_rt.faces import FaceAnalyzer
+    from dynamicid_rt.identity.faces import FaceAnalyzer
 
     pixels = np.asarray(Image.open(samples / "person_b.png").convert("RGB")).copy()
     pixels[0, 0] ^= 1  # a photo no earlier test has encoded

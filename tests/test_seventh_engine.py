@@ -17,7 +17,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from dynamicid_rt.contract import ENGINES, Axis, EngineSpec, TensorSpec, register_engine
-from dynamicid_rt.paths import ModelPaths
+from dynamicid_rt.modelfiles.paths import ModelPaths
 
 NAME = "seventh"
 FEATURES = 8

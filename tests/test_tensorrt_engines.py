@@ -28,7 +28,7 @@ from dynamicid_rt.engines.profiles import StaticSize, check_static_size, engine_
 from dynamicid_rt.engines.refit import structure_hash
 from dynamicid_rt.errors import RequestError
 from dynamicid_rt.export.cache import CacheEntry, build_engines
-from dynamicid_rt.paths import ModelPaths
+from dynamicid_rt.modelfiles.paths import ModelPaths
 
 from tensorrt_standin import STATE, make_standin
 

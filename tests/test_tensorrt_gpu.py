@@ -85,7 +85,7 @@ def test_static_plans_match_onnxruntime(backend, tiny_bundle, trt_engine_dir, sa
     from dynamicid_rt.engines.cuda import gpu_here
     from dynamicid_rt.engines.library import load
     from dynamicid_rt.engines.profiles import StaticSize
-    from dynamicid_rt.paths import ModelPaths
+    from dynamicid_rt.modelfiles.paths import ModelPaths
 
     plans = build_plans(ModelPaths.from_folder(tiny_bundle), trt_engine_dir, "fp16", ["unet", "vae_decoder"],
                         static=StaticSize(256, 256), lib=load(backend), gpu=gpu_here())
@@ -108,7 +108,7 @@ def test_what_tensorrt_rtx_says_on_this_gpu(tiny_bundle, tiny_engines, tmp_path,
     from dynamicid_rt.engines.library import load
     from dynamicid_rt.engines.profiles import engine_profile
     from dynamicid_rt.export.cache import build_engines
-    from dynamicid_rt.paths import ModelPaths
+    from dynamicid_rt.modelfiles.paths import ModelPaths
 
     lib, gpu = load("tensorrt-rtx"), gpu_here()
     trt = lib.trt

@@ -33,7 +33,7 @@ from dynamicid_rt.engines.plans import plan_folder  # noqa: E402
 from dynamicid_rt.engines.profiles import StaticSize, engine_profile  # noqa: E402
 from dynamicid_rt.errors import DynamicIDError  # noqa: E402
 from dynamicid_rt.export.cache import CacheEntry, build_engines  # noqa: E402
-from dynamicid_rt.paths import ModelPaths  # noqa: E402
+from dynamicid_rt.modelfiles.paths import ModelPaths  # noqa: E402
 
 STATIC = StaticSize(512, 512)
 

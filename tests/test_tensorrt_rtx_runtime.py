@@ -263,7 +263,7 @@ def test_auto_takes_tensorrt_rtx_on_an_rtx_gpu_without_data_center_tensorrt(fake
 
 
 def test_tensorrt_rtx_on_an_h200_says_it_is_not_a_target(fake_gpu, tiny_bundle):
-    from dynamicid_rt.paths import ModelPaths
+    from dynamicid_rt.modelfiles.paths import ModelPaths
 
     fake_gpu("9.0")
     assert "tensorrt-rtx" not in registry.choose_auto("cuda").backend
@@ -272,7 +272,7 @@ def test_tensorrt_rtx_on_an_h200_says_it_is_not_a_target(fake_gpu, tiny_bundle):
 
 
 def test_tensorrt_rtx_without_a_gpu_points_to_building_plans(fake_gpu, tiny_bundle):
-    from dynamicid_rt.paths import ModelPaths
+    from dynamicid_rt.modelfiles.paths import ModelPaths
 
     fake_gpu(None)
     with pytest.raises(BackendError, match="no NVIDIA GPU here .*build-engines --backend tensorrt-rtx"):

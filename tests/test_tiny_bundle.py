@@ -19,7 +19,7 @@ from dynamicid_rt.models.base import (  # noqa: E402
     load_vae_decoder,
     read_model_dims,
 )
-from dynamicid_rt.paths import ModelPaths  # noqa: E402
+from dynamicid_rt.modelfiles.paths import ModelPaths  # noqa: E402
 from dynamicid_rt.tiny import bundle as bundle_mod  # noqa: E402
 from dynamicid_rt.tiny.bundle import MARKER, TINY, write_tiny_bundle  # noqa: E402
 from dynamicid_rt.tiny.tokenizer import write_clip_tokenizer  # noqa: E402

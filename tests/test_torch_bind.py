@@ -74,7 +74,7 @@ def test_bound_unet_checks_inputs_and_follows_latent_size(tiny_pipeline):
 def test_cfg_batch_is_chunked_to_the_unet_profile(monkeypatch, tiny_pipeline, people):
     """Batch 5 with CFG is 10 UNet rows, over the profile's 8: chunks of 4 + 1 images give the
     images of one unchunked call."""
-    from dynamicid_rt import guided_unet
+    from dynamicid_rt.denoiser import guided_unet
 
     request = Request(prompt="x", identities=people, width=256, height=256, steps=2, seed=5, batch=5, sampler="euler")
     rows: list[int] = []
@@ -98,7 +98,7 @@ def test_cfg_batch_is_chunked_to_the_unet_profile(monkeypatch, tiny_pipeline, pe
 def test_backend_options_reach_the_backend(tiny_bundle, caplog):
     """--cuda-graphs and --trt-provider go to the backend that declares them, and only there."""
     from dynamicid_rt.backends import create_backend
-    from dynamicid_rt.paths import ModelPaths
+    from dynamicid_rt.modelfiles.paths import ModelPaths
 
     paths = ModelPaths.from_folder(tiny_bundle)
     torch_backend = create_backend("torch", paths, device="cpu", cuda_graphs=True)

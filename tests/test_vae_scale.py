@@ -9,7 +9,7 @@ import pytest
 
 from dynamicid_rt import Pipeline, Request
 from dynamicid_rt.errors import ModelFolderError
-from dynamicid_rt.paths import ModelPaths, vae_scaling_factor
+from dynamicid_rt.modelfiles.paths import ModelPaths, vae_scaling_factor
 
 SCALE = 0.5
 

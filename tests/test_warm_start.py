@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from dynamicid_rt.contract import ENGINES
-from dynamicid_rt.paths import ModelPaths
+from dynamicid_rt.modelfiles.paths import ModelPaths
 
 openvino = pytest.importorskip("openvino")
 ort = pytest.importorskip("onnxruntime")
@@ -142,7 +142,7 @@ def _external_data_entry(engines: Path):
     import onnx
 
     from dynamicid_rt.export.cache import CacheEntry
-    from dynamicid_rt.stamps import sha256_file
+    from dynamicid_rt.files.stamps import sha256_file
 
     folder = engines / "unet-external"
     folder.mkdir()

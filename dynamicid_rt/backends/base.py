@@ -10,7 +10,7 @@ from ..contract import ENGINES, EngineSpec, ModelDims, engine_spec
 from ..errors import ModelFolderError
 
 if TYPE_CHECKING:
-    from ..lora import LoraRef
+    from ..modelfiles.lora import LoraRef
 
 EngineCall = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
 

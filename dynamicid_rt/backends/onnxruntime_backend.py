@@ -15,7 +15,7 @@ import numpy as np
 
 from ..contract import ENGINES, LORA_ENGINES
 from ..errors import NumericalError
-from ..paths import ModelPaths
+from ..modelfiles.paths import ModelPaths
 from .base import Backend, EngineCall
 from .ort_optimized import SessionMaker, cpu_session
 from .ort_providers import CPU, ORT_LOG_SEVERITY, TENSORRT, check_available, check_session, log_tensorrt_build, requested, session_providers
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     from dynamicid_rt.export.cache import CacheEntry
     from dynamicid_rt.export.progress import BuildProgress
-    from dynamicid_rt.lora import LoraRef
+    from dynamicid_rt.modelfiles.lora import LoraRef
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ class OnnxRuntimeBackend(Backend):
         """Run the unet and text_encoder from their LoRA'd cache entries (built on first use of a
         set, see ``export/lora_entries.py``); the plain entries with no LoRAs."""
         from dynamicid_rt.export.lora_entries import lora_entries
-        from dynamicid_rt.lora import cache_key, load_loras
+        from dynamicid_rt.modelfiles.lora import cache_key, load_loras
 
         files = load_loras(loras)
         keys = [cache_key(files, engine) for engine in LORA_ENGINES]

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Collection, Mapping, Sequence
 import numpy as np
 
 from ..contract import ENGINES, LORA_ENGINES
-from ..paths import ModelPaths
+from ..modelfiles.paths import ModelPaths
 from .base import Backend, EngineCall
 from .openvino_cache import check_blobs, drop_unkeyed_blobs, record_blobs
 from .openvino_graphs import graph_name, static_graph
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
     from dynamicid_rt.export.cache import CacheEntry
     from dynamicid_rt.export.progress import BuildProgress
-    from dynamicid_rt.lora import LoraRef
+    from dynamicid_rt.modelfiles.lora import LoraRef
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class OpenVinoBackend(Backend):
         """Compile the unet and text_encoder from their LoRA'd fp32 cache entries (built on first use
         of a set, see ``export/lora_entries.py``); the plain entries with no LoRAs."""
         from dynamicid_rt.export.lora_entries import lora_entries
-        from dynamicid_rt.lora import cache_key, load_loras
+        from dynamicid_rt.modelfiles.lora import cache_key, load_loras
 
         files = load_loras(loras)
         keys = [cache_key(files, engine) for engine in LORA_ENGINES]

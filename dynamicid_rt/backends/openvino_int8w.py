@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from filelock import FileLock
 
 from ..errors import BackendError
-from ..stamps import first_mismatch, sha256_file
+from ..files.stamps import first_mismatch, sha256_file
 
 if TYPE_CHECKING:
     import openvino as ov

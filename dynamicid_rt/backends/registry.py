@@ -23,7 +23,7 @@ from ..errors import BackendError
 from . import probes
 
 if TYPE_CHECKING:
-    from ..paths import ModelPaths
+    from ..modelfiles.paths import ModelPaths
     from .base import Backend
 
 log = logging.getLogger(__name__)

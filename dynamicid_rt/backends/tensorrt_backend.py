@@ -22,7 +22,7 @@ import numpy as np
 
 from ..contract import ENGINES
 from ..errors import DynamicIDError, NumericalError
-from ..paths import ModelPaths
+from ..modelfiles.paths import ModelPaths
 from .base import Backend, EngineCall
 from .registry import parse_device
 

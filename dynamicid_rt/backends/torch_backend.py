@@ -9,11 +9,11 @@ import numpy as np
 import torch
 
 from ..contract import ENGINES, LORA_ENGINES, EngineSpec
-from ..lora import LoraFile, LoraRef, load_loras
+from ..modelfiles.lora import LoraFile, LoraRef, load_loras
 from ..models.engines import load_engine_module
 from ..models.lora_merge import LoraMerger
 from ..models.base import read_model_dims
-from ..paths import ModelPaths
+from ..modelfiles.paths import ModelPaths
 from .base import Backend, EngineCall
 from .torch_bound import BoundUNet
 

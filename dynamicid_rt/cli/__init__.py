@@ -1,4 +1,6 @@
-"""The ``dynamicid-rt`` command line: generate, demo, inspect, doctor, build-engines, desktop, serve."""
+"""The ``dynamicid-rt`` command line: generate, demo, inspect, doctor, build-engines (``build_engines``), desktop, serve.
+
+Uses the public API (``dynamicid_rt``) and the commands of the wings that own them."""
 from __future__ import annotations
 
 import argparse
@@ -173,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     dk.add_argument("--backend", default=None, choices=_backend_choices(),
                     help="one of %(choices)s for this session (default: the saved choice)")
     try:
-        from dynamicid_rt.export.cli import register as register_build_engines
+        from dynamicid_rt.cli.build_engines import register as register_build_engines
     except ImportError:  # the exporter's extras are not installed
         register_build_engines = None
     if register_build_engines is not None:
@@ -236,7 +238,7 @@ class _BuildBar:
     def __call__(self, status: "BuildStatus") -> None:
         from tqdm import tqdm
 
-        from dynamicid_rt.export.cli import logging_beside_a_bar
+        from dynamicid_rt.cli.build_engines import logging_beside_a_bar
 
         if self.bar is None:
             if status.stage in ("checking", "reused"):
@@ -350,7 +352,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from dynamicid_rt.inspect import inspect_path
+    from dynamicid_rt.models.inspect import inspect_path
 
     report, ok = inspect_path(args.path)
     print(report)

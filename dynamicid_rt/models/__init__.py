@@ -1,6 +1,8 @@
-"""PyTorch modules that implement the engine contract (SPEC §4, §5).
+"""The model: PyTorch modules that implement the engine contract (SPEC §4, §5), the model's
+dimensions read from its configs (``base``), and whether a model folder's files fit it
+(``preflight``, ``checkpoint_report``, ``inspect``).
 
-Submodules import torch; this package's namespace resolves them lazily so that light helpers such as
+Imports the core modules, ``files`` and ``modelfiles``. Submodules import torch; this package's namespace resolves them lazily so that light helpers such as
 ``dynamicid_rt.models.base.read_model_dims`` stay importable without torch.
 """
 from __future__ import annotations

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..contract import ModelDims
 from ..errors import ModelFolderError
-from ..paths import ModelPaths
+from ..modelfiles.paths import ModelPaths
 
 if TYPE_CHECKING:
     import torch

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from ..checkpoints import read_saa_checkpoint
+from ..modelfiles.checkpoints import read_saa_checkpoint
 from ..contract import ENGINES
 from ..errors import ModelFolderError
 from . import base
@@ -21,7 +21,7 @@ from .saa import SAAUNet, install_saa
 from .saa import load_unet as _load_unet_folder
 
 if TYPE_CHECKING:
-    from ..paths import ModelPaths
+    from ..modelfiles.paths import ModelPaths
 
 EngineLoader = Callable[["ModelPaths", torch.dtype, "str | torch.device"], torch.nn.Module]
 
@@ -30,7 +30,7 @@ def load_unet(base_model, saa_checkpoint: str | Path, dtype: torch.dtype = torch
     """SD1.5 UNet with SAA fused in (SPEC §5). ``base_model``: an SD1.5 diffusers folder, its
     ``unet/`` folder, a single-file ``.safetensors`` checkpoint or a ``UNet2DConditionModel``."""
     if isinstance(base_model, (str, Path)) and Path(base_model).suffix == ".safetensors":
-        from ..paths import ModelPaths
+        from ..modelfiles.paths import ModelPaths
 
         paths = ModelPaths(root=None, base=Path(base_model), image_encoder=Path(), saa=Path(saa_checkpoint), insightface=Path())
         base_model = base.load_base_unet(paths, torch.float32, device)

@@ -13,7 +13,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from ..checkpoints import read_state_dict
+from ..modelfiles.checkpoints import read_state_dict
 from ..errors import CheckpointError
 from .projector import (
     HEAD_WIDTH,

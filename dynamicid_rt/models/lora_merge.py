@@ -1,6 +1,6 @@
 """User LoRAs merged into the torch modules of the ``unet`` and ``text_encoder`` engines, in place.
 
-The deltas come from :func:`dynamicid_rt.lora.weight_deltas` (fp32, order-independent); each
+The deltas come from :func:`dynamicid_rt.modelfiles.lora.weight_deltas` (fp32, order-independent); each
 touched weight's original is kept on the CPU so that switching to another LoRA set restores it
 exactly before merging the next, and the same set is not merged twice.
 """
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..lora import LoraFile, cache_key, weight_deltas
+from ..modelfiles.lora import LoraFile, cache_key, weight_deltas
 
 log = logging.getLogger(__name__)
 

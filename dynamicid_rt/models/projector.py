@@ -14,12 +14,7 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
-from ..checkpoints import (
-    SAACheckpoint,
-    check_keys,
-    read_projector_checkpoint,
-    read_saa_checkpoint,
-)
+from ..modelfiles.checkpoints import SAACheckpoint, check_keys, read_projector_checkpoint, read_saa_checkpoint
 from ..errors import CheckpointError
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Mapping
 import torch
 from torch import nn
 
-from ..checkpoints import check_keys, read_saa_checkpoint
+from ..modelfiles.checkpoints import check_keys, read_saa_checkpoint
 from ..errors import ModelFolderError
 from .saa_attention import (  # noqa: F401  (re-exported: the engine's module and its parts)
     GATE_THRESHOLD,

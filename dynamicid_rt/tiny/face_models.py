@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..faces import PACK_FILES
+from ..identity.faces import PACK_FILES
 
 OPSET = 17
 IR_VERSION = 8  # readable by every onnxruntime the project supports

@@ -1,0 +1,5 @@
+"""The UNet as the samplers' denoiser: its inputs per request and per step (``unet_feed``) and
+classifier-free guidance over the backend's UNet (``guided_unet``).
+
+Imports the core modules, ``request``, ``backends`` and ``identity`` (the people's tokens).
+"""
