@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from dynamicid_rt.files.checks import stamps
+from dynamicid_rt.files import stamps
 from dynamicid_rt.contract import ENGINES
 from dynamicid_rt.export import BuildStatus, build_engines
 from dynamicid_rt.export.cache import MANIFEST, check_entry, entry_dir, expected_manifest

@@ -105,7 +105,7 @@ def folder_without_insightface(tiny_bundle, tmp_path_factory) -> Path:
 
 def test_load_and_generate_without_the_insightface_pack(monkeypatch, folder_without_insightface, tmp_path, person_a, samples):
     from dynamicid_rt import Pipeline
-    from dynamicid_rt.identity.value import faces
+    from dynamicid_rt.identity import faces
 
     built = []
     original = faces.FaceAnalyzer.__init__

@@ -153,7 +153,7 @@ def test_engine_with_put_back_mtime_is_rehashed_and_rebuilt(tiny_bundle, engines
 
 
 def test_engine_verified_once_then_trusted_by_its_stamp(tiny_bundle, engines_copy, monkeypatch):
-    from dynamicid_rt.files.checks import stamps
+    from dynamicid_rt.files import stamps
     from dynamicid_rt.export import cache
     from dynamicid_rt.modelfiles.paths import ModelPaths
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dynamicid_rt.files.checks import atomic
+from dynamicid_rt.files import atomic
 from dynamicid_rt.cli import main
 from dynamicid_rt.errors import OutputError
 from dynamicid_rt.formats.outputs import check_output_path, save_image

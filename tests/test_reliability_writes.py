@@ -18,7 +18,7 @@ DISK_FULL = "cannot be written: the disk is full"
 @pytest.fixture
 def full_disk(monkeypatch):
     """Every fsync of an atomic write fails as on a full disk (the data does not fit)."""
-    from dynamicid_rt.files.checks import atomic
+    from dynamicid_rt.files import atomic
 
     def fail(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -50,7 +50,7 @@ def test_identities_and_the_model_hash_on_a_full_disk(tmp_path, full_disk):
 
 @pytest.mark.parametrize("code, expected", [(errno.EROFS, "read-only"), (errno.EACCES, "permission denied")])
 def test_read_only_or_forbidden_folders(tmp_path, monkeypatch, code, expected):
-    from dynamicid_rt.files.checks import atomic
+    from dynamicid_rt.files import atomic
 
     real_open = os.open
 
