@@ -54,7 +54,7 @@ def _user_cache_dir() -> Path:
 
 
 class Pipeline:
-    """Load once, encode identities, generate images. See README for examples."""
+    """Load once, encode identities, generate images. See docs/python-api.md for examples."""
 
     def __init__(self, paths: ModelPaths, backend: Backend, cache_dir: Path | None, is_tiny: bool = False) -> None:
         from .prompts.encoder import PromptEncoder
