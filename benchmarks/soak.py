@@ -41,7 +41,7 @@ def expected_file(path: Path, out_dir: Path) -> bool:
         return path.name.startswith("soak-") and path.suffix == ".png"
     if path.name.startswith(".lock-") or path.name == "verified.json":
         return True
-    if "openvino" in path.parts:  # OpenVINO's model cache and static graph files inside an engine entry (README: OpenVINO)
+    if "openvino" in path.parts:  # OpenVINO's model cache and static graph files inside an engine entry (docs/backends.md: OpenVINO)
         return path.suffix in (".blob", ".json", ".onnx", ".data")
     # ".data": external weights of a graph (ONNX Runtime's stored optimized graph, full-size entries)
     return path.suffix in (".npz", ".onnx", ".json", ".sha256", ".data")

@@ -54,7 +54,7 @@ def _user_cache_dir() -> Path:
 
 
 class Pipeline:
-    """Load once, encode identities, generate images. See README for examples."""
+    """Load once, encode identities, generate images. See docs/python-api.md for examples."""
 
     def __init__(self, paths: ModelPaths, backend: Backend, cache_dir: Path | None, is_tiny: bool = False) -> None:
         from .prompts.encoder import PromptEncoder
@@ -118,7 +118,7 @@ class Pipeline:
         cache = Path(cache_dir) if cache_dir is not None else _user_cache_dir()
         engine = create_backend(
             backend, paths, device=device, precision=precision, engine_dir=Path(onnx_cache) if onnx_cache else None,
-            build_progress=build_progress, **backend_options,
+            build_progress=build_progress, **(backend_options or {}),
         )
         return cls(paths, engine, cache, is_tiny=is_tiny)
 

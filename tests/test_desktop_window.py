@@ -2,7 +2,7 @@
 bundle (six results in the gallery), capture the screen through X, and check that the capture shows
 the window's main widgets, a badge per person and every result uncut, and a non-uniform image.
 ``python tests/test_desktop_window.py MODELS CACHE OUT`` under an X server writes the capture and
-``window.png``, the window alone (the README's docs/screenshot.png is one).
+``window.png``, the window alone (docs/screenshot.png, shown in the README and docs/desktop.md, is one).
 
 The capture runs in a child process (this file run as a script) because a process can hold only
 one Qt platform, and the other desktop tests use ``offscreen``.

@@ -1,7 +1,7 @@
 """The build-machine story at full size (``python -m pytest -m slow tests/test_tensorrt_rtx_full_size.py -s``):
 TensorRT-RTX builds the full-SD1.5-width SAA UNet (random weights, fp16 with fp32 islands, the
 contract's dynamic profile) on this CPU-only machine. The build runs in its own process, whose
-wall time and peak RSS are printed (the README quotes them)."""
+wall time and peak RSS are printed (docs/benchmarks.md quotes them)."""
 from __future__ import annotations
 
 import json
