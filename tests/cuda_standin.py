@@ -188,7 +188,7 @@ class CopyContext:
     stream. Its context memory need grows with the sample's size (``per_element`` bytes per element,
     as TensorRT's activations do); every call is recorded on the CUDA stand-in, so a call on the
     wrong device is a violation. Method names and parameters are those of TensorRT-RTX's
-    ``IExecutionContext`` (tests/test_tensorrt_threads.py checks them against the real bindings)."""
+    ``IExecutionContext`` (tests/test_tensorrt_device_memory.py checks them against the real bindings)."""
 
     def __init__(self, cudart: CudartStandIn, per_element: int = 64, capturable: bool = True,
                  fail_in_capture: bool = False) -> None:

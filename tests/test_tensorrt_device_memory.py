@@ -296,3 +296,31 @@ def test_the_context_standin_has_tensorrt_rtx_names_and_parameters():
         assert _parameters(real.__doc__, name) == ours, name
     assert isinstance(trt.ICudaEngine.device_memory_size_v2, property)
     assert "size_for_shapes" in trt.IExecutionContext.update_device_memory_size_for_shapes.__doc__
+
+
+# -- the peak in doctor's plan report -------------------------------------------------------------------
+
+
+def test_doctor_reports_each_plans_context_memory_at_opt_and_peak(monkeypatch, tmp_path, cudart):
+    from dynamicid_rt.engines import report
+    from dynamicid_rt.engines.plans import plan_folder, write_plan
+    from dynamicid_rt.engines.profiles import engine_profile, StaticSize
+
+    lib = LoadedTensorRT(TENSORRT_11, _trt(cudart, {}))
+    for size in (None, StaticSize(256, 256)):
+        tag = "dynamic" if size is None else "static-256x256"
+        profile = engine_profile(UNET, ModelDims(), size)
+        key = {"engine": "unet", "library": "TensorRT 11", "tensorrt": "11.0.0", "gpu": "Stand-in RTX 0",
+               "compute_capability": "8.9", "profile": {k: [list(s) for s in v] for k, v in profile.items()}}
+        write_plan(plan_folder(tmp_path, "unet", "fp16", "tensorrt"), tag, tag.encode(), key, {})
+    monkeypatch.setattr(report, "installed_module", lambda backend: "tensorrt")
+    monkeypatch.setattr(report, "load", lambda backend: lib)
+    lines = report._library_lines("tensorrt", 13, tmp_path)
+    memory = lines[lines.index("  context memory (the shared block grows per request up to the largest peak):") + 1:]
+    per_latent = 4 * PER_ELEMENT / 2**20  # MiB per latent position: 4 channels
+    assert memory == [
+        f"    unet-fp16/dynamic: context memory {2 * 64 * 64 * per_latent:.0f} MiB at the profile's opt shapes, "
+        f"{8 * 128 * 128 * per_latent:.0f} MiB at its maximum (peak)",
+        f"    unet-fp16/static-256x256: context memory {2 * 32 * 32 * per_latent:.0f} MiB at the profile's opt shapes, "
+        f"{2 * 32 * 32 * per_latent:.0f} MiB at its maximum (peak)",
+    ]
