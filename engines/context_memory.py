@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MiB = 2**20
+MIN_BLOCK = 256  # bytes: a context that needs nothing still gets a real (256-byte aligned) address
 
 
 class ContextMemoryError(DynamicIDError):
@@ -51,6 +52,7 @@ class ContextMemory:
     def fit(self, engine: "Engine", nbytes: int) -> bool:
         """Make the block hold ``nbytes`` for ``engine``'s shapes and point ``engine`` at it;
         returns True when ``engine``'s memory moved (its CUDA graph is then gone)."""
+        nbytes = max(nbytes, MIN_BLOCK)
         if nbytes > self.buffer.nbytes:
             old = self.buffer.nbytes
             self.buffer.ensure(nbytes)
