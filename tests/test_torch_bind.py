@@ -183,3 +183,49 @@ def test_cuda_graph_captures_and_replays_on_a_stream_of_the_tensors_device(monke
     assert standin.captures[0] == {"stream": side, "current": device}
     assert standin.captures[1] == {"replay_on": device}
     assert torch.equal(replayed, eager)
+
+
+def test_every_call_from_a_worker_thread_runs_with_the_backends_gpu_current(monkeypatch, tiny_pipeline):
+    """A cuda:1 backend driven from a server's worker thread (where CUDA's current device is 0):
+    run, the bound step and close must each make cuda:1 current while they touch the device.
+    The CPU torch here stands in for the GPU: the modules and tensors are the CPU backend's, and
+    torch.cuda.device / empty_cache are the stand-in's, recording what is current."""
+    import threading
+
+    import torch
+
+    from dynamicid_rt.backends.torch_backend import TorchBackend
+
+    standin = _TorchCudaStandIn()
+    monkeypatch.setattr(torch.cuda, "device", standin.device)
+    cpu = tiny_pipeline.backend
+    gpu = TorchBackend(cpu.paths, device="cuda:1", precision="fp32")
+    cpu.module("unet")
+    gpu._modules = dict(cpu._modules)  # loaded on the CPU: this torch has no CUDA
+    current: list[object] = []
+
+    def tensor(spec, name, value, module):
+        current.append(standin.current[-1])
+        return cpu._tensor(spec, name, value, module)
+
+    monkeypatch.setattr(gpu, "_tensor", tensor)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: current.append(standin.current[-1]))
+    inputs = ENGINES["unet"].sample_inputs(gpu.dims, seed=7, B=2, h=32, w=32, N=2, M=2)
+
+    errors: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            gpu.run("unet", inputs)
+            step = gpu.bind("unet", {k: v for k, v in inputs.items() if k not in STEP})
+            step({k: inputs[k] for k in STEP})
+            gpu.close()
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the test's thread
+            errors.append(exc)
+
+    worker = threading.Thread(target=serve)
+    worker.start()
+    worker.join()
+    assert errors == []
+    # run: every input; bind: the constants; the step: its 3 inputs; close: empty_cache.
+    assert len(current) == 2 * len(inputs) + 1 and set(current) == {torch.device("cuda:1")}
