@@ -167,6 +167,10 @@ def part_tensorrt(args: argparse.Namespace) -> str:
     from dynamicid_rt.engines.memory_report import stored_plan_memory
     from dynamicid_rt.engines.profiles import StaticSize
 
+    from dynamicid_rt.backends import probes
+
+    if not probes.installed("cuda"):
+        return "SKIP: cuda-python is not installed (pip install 'dynamicid-rt[tensorrt]')"
     paths, engines, lines = tiny(args.workdir), args.workdir / "engines", []
     device = devices()[-1]
     cpu = OnnxRuntimeBackend(paths, device="cpu", engine_dir=engines)
@@ -200,7 +204,7 @@ def part_tensorrt(args: argparse.Namespace) -> str:
                 print(f"  {args.models.name} {item if isinstance(item, str) else item.line()}", flush=True)
         if not worst < 5e-2:
             raise SystemExit(lines[-1])
-    return "; ".join(lines)
+    return ("SKIP: " if all("SKIP" in line for line in lines) else "") + "; ".join(lines)
 
 
 # -- the driver -----------------------------------------------------------------------------------
