@@ -68,6 +68,6 @@ def stored_plan_memory(lib: LoadedTensorRT, engine_dir: Path) -> list[PlanMemory
             continue  # the plan cache lines already say what is wrong with it
         try:
             found.append(plan_memory(lib, runtime, plan, manifest["profile"]))
-        except DynamicIDError as exc:
+        except (DynamicIDError, RuntimeError) as exc:  # RuntimeError: what the TensorRT bindings raise
             found.append(f"{manifest_path.parent.name}/{manifest_path.stem}: context memory unknown ({exc})")
     return found
