@@ -120,6 +120,7 @@ def _runner(backend: str, workdir: Path):
 
     from dynamicid_rt.engines import cuda
     from dynamicid_rt.engines.builder import make_logger
+    from dynamicid_rt.engines.context_memory import ContextMemory
     from dynamicid_rt.engines.engine import Engine
     from dynamicid_rt.engines.library import load
     from dynamicid_rt.engines.profiles import StaticSize, engine_profile
@@ -139,9 +140,9 @@ def _runner(backend: str, workdir: Path):
             stored.path.unlink(missing_ok=True)
         engines[name] = Engine(lib, name, plan, engine_profile(ENGINES[name], ModelDims(), size), runtime_cache=stored)
         engines[name].load(runtime)
-    block = cuda.DeviceBuffer(max(e.device_memory_size for e in engines.values()))  # one shared block
+    memory = ContextMemory()  # one shared block, grown per request shape, as in the backend
     for engine in engines.values():
-        engine.activate(block)
+        engine.activate(memory)
 
     def run(name, inputs):
         engine = engines[name]

@@ -16,7 +16,9 @@ Modules: ``library`` (the two libraries' declarations, importing one, the instal
 (does a stored plan suit this GPU), ``build`` (reuse/refit/build every engine), ``cli``
 (``build-engines --backend tensorrt|tensorrt-rtx``), ``cuda`` (device memory, streams, CUDA
 graphs), ``runtime_cache`` (TensorRT-RTX's just-in-time kernels, kept per GPU and driver),
-``engine`` (one plan at run time), ``report`` (``doctor``).
+``engine`` (one plan at run time), ``context_memory`` (the contexts' shared scratch block, sized per
+request shape; plans that cannot fit the card), ``memory_report`` (each stored plan's context memory,
+for ``doctor``), ``report`` (``doctor``).
 Importing this package imports neither TensorRT nor CUDA.
 """
 from .builder import BuildSettings, EngineBuildError

@@ -47,6 +47,18 @@ def call(name: str, *args: Any) -> Any:
     return rest[0] if len(rest) == 1 else rest or None
 
 
+def set_device(device: int) -> None:
+    """Make ``device`` current on the calling host thread. CUDA keeps the current device per
+    thread, so every thread that touches our buffers, streams or contexts calls this first."""
+    call("cudaSetDevice", device)
+
+
+def memory_info() -> tuple[int, int]:
+    """``(free, total)`` bytes of the current device."""
+    free, total = call("cudaMemGetInfo")
+    return int(free), int(total)
+
+
 def gpu_info(device: int = 0) -> GpuInfo:
     props = call("cudaGetDeviceProperties", device)
     name = props.name.decode(errors="replace").rstrip("\0") if isinstance(props.name, bytes) else str(props.name)
@@ -116,16 +128,26 @@ class Stream:
 
 
 class CudaGraph:
-    """One captured sequence of launches on a stream, replayed with :meth:`launch`."""
+    """One captured sequence of launches on a stream, replayed with :meth:`launch`.
+
+    When ``launches`` raises, the capture is ended and its partial graph discarded, and the error
+    of ``launches`` is what the caller sees (ending an invalidated capture fails too, and that
+    error would only hide the cause)."""
 
     def __init__(self, stream: Stream, launches: Callable[[], None]) -> None:
         rt = runtime()
         call("cudaStreamBeginCapture", stream.handle, rt.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal)
         try:
             launches()
-        finally:
-            self.graph = call("cudaStreamEndCapture", stream.handle)
-        self.exec = call("cudaGraphInstantiate", self.graph, 0)
+        except BaseException:
+            _abandon_capture(stream)
+            raise
+        self.graph = call("cudaStreamEndCapture", stream.handle)
+        try:
+            self.exec = call("cudaGraphInstantiate", self.graph, 0)
+        except CudaError:
+            call("cudaGraphDestroy", self.graph)
+            raise
 
     def launch(self, stream: Stream) -> None:
         call("cudaGraphLaunch", self.exec, stream.handle)
@@ -133,3 +155,12 @@ class CudaGraph:
     def destroy(self) -> None:
         call("cudaGraphExecDestroy", self.exec)
         call("cudaGraphDestroy", self.graph)
+
+
+def _abandon_capture(stream: Stream) -> None:
+    """End a capture that failed, free what it recorded, and clear the error it left."""
+    rt = runtime()
+    err, graph = rt.cudaStreamEndCapture(stream.handle)
+    if err == rt.cudaError_t.cudaSuccess and graph:
+        rt.cudaGraphDestroy(graph)
+    rt.cudaGetLastError()  # the invalidated capture's error is not the caller's

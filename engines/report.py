@@ -1,13 +1,14 @@
 """What ``dynamicid-rt doctor`` says about the TensorRT libraries: version, the wheels that fit this
-driver, the GPU and whether the library targets it, and the plan and runtime caches."""
+driver, the GPU and whether the library targets it, the plan and runtime caches, and, on a GPU that
+runs the plans, each plan's context memory at its opt shapes and at its peak (the profile maximum)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from dynamicid_rt.errors import DynamicIDError
 
-from .library import LIBRARIES, TensorRTLibrary, detect_cuda_major, installed_module, libraries_of, load
-from .plans import describe_cache
+from .library import LIBRARIES, LoadedTensorRT, TensorRTLibrary, detect_cuda_major, installed_module, libraries_of, load
+from .plans import GpuInfo, describe_cache
 from .runtime_cache import describe_runtime_caches
 
 
@@ -42,11 +43,16 @@ def _library_lines(backend: str, cuda_major: int | None, engine_dir: Path | None
         lines.append(f"  CUDA: the driver runs CUDA {cuda_major}; the cu{cuda_major} wheels fit")
     elif wheel_cuda is not None:
         lines.append(f"  CUDA: no NVIDIA driver here; the installed wheels are for CUDA {wheel_cuda} drivers")
-    lines.append("  " + _gpu_line(lib.spec))
+    from .cuda import gpu_here
+
+    gpu = gpu_here()
+    lines.append("  " + _gpu_line(lib.spec, gpu))
     if engine_dir is not None:
         plans = describe_cache(engine_dir, backend)
         lines.append(f"  plan cache {Path(engine_dir) / backend}: {len(plans)} plan(s)")
         lines += [f"    {line}" for line in plans]
+        if plans and gpu is not None and lib.spec.supports_gpu(gpu.compute_capability):
+            lines += _memory_lines(lib, Path(engine_dir))
         caches = describe_runtime_caches(engine_dir, backend)
         if caches or lib.spec.kernel_cache == "runtime":
             lines.append(f"  runtime caches: {len(caches)}")
@@ -54,10 +60,20 @@ def _library_lines(backend: str, cuda_major: int | None, engine_dir: Path | None
     return lines
 
 
-def _gpu_line(spec: TensorRTLibrary) -> str:
-    from .cuda import gpu_here
+def _memory_lines(lib: LoadedTensorRT, engine_dir: Path) -> list[str]:
+    from .cuda import CudaError
+    from .memory_report import stored_plan_memory
 
-    gpu = gpu_here()
+    try:
+        found = stored_plan_memory(lib, engine_dir)
+    except (CudaError, RuntimeError) as exc:  # doctor reports, never fails
+        return [f"  context memory: unknown ({exc})"]
+    return ["  context memory (the shared block grows per request up to the largest peak):"] + [
+        f"    {item if isinstance(item, str) else item.line()}" for item in found
+    ]
+
+
+def _gpu_line(spec: TensorRTLibrary, gpu: GpuInfo | None) -> str:
     if gpu is None:
         build = "plans can still be built here (portable)" if not spec.needs_gpu_to_build else "plans are built on the GPU they run on"
         return f"GPU: none usable here; {build}"

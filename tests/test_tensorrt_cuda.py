@@ -23,7 +23,9 @@ if not (probes.installed("cuda") and probes.cuda_device_count()):
 
 from dynamicid_rt.backends.tensorrt_backend import TensorRTBackend  # noqa: E402
 from dynamicid_rt.engines import cuda  # noqa: E402
+from dynamicid_rt.engines.context_memory import ContextMemory  # noqa: E402
 from dynamicid_rt.engines.engine import Engine  # noqa: E402
+from dynamicid_rt.engines.library import TENSORRT_10, LoadedTensorRT  # noqa: E402
 
 UNET = ENGINES["unet"]
 IO = UNET.input_names + ["noise_pred"]
@@ -81,7 +83,9 @@ class Mode(enum.Enum):
     OUTPUT = 2
 
 
-STANDIN_TRT = types.SimpleNamespace(__version__="10.13.0", TensorIOMode=Mode, nptype=lambda dtype: np.float32)
+STANDIN_TRT = LoadedTensorRT(
+    TENSORRT_10, types.SimpleNamespace(__version__="10.13.0", TensorIOMode=Mode, nptype=lambda dtype: np.float32)
+)
 
 
 def _engine(tmp_path, tag: str) -> Engine:
@@ -98,14 +102,14 @@ def _inputs(seed: int) -> dict[str, np.ndarray]:
 
 def test_buffers_round_trip_and_graphs_replay_new_inputs(tmp_path):
     stream = cuda.Stream()
-    block = cuda.DeviceBuffer(1 << 20)
+    memory = ContextMemory()
     engine = _engine(tmp_path, "static-256x256")
-    engine.activate(block)
-    assert engine.context.device_memory == block.ptr  # TensorRT 10: user-managed context memory
+    engine.activate(memory)
     runs = []
     for seed in range(3):
         inputs = _inputs(seed)
         engine.allocate({k: v.shape for k, v in inputs.items()})
+        assert engine.context.device_memory == memory.buffer.ptr  # TensorRT 10: user-managed context memory
         out = engine.infer(inputs, stream, graph=True)["noise_pred"]
         np.testing.assert_array_equal(out, inputs["sample"])
         runs.append(engine.context.runs)
@@ -115,16 +119,17 @@ def test_buffers_round_trip_and_graphs_replay_new_inputs(tmp_path):
     np.testing.assert_array_equal(engine.infer(bigger, stream, graph=True)["noise_pred"], bigger["sample"])
     assert engine.context.runs == 4
     engine.release()
-    block.free()
+    memory.free()
     stream.destroy()
 
 
 def test_bind_uploads_constants_once(tmp_path, monkeypatch):
     backend = TensorRTBackend.__new__(TensorRTBackend)  # the run-time half only: no plans to build
+    backend.device_id = 0
     backend.stream = cuda.Stream()
-    backend.block = cuda.DeviceBuffer(1 << 20)
+    backend.memory = ContextMemory()
     engine = _engine(tmp_path, "dynamic")
-    engine.activate(backend.block)
+    engine.activate(backend.memory)
     backend.engines = {"unet": [engine]}
     uploads: list[set[str]] = []
     real_upload = Engine.upload

@@ -12,6 +12,7 @@ import pytest
 
 from dynamicid_rt.backends import probes, registry
 from dynamicid_rt.engines.builder import EngineBuildError
+from dynamicid_rt.engines.context_memory import ContextMemory
 from dynamicid_rt.engines.library import TENSORRT_11, TENSORRT_RTX_1, LoadedTensorRT
 from dynamicid_rt.engines.plans import GpuInfo
 from dynamicid_rt.engines.runtime_cache import RuntimeCacheFile, attach, describe_runtime_caches
@@ -162,7 +163,8 @@ def test_engine_activates_with_library_cuda_graphs_lazy_kernels_and_the_runtime_
     _stored(tmp_path, lib).save(b"ok-stored")
     engine = Engine(lib, "unet", tmp_path / "dynamic.plan", {}, runtime_cache=_stored(tmp_path, lib))
     engine.engine = _EngineStandIn()
-    engine.activate(types.SimpleNamespace(ptr=1234))
+    engine.activate(ContextMemory())
+    engine.point_memory(types.SimpleNamespace(ptr=1234, nbytes=4096))  # what allocate() does once shapes are set
     config = engine.engine.config
     assert engine.engine.made_with is config
     assert config.allocation == trt.ExecutionContextAllocationStrategy.USER_MANAGED
@@ -184,7 +186,8 @@ def test_tensorrt_11_keeps_our_capture_and_no_runtime_config(tmp_path):
     lib = LoadedTensorRT(TENSORRT_11, trt)
     engine = Engine(lib, "unet", tmp_path / "dynamic.plan", {})
     engine.engine = _EngineStandIn()
-    engine.activate(types.SimpleNamespace(ptr=99))
+    engine.activate(ContextMemory())
+    engine.point_memory(types.SimpleNamespace(ptr=99, nbytes=4096))
     assert engine.engine.made_with == trt.ExecutionContextAllocationStrategy.USER_MANAGED
     assert engine.runtime_config is None and engine.context.memory == (99, 4096)
     assert engine.save_runtime_cache() is False

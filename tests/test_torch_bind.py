@@ -2,6 +2,9 @@
 while the per-generation work (region masks, identity-token projections) runs once."""
 from __future__ import annotations
 
+import contextlib
+import types
+
 import numpy as np
 import pytest
 
@@ -9,6 +12,8 @@ from dynamicid_rt import Request
 from dynamicid_rt.backends.base import Backend
 from dynamicid_rt.contract import ENGINES
 from dynamicid_rt.models.saa import SAAAttnProcessor, SAAUNet
+
+STEP = ("sample", "timestep", "id_boost")
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +112,120 @@ def test_backend_options_reach_the_backend(tiny_bundle, caplog):
     caplog.clear()
     create_backend("torch", paths, device="cpu", trt_provider=True)
     assert "takes no trt_provider" in caplog.text
+
+
+class _TorchCudaStandIn:
+    """STAND-IN for the torch.cuda calls of a CUDA-graph capture (this torch has no CUDA): records
+    the device made current, the streams made and the stream ``torch.cuda.graph`` captures on;
+    "capturing" runs the step eagerly on the CPU, so the captured output is a real one."""
+
+    def __init__(self) -> None:
+        self.current: list[object] = [None]  # the current-device stack
+        self.streams: list[types.SimpleNamespace] = []
+        self.captures: list[dict] = []
+
+    def device(self, device):
+        standin = self
+
+        class _Device:
+            def __enter__(self):
+                standin.current.append(device)
+
+            def __exit__(self, *exc):
+                standin.current.pop()
+
+        return _Device()
+
+    def Stream(self, device=None):  # noqa: N802 - torch's name
+        stream = types.SimpleNamespace(device=device, made_on=self.current[-1], wait_stream=lambda other: None)
+        self.streams.append(stream)
+        return stream
+
+    def current_stream(self, device=None):
+        return types.SimpleNamespace(device=device if device is not None else self.current[-1], wait_stream=lambda other: None)
+
+    def stream(self, stream):
+        return contextlib.nullcontext()
+
+    def CUDAGraph(self):  # noqa: N802 - torch's name
+        return types.SimpleNamespace(replay=lambda: self.captures.append({"replay_on": self.current[-1]}))
+
+    def graph(self, cuda_graph, pool=None, stream=None):
+        self.captures.append({"stream": stream, "current": self.current[-1]})
+        return contextlib.nullcontext()
+
+
+def test_cuda_graph_captures_and_replays_on_a_stream_of_the_tensors_device(monkeypatch, tiny_pipeline):
+    """torch.cuda.graph left to itself captures on a stream of the current device (cuda:0 on a
+    server's worker thread), which records nothing for a model on cuda:1: the capture must get a
+    side stream made on the tensors' device, with that device current."""
+    import torch
+
+    from dynamicid_rt.backends import torch_bound
+
+    standin = _TorchCudaStandIn()
+    for name in ("device", "Stream", "current_stream", "stream", "CUDAGraph", "graph"):
+        monkeypatch.setattr(torch.cuda, name, getattr(standin, name))
+    backend = tiny_pipeline.backend
+    spec = ENGINES["unet"]
+    inputs = spec.sample_inputs(backend.dims, seed=6, B=2, h=32, w=32, N=2, M=2)
+    module = backend.module("unet")
+    tensors = {k: backend._tensor(spec, k, v, module) for k, v in inputs.items()}
+    bound = torch_bound.BoundUNet(module, {k: v for k, v in tensors.items() if k not in STEP})
+    step = [tensors[k] for k in STEP]
+    with torch.inference_mode():
+        captured = torch_bound._CapturedStep(bound, *step)
+        eager = bound.step(*step)
+        replayed = captured.replay(*step)
+    device = tensors["sample"].device
+    (side,) = standin.streams
+    assert side.device == device and side.made_on == device
+    assert standin.captures[0] == {"stream": side, "current": device}
+    assert standin.captures[1] == {"replay_on": device}
+    assert torch.equal(replayed, eager)
+
+
+def test_every_call_from_a_worker_thread_runs_with_the_backends_gpu_current(monkeypatch, tiny_pipeline):
+    """A cuda:1 backend driven from a server's worker thread (where CUDA's current device is 0):
+    run, the bound step and close must each make cuda:1 current while they touch the device.
+    The CPU torch here stands in for the GPU: the modules and tensors are the CPU backend's, and
+    torch.cuda.device / empty_cache are the stand-in's, recording what is current."""
+    import threading
+
+    import torch
+
+    from dynamicid_rt.backends.torch_backend import TorchBackend
+
+    standin = _TorchCudaStandIn()
+    monkeypatch.setattr(torch.cuda, "device", standin.device)
+    cpu = tiny_pipeline.backend
+    gpu = TorchBackend(cpu.paths, device="cuda:1", precision="fp32")
+    cpu.module("unet")
+    gpu._modules = dict(cpu._modules)  # loaded on the CPU: this torch has no CUDA
+    current: list[object] = []
+
+    def tensor(spec, name, value, module):
+        current.append(standin.current[-1])
+        return cpu._tensor(spec, name, value, module)
+
+    monkeypatch.setattr(gpu, "_tensor", tensor)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: current.append(standin.current[-1]))
+    inputs = ENGINES["unet"].sample_inputs(gpu.dims, seed=7, B=2, h=32, w=32, N=2, M=2)
+
+    errors: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            gpu.run("unet", inputs)
+            step = gpu.bind("unet", {k: v for k, v in inputs.items() if k not in STEP})
+            step({k: inputs[k] for k in STEP})
+            gpu.close()
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the test's thread
+            errors.append(exc)
+
+    worker = threading.Thread(target=serve)
+    worker.start()
+    worker.join()
+    assert errors == []
+    # run: every input; bind: the constants; the step: its 3 inputs; close: empty_cache.
+    assert len(current) == 2 * len(inputs) + 1 and set(current) == {torch.device("cuda:1")}

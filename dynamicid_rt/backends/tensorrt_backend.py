@@ -6,11 +6,15 @@ in ``engines/library.py``, which the engine layer reads.
 
 Every engine gets its dynamic plan; static plans built with ``build-engines --static WxH`` are
 loaded too and used, with CUDA-graph replay, whenever a call's shapes fit them. All engines share
-one device-memory block sized to the largest (they run one at a time on one stream). ``bind()``
+one device-memory block (they run one at a time on one stream), sized to the largest request shape
+seen so far and grown on demand (``engines/context_memory.py``); a plan whose largest shapes could
+never fit the card's free memory is refused at load. ``bind()``
 keeps the constant inputs resident, so each sampler step uploads only the latent, the timestep and
 the boost. On TensorRT-RTX each plan's runtime cache (its just-in-time kernels for this GPU) is
 saved after the first generation and when it grew. Device memory goes through cuda-python: neither
-torch nor onnxruntime is imported.
+torch nor onnxruntime is imported. CUDA's current device is per host thread, so every entry point
+(run, a bound call, saving the caches, close) makes the backend's device current on the thread
+calling it: a server builds the pipeline on one thread and generates on another.
 """
 from __future__ import annotations
 
@@ -46,6 +50,7 @@ class TensorRTBackend(Backend):
         from dynamicid_rt.engines import cuda
         from dynamicid_rt.engines.build import build_plans, find_static_plans
         from dynamicid_rt.engines.builder import BuildSettings
+        from dynamicid_rt.engines.context_memory import ContextMemory, ContextMemoryError, plans_that_fit
         from dynamicid_rt.engines.engine import Engine
         from dynamicid_rt.engines.library import load
         from dynamicid_rt.engines.profiles import engine_profile
@@ -54,7 +59,7 @@ class TensorRTBackend(Backend):
 
         lib = load(self.name)
         _, self.device_id = parse_device(device)
-        cuda.call("cudaSetDevice", self.device_id)
+        cuda.set_device(self.device_id)
         self.precision = precision
         engine_dir = Path(engine_dir) if engine_dir is not None else default_engine_dir(paths)
         self.gpu = cuda.gpu_info(self.device_id)
@@ -83,12 +88,23 @@ class TensorRTBackend(Backend):
                 engine.load(runtime)
                 self.engines[plan.engine].append(engine)
         loaded = [e for variants in self.engines.values() for e in variants]
-        self.block = cuda.DeviceBuffer(max(e.device_memory_size for e in loaded))
+        try:  # free memory is read with every plan's weights resident
+            self.engines = plans_that_fit(self.engines, cuda.memory_info()[0], self.gpu.name, self.name)
+        except ContextMemoryError:
+            self.engines = {}
+            self.stream.destroy()
+            raise
+        finally:  # refused plans (all of them, on a refusal) give their memory back
+            for engine in loaded:
+                if engine not in self.engines.get(engine.name, ()):
+                    engine.release()
+        self.memory = ContextMemory()
+        loaded = [e for variants in self.engines.values() for e in variants]
         for engine in loaded:
-            engine.activate(self.block)
-        self._caches_saved = False
+            engine.activate(self.memory)
         log.info(
-            "%s: %d plans on %s, shared context memory %.0f MiB", lib.label, len(loaded), self.gpu.name, self.block.nbytes / 2**20
+            "%s: %d plans on %s; shared context memory sized per request, at most %.0f MiB", lib.label, len(loaded),
+            self.gpu.name, max(e.device_memory_size for e in loaded) / 2**20,
         )
 
     def pick(self, engine: str, shapes: Mapping[str, tuple[int, ...]]) -> Any:
@@ -104,9 +120,16 @@ class TensorRTBackend(Backend):
         problems = out_of_profile(self.engines[engine][-1].profile, shapes)
         raise DynamicIDError(f"{engine}: the request is outside the {self.name} plan's shape range ({'; '.join(problems)})")
 
+    def use_device(self) -> None:
+        """Make this backend's GPU current on the calling thread (CUDA's current device is per thread)."""
+        from dynamicid_rt.engines import cuda
+
+        cuda.set_device(self.device_id)
+
     def run(self, engine: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         arrays = _contract_inputs(engine, inputs)
         plan = self.pick(engine, {k: v.shape for k, v in arrays.items()})
+        self.use_device()
         plan.allocate({k: v.shape for k, v in arrays.items()})
         plan.owner = None  # a bound call's constants get overwritten here
         return self._finish(engine, plan.infer(arrays, self.stream))
@@ -125,6 +148,7 @@ class TensorRTBackend(Backend):
 
     def generation_done(self) -> None:
         """After the first generation (and later ones that compiled more), store the runtime caches."""
+        self.use_device()
         saved = [e.name for variants in self.engines.values() for e in variants if e.save_runtime_cache()]
         if saved:
             log.info("%s: runtime cache saved for %s", self.lib.label, ", ".join(sorted(set(saved))))
@@ -137,20 +161,21 @@ class TensorRTBackend(Backend):
             "precision": self.precision,
             "tensorrt": self.lib.label,
             "static plans": ", ".join(static) or "none",
+            "context memory": f"{self.memory.nbytes / 2**20:.0f} MiB (grows with the request shape)",
             "engine_dir": str(self.engine_dir),
         }
 
     def close(self) -> None:
-        if getattr(self, "block", None) is not None:
-            self.generation_done()
+        if getattr(self, "memory", None) is None:
+            return
+        self.generation_done()  # makes the device current for the frees below
         for variants in self.engines.values():
             for engine in variants:
                 engine.release()
         self.engines.clear()
-        if getattr(self, "block", None) is not None:
-            self.block.free()
-            self.stream.destroy()
-            self.block = None
+        self.memory.free()
+        self.stream.destroy()
+        self.memory = None
 
 
 class TensorRTRTXBackend(TensorRTBackend):
@@ -171,6 +196,7 @@ class _Bound:
         arrays = _contract_inputs(self.engine, {**self.constants, **inputs})
         shapes = {k: v.shape for k, v in arrays.items()}
         plan = self.backend.pick(self.engine, shapes)
+        self.backend.use_device()
         moved = plan.allocate(shapes)
         if moved or plan.owner is not self:
             plan.upload({k: arrays[k] for k in self.constants}, self.backend.stream)

@@ -1,9 +1,10 @@
 """The PyTorch reference backend: eager modules of ``dynamicid_rt.models``, CPU or CUDA, fp32, fp16 or bf16."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from typing import Mapping, Sequence
+from typing import ContextManager, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -84,12 +85,19 @@ class TorchBackend(Backend):
         # The VAE decoder stays fp32 under fp16: SD1.5's VAE overflows in half precision (bf16 has fp32's range).
         return torch.float32 if ENGINES[engine].fp32_in_fp16 else self.dtype
 
+    def on_device(self) -> ContextManager[object]:
+        """The backend's GPU made current on the calling thread for the duration (a no-op on the
+        CPU): CUDA's current device is per thread, and the calls that take no device (streams,
+        graph replay, empty_cache) act on it."""
+        return torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
+
     @torch.inference_mode()
     def run(self, engine: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         spec = self.check_inputs(engine, inputs)
         module = self.module(engine)
-        args = [self._tensor(spec, t.name, inputs[t.name], module) for t in spec.inputs]
-        return _outputs(spec, module(*args))
+        with self.on_device():
+            args = [self._tensor(spec, t.name, inputs[t.name], module) for t in spec.inputs]
+            return _outputs(spec, module(*args))
 
     @torch.inference_mode()
     def run_fp32(self, engine: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -101,7 +109,8 @@ class TorchBackend(Backend):
             log.info("loading an fp32 %s to retry in full precision", engine)
             self._modules[key] = load_engine_module(self.paths, engine, dtype=torch.float32, device=self.device)
         spec, module = self.check_inputs(engine, inputs), self._modules[key]
-        return _outputs(spec, module(*(self._tensor(spec, n, inputs[n], module) for n in spec.input_names)))
+        with self.on_device():
+            return _outputs(spec, module(*(self._tensor(spec, n, inputs[n], module) for n in spec.input_names)))
 
     @torch.inference_mode()
     def bind(self, engine: str, constants: Mapping[str, np.ndarray]) -> EngineCall:
@@ -111,23 +120,26 @@ class TorchBackend(Backend):
         ``cuda_graphs`` the step is replayed from a CUDA graph. Results equal :meth:`run`'s."""
         spec = self.check_inputs(engine, constants, complete=False)
         module = self.module(engine)
-        fixed = {name: self._tensor(spec, name, value, module) for name, value in constants.items()}
+        with self.on_device():
+            fixed = {name: self._tensor(spec, name, value, module) for name, value in constants.items()}
         if spec.step_inputs and set(fixed) == set(spec.input_names) - set(spec.step_inputs):
             bound = BoundUNet(module, fixed, cuda_graphs=self.cuda_graphs)
 
             @torch.inference_mode()
             def unet_step(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
                 self.check_inputs(engine, {*fixed, *inputs})
-                args = [self._tensor(spec, name, inputs[name], module) for name in spec.step_inputs]
-                return {"noise_pred": bound.step(*args).float().cpu().numpy()}
+                with self.on_device():
+                    args = [self._tensor(spec, name, inputs[name], module) for name in spec.step_inputs]
+                    return {"noise_pred": bound.step(*args).float().cpu().numpy()}
 
             return unet_step
 
         @torch.inference_mode()
         def call(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
             self.check_inputs(engine, {*fixed, *inputs})
-            args = [fixed[n] if n in fixed else self._tensor(spec, n, inputs[n], module) for n in spec.input_names]
-            return _outputs(spec, module(*args))
+            with self.on_device():
+                args = [fixed[n] if n in fixed else self._tensor(spec, n, inputs[n], module) for n in spec.input_names]
+                return _outputs(spec, module(*args))
 
         return call
 
@@ -136,8 +148,9 @@ class TorchBackend(Backend):
         """Per-identity SAA activation maps (B, N, h, w) in [0, 1] for one UNet call."""
         module = self.module("unet")
         spec = self.check_inputs("unet", inputs)
-        args = [self._tensor(spec, t.name, inputs[t.name], module) for t in spec.inputs]
-        return module.activation_maps(*args).float().cpu().numpy()
+        with self.on_device():
+            args = [self._tensor(spec, t.name, inputs[t.name], module) for t in spec.inputs]
+            return module.activation_maps(*args).float().cpu().numpy()
 
     def _tensor(self, spec: EngineSpec, name: str, value: np.ndarray, module: torch.nn.Module) -> torch.Tensor:
         tensor = torch.from_numpy(np.ascontiguousarray(value)).to(self.device)
@@ -158,7 +171,8 @@ class TorchBackend(Backend):
     def close(self) -> None:
         self._modules.clear()
         if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+            with self.on_device():
+                torch.cuda.empty_cache()
 
 
 def _outputs(spec: EngineSpec, out: torch.Tensor | tuple[torch.Tensor, ...]) -> dict[str, np.ndarray]:

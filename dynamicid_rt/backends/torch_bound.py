@@ -60,7 +60,10 @@ class _CapturedStep:
     """One UNet step captured as a CUDA graph: static input buffers, replayed after a copy-in.
 
     Replays cut the launch overhead of the many small kernels of a UNet step; the shapes must stay
-    those of the capture (checked by :meth:`fits`; a new shape is captured afresh)."""
+    those of the capture (checked by :meth:`fits`; a new shape is captured afresh). Capture and
+    replay run with the tensors' device current and capture on a side stream made on that device:
+    left to itself, ``torch.cuda.graph`` captures on a stream of the current device, which on a
+    ``cuda:1`` model records nothing (and every replay then leaves the first step's output)."""
 
     def __init__(self, bound: BoundUNet, sample: torch.Tensor, timestep: torch.Tensor, boost: torch.Tensor) -> None:
         self.sample, self.timestep, self.boost = sample.clone(), timestep.clone(), boost.clone()
@@ -70,16 +73,18 @@ class _CapturedStep:
         def run() -> torch.Tensor:
             return bound.module.denoise(self.sample, self.timestep, bound.context, saa)
 
-        # Warm-up on a side stream (cuDNN/attention kernel choice, allocator), as torch's docs ask.
-        side = torch.cuda.Stream(sample.device)
-        side.wait_stream(torch.cuda.current_stream(sample.device))
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                run()
-        torch.cuda.current_stream(sample.device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.out = run()
+        self.device = sample.device
+        with torch.cuda.device(self.device):
+            # Warm-up on a side stream (cuDNN/attention kernel choice, allocator), as torch's docs ask.
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    run()
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph, stream=side):
+                self.out = run()
         log.info("captured the UNet step as a CUDA graph (sample %s)", tuple(sample.shape))
 
     def fits(self, sample: torch.Tensor, timestep: torch.Tensor) -> bool:
@@ -89,5 +94,6 @@ class _CapturedStep:
         self.sample.copy_(sample)
         self.timestep.copy_(timestep)
         self.boost.copy_(boost)
-        self.graph.replay()
+        with torch.cuda.device(self.device):  # replay launches on the current device's stream
+            self.graph.replay()
         return self.out
