@@ -198,7 +198,7 @@ def part_tensorrt(args: argparse.Namespace) -> str:
             print(f"  tiny {item if isinstance(item, str) else item.line()}", flush=True)
         if args.models is not None:
             from dynamicid_rt.export.cache import default_engine_dir
-            from dynamicid_rt.paths import ModelPaths
+            from dynamicid_rt.modelfiles.paths import ModelPaths
 
             for item in stored_plan_memory(lib, default_engine_dir(ModelPaths.from_folder(args.models))):
                 print(f"  {args.models.name} {item if isinstance(item, str) else item.line()}", flush=True)
