@@ -406,7 +406,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
