@@ -3,16 +3,12 @@
 the selection highlight never washes the badges out and the seed caption is never clipped."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from PySide6.QtCore import QModelIndex, QPersistentModelIndex, QRect, QSize, Qt
 from PySide6.QtGui import QColor, QFont, QFontMetrics, QPainter, QPen, QPixmap
 from PySide6.QtWidgets import QStyle, QStyledItemDelegate, QStyleOptionViewItem
 
+from .gallery_entry import GalleryEntry
 from .views import BAD, GOOD
-
-if TYPE_CHECKING:
-    from .gallery import GalleryEntry
 
 THUMB_PX = 60
 CELL = QSize(190, 86)  # three per row in the middle column of a 1280 px window; room for four badges
@@ -42,7 +38,7 @@ class GalleryDelegate(QStyledItemDelegate):
         return CELL
 
     def paint(self, painter: QPainter, option: QStyleOptionViewItem, index: QModelIndex | QPersistentModelIndex) -> None:
-        entry: "GalleryEntry" = index.data(self._entry_role)
+        entry: GalleryEntry = index.data(self._entry_role)
         pixmap: QPixmap = index.data(Qt.ItemDataRole.DecorationRole)
         cell = option.rect.adjusted(1, 1, -1, -1)
         painter.save()

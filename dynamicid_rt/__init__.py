@@ -37,6 +37,7 @@ _LAZY = {
     "ModelPaths": "dynamicid_rt.paths",
     "SAMPLERS": "dynamicid_rt.sampler_names",
     "canonical_sampler": "dynamicid_rt.sampler_names",
+    "max_sampler_steps": "dynamicid_rt.schedules",  # the step limit a form offers per sampler
     "AUTO": "dynamicid_rt.backends",
     # User LoRAs (Request.loras): a file and its strength, and the CLI's PATH[:SCALE].
     "LoraRef": "dynamicid_rt.lora",
@@ -81,6 +82,7 @@ if TYPE_CHECKING:
     from .request import MAX_IDENTITIES, SIZE_RANGE, Box, ModelInfo, Person, ProgressInfo, Request, Result, default_boxes
     from .outputs import check_output_path, save_image
     from .sampler_names import SAMPLERS, canonical_sampler
+    from .schedules import max_sampler_steps
 
 
 def __getattr__(name: str):
