@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PySide6.QtCore import QAbstractListModel, QModelIndex, QPersistentModelIndex, Qt, Signal
+from PySide6.QtCore import QAbstractListModel, QEvent, QModelIndex, QObject, QPersistentModelIndex, QSize, Qt, Signal
 from PySide6.QtGui import QPixmap
 from PySide6.QtWidgets import (
-    QCheckBox, QHBoxLayout, QLabel, QListView, QPlainTextEdit, QPushButton, QVBoxLayout, QWidget,
+    QCheckBox, QHBoxLayout, QLabel, QListView, QPlainTextEdit, QPushButton, QStyle, QVBoxLayout, QWidget,
 )
 
 from dynamicid_rt import DynamicIDError, save_image
@@ -101,8 +101,10 @@ class GalleryPanel(QWidget):
         self.view.setFlow(QListView.Flow.LeftToRight)
         self.view.setWrapping(True)
         self.view.setResizeMode(QListView.ResizeMode.Adjust)
-        self.view.setItemDelegate(GalleryDelegate(ENTRY_ROLE, self.view))
+        self.delegate = GalleryDelegate(ENTRY_ROLE, self.view)
+        self.view.setItemDelegate(self.delegate)
         self.view.setGridSize(CELL)
+        self.view.viewport().installEventFilter(self)  # cells share each row's width (room for long names)
         self.view.setUniformItemSizes(True)
         self.view.setMinimumHeight(CELL.height() + 6)  # one full row at the smallest window
         self.header = QLabel()
@@ -143,6 +145,21 @@ class GalleryPanel(QWidget):
         self.reuse_button.clicked.connect(self._reuse)
         self.save_each_check.toggled.connect(self.saveEachChanged)
         self._show_current()
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if watched is self.view.viewport() and event.type() == QEvent.Type.Resize:
+            self._fit_cells(event.size().width())
+        return False
+
+    def _fit_cells(self, width: int) -> None:
+        """As many cells per row as fit at the narrowest, widened to share the row's whole width."""
+        # Qt lays the cells out leaving room for a vertical scroll bar, shown or not.
+        usable = width - self.view.style().pixelMetric(QStyle.PixelMetric.PM_ScrollBarExtent) - 4
+        columns = max(1, usable // CELL.width())
+        cell = QSize(max(CELL.width(), usable // columns), CELL.height())
+        if cell != self.delegate.cell:
+            self.delegate.cell = cell
+            self.view.setGridSize(cell)
 
     def current_entry(self) -> GalleryEntry | None:
         index = self.view.currentIndex()

@@ -10,8 +10,8 @@ from PySide6.QtWidgets import QStyle, QStyledItemDelegate, QStyleOptionViewItem
 from .gallery_entry import GalleryEntry
 from .views import BAD, GOOD
 
-THUMB_PX = 60
-CELL = QSize(190, 86)  # three per row in the middle column of a 1280 px window; room for four badges
+THUMB_PX = 50
+CELL = QSize(190, 86)  # the narrowest cell (three per row in a 1280 px window); room for four badges
 BADGE_PX = 15
 CAPTION_PX = 16
 PAD = 3
@@ -33,9 +33,10 @@ class GalleryDelegate(QStyledItemDelegate):
     def __init__(self, entry_role: int, parent=None) -> None:
         super().__init__(parent)
         self._entry_role = entry_role
+        self.cell = QSize(CELL)  # widened by the gallery to share each row's free width
 
     def sizeHint(self, _option: QStyleOptionViewItem, _index: QModelIndex | QPersistentModelIndex) -> QSize:
-        return CELL
+        return self.cell
 
     def paint(self, painter: QPainter, option: QStyleOptionViewItem, index: QModelIndex | QPersistentModelIndex) -> None:
         entry: GalleryEntry = index.data(self._entry_role)
@@ -64,19 +65,22 @@ class GalleryDelegate(QStyledItemDelegate):
         painter.drawText(caption, Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, f"seed {entry.seed}")
 
         font.setBold(False)
-        font.setPixelSize(11)
+        font.setPixelSize(10)
         painter.setFont(font)
         metrics = QFontMetrics(font)
         matches = entry.matches or []
         for rect, match, color in zip(badge_rects(cell, len(matches)), matches, entry.colors):
             # A stripe in the person's box colour, then the badge: green when their face is there
             # and looks like them, red when it is missing or looks like someone else.
-            painter.fillRect(QRect(rect.left(), rect.top(), 4, rect.height()), QColor(*color))
-            body = rect.adjusted(6, 0, 0, 0)
+            painter.fillRect(QRect(rect.left(), rect.top(), 3, rect.height()), QColor(*color))
+            body = rect.adjusted(4, 0, 0, 0)
             painter.fillRect(body, QColor(GOOD if match.ok else BAD))
             painter.setPen(QColor("white"))
             score = match.label()[len(match.name) + 1:]  # "0.61", "no face", "0.20 swap"
-            room = body.width() - 6 - metrics.horizontalAdvance(" " + score)
-            text = f"{metrics.elidedText(match.name, Qt.TextElideMode.ElideRight, room)} {score}"
-            painter.drawText(body.adjusted(3, 0, -3, 0), Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, text)
+            text_rect = body.adjusted(3, 0, -3, 0)
+            # The score right-aligned, the name in all the room left of it (elided only past that).
+            painter.drawText(text_rect, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, score)
+            room = text_rect.width() - metrics.horizontalAdvance(score) - metrics.horizontalAdvance(" ")
+            painter.drawText(text_rect, Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter,
+                             metrics.elidedText(match.name, Qt.TextElideMode.ElideRight, room))
         painter.restore()
