@@ -53,7 +53,10 @@ def _side_column(widget: QWidget, width: int) -> QScrollArea:
     scroll.setFrameShape(QFrame.Shape.NoFrame)
     scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
     scroll.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
-    # Room for the scroll bar from the start: one appearing never covers or squeezes the column.
+    # As wide as its widest row needs, plus room for the scroll bar from the start: one appearing
+    # never covers or squeezes the column.
+    if widget.minimumWidth() != widget.maximumWidth():  # not of a fixed width
+        width = max(width, widget.minimumSizeHint().width())
     scroll.setFixedWidth(width + scroll.verticalScrollBar().sizeHint().width() + 2)
     return scroll
 

@@ -132,7 +132,7 @@ class PeoplePanel(QWidget):
         self.messages.setWidgetResizable(True)
         self.messages.setFrameShape(QFrame.Shape.NoFrame)
         self.messages.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        self.messages.setFixedHeight(4 * self.fontMetrics().lineSpacing() + 6)
+        self.messages.setFixedHeight(5 * self.fontMetrics().lineSpacing() + 6)
         self.source_label.setFixedHeight(2 * self.fontMetrics().lineSpacing() + 2)  # one or two lines: same room
 
         layout = QVBoxLayout(self)
@@ -245,7 +245,7 @@ class PeoplePanel(QWidget):
         failed = status is Status.ERROR
         self.retry_button.setEnabled(failed and not self.model.is_full())
         self.error_label.setText(
-            f"{index.data(Role.PHOTO).name}: {index.data(Role.ERROR)} This person has no box and is left out of the image."
+            f"{index.data(Role.ERROR).rstrip('.')}. This person has no box and is left out of the image."
             if failed else ""
         )
         num_faces = index.data(Role.NUM_FACES)
