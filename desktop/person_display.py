@@ -3,7 +3,7 @@ the list and their framed face."""
 from __future__ import annotations
 
 import numpy as np
-from PySide6.QtCore import QRect, Qt
+from PySide6.QtCore import QRect
 from PySide6.QtGui import QColor, QIcon, QImage, QPainter, QPixmap
 
 from .person import Person, Status

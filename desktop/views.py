@@ -121,7 +121,8 @@ class ElidedLabel(QLabel):
 
 
 class ChipRow(QWidget):
-    """A row of small coloured labels (``chips``), left-aligned; empty hides it."""
+    """A row of small coloured labels (``chips``), left-aligned. Its height is kept when empty, so
+    that the image under it never moves when the first chips come."""
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
@@ -129,7 +130,7 @@ class ChipRow(QWidget):
         self._layout.setContentsMargins(0, 2, 0, 2)
         self._layout.addStretch(1)
         self.labels: list[ElidedLabel] = []
-        self.setVisible(False)
+        self.setFixedHeight(self.fontMetrics().height() + 8)
 
     def set_chips(self, chips: Sequence[ChipSpec]) -> None:
         for label in self.labels:
@@ -142,7 +143,6 @@ class ChipRow(QWidget):
             label.setStyleSheet(f"background: {background}; color: white; border-radius: 3px; padding: 1px 6px;")
             self._layout.insertWidget(i, label)
             self.labels.append(label)
-        self.setVisible(bool(chips))
 
 
 class Banner(QFrame):

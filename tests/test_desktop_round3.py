@@ -22,7 +22,8 @@ from PySide6.QtWidgets import QFileDialog  # noqa: E402
 
 from desktop_fixtures import _drag, _small, _wait_people, recorder, store, window  # noqa: E402,F401
 from dynamicid_rt import IdentityMatch, default_boxes  # noqa: E402
-from dynamicid_rt.desktop.app import MainWindow, progress_text  # noqa: E402
+from dynamicid_rt.desktop.app import MainWindow  # noqa: E402
+from dynamicid_rt.desktop.run_controller import progress_text  # noqa: E402
 from dynamicid_rt.desktop.canvas import LABEL_PX  # noqa: E402
 from dynamicid_rt.desktop.people import PeopleModel, Role, Status  # noqa: E402
 from dynamicid_rt.desktop.restore import restore_people  # noqa: E402

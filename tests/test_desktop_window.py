@@ -190,6 +190,11 @@ def test_real_window_capture(tiny_bundle, tmp_path, screen_name):
     assert capture.shape[:2] == (SCREEN[1], SCREEN[0])
     assert capture.std() > 10  # not a blank screen
 
+    # Smoothing both sides makes the checks robust to the two scalers' small differences.
+    def blur(a, k: int = 4):
+        s = a[: a.shape[0] // k * k, : a.shape[1] // k * k]
+        return s.reshape(s.shape[0] // k, k, s.shape[1] // k, k, 3).mean(axis=(1, 3))
+
     for name, info in facts["widgets"].items():
         x, y, w, h = info["rect"]
         assert info["visible"] and info["whole"], f"{name} is not visible whole"
@@ -201,7 +206,11 @@ def test_real_window_capture(tiny_bundle, tmp_path, screen_name):
         differences = [np.abs(capture[y + dy : y + dy + h, x + dx : x + dx + w] - own).mean()
                        for dy in (-1, 0, 1) for dx in (-1, 0, 1) if y + dy >= 0 and x + dx >= 0
                        and capture[y + dy : y + dy + h, x + dx : x + dx + w].shape == own.shape]
-        assert min(differences) < 12, f"{name}: the capture differs from the widget's own rendering"
+        if scale == "1":
+            assert min(differences) < 12, f"{name}: the capture differs from the widget's own rendering"
+        else:  # scaled by 1.25, Qt draws text a little differently on screen than into a grab
+            corr = np.corrcoef(blur(crop).ravel(), blur(own).ravel())[0, 1]
+            assert corr > 0.8, f"{name}: the capture does not look like the widget's own rendering (corr {corr:.2f})"
         assert crop.std() > 3, f"{name} is a uniform area in the capture"
 
     # The result view shows the generated image: non-uniform, and close to the image rescaled.
@@ -210,13 +219,8 @@ def test_real_window_capture(tiny_bundle, tmp_path, screen_name):
     assert w > 0 and abs(w / h - result.width / result.height) < 0.02  # aspect ratio kept
     shown = capture[y : y + h, x : x + w]
     scaled = np.asarray(result.resize((w, h), Image.Resampling.BILINEAR)).astype(np.int16)
-    # Smoothing both sides makes the check robust to the two scalers' small differences.
-    def blur(a):
-        k = 8
-        s = a[: a.shape[0] // k * k, : a.shape[1] // k * k]
-        return s.reshape(s.shape[0] // k, k, s.shape[1] // k, k, 3).mean(axis=(1, 3))
 
-    corr = np.corrcoef(blur(shown).ravel(), blur(scaled).ravel())[0, 1]
+    corr = np.corrcoef(blur(shown, 8).ravel(), blur(scaled, 8).ravel())[0, 1]
     assert shown.std() > 5 and corr > 0.8, f"the result view does not show the generated image (corr {corr:.2f})"
 
 
