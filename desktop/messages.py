@@ -55,7 +55,7 @@ class MessageStrip(QWidget):
         self._stack = QStackedLayout(self)
         self._stack.addWidget(scroll)
         self._stack.addWidget(question_bar)
-        self.setFixedHeight(max(3 * self.fontMetrics().lineSpacing() + 8, question_bar.sizeHint().height()))
+        self.setFixedHeight(max(2 * self.fontMetrics().lineSpacing() + 8, question_bar.sizeHint().height()))
         self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Fixed)
         self._recheck: Recheck | None = None
         question_bar.shown.connect(lambda on: self._stack.setCurrentIndex(1 if on else 0))

@@ -26,7 +26,7 @@ class ImageView(QWidget):
 
     def __init__(self, text: str, parent=None) -> None:
         super().__init__(parent)
-        self.setMinimumSize(160, 120)  # grows with the window; small enough for a 768 px laptop screen
+        self.setMinimumSize(160, 96)  # grows with the window; small enough for a 768 px laptop screen
         self._text = text
         self._image: QImage | None = None
 
