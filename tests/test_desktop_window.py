@@ -124,8 +124,9 @@ def _capture(models: Path, cache: Path, out: Path) -> int:
         parent = control.parentWidget()
         while parent is not None and not isinstance(parent, QScrollArea):
             parent = parent.parentWidget()
-        if parent is not None:
-            parent.ensureWidgetVisible(control)
+        if parent is not None:  # scrolled to the whole control (ensureWidgetVisible aims at a text cursor)
+            centre = control.mapTo(parent.widget(), control.rect().center())
+            parent.ensureVisible(centre.x(), centre.y(), control.width() // 2 + 4, control.height() // 2 + 4)
         app.processEvents()
         inside = win.rect().contains(control.mapTo(win, control.rect().bottomRight()))
         if control.visibleRegion().boundingRect() != control.rect() or not inside:
