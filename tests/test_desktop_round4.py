@@ -418,3 +418,23 @@ def test_desktop_modules_import_each_other_without_a_circle():
     assert not circles, " ; ".join(" -> ".join(c) for c in circles)
     assert "person" in edges["layout"] and "people" not in edges["layout"]  # the shared value module
     assert "gallery" not in edges["gallery_delegate"]
+
+
+def test_11_few_step_limits_are_the_ones_diffusers_has(tiny_bundle):
+    """The form's limit for lcm/tcd is where diffusers' own schedulers start refusing, on the
+    bundle's scheduler config and on one with another distillation length."""
+    import json
+
+    diffusers = pytest.importorskip("diffusers")
+    from dynamicid_rt import max_sampler_steps
+    from dynamicid_rt.schedules import SchedulerConfig
+
+    raw = json.loads((tiny_bundle / "base" / "scheduler" / "scheduler_config.json").read_text())
+    for original in (50, 24):
+        config = SchedulerConfig.from_dict({**raw, "original_inference_steps": original})
+        for name, cls in (("lcm", diffusers.LCMScheduler), ("tcd", diffusers.TCDScheduler)):
+            limit = max_sampler_steps(name, config)
+            scheduler = cls.from_config({**raw, "original_inference_steps": original})
+            scheduler.set_timesteps(limit)
+            with pytest.raises(ValueError):
+                scheduler.set_timesteps(limit + 1)
