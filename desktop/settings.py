@@ -56,6 +56,8 @@ class AppSettings:
         lo, hi = SIZE_RANGE
         # A hand-edited or older file may hold anything: out-of-range values fall back to the defaults.
         width, height = (_int(store, f"generation/{name}", 512, lo, hi) for name in ("width", "height"))
+        sampler = store.value("generation/sampler", "default", str)
+        geometry = store.value("window/geometry")
         return cls(
             model_dir=Path(model_dir) if model_dir else None,
             backend=backend if backend in BACKENDS else DEFAULT_BACKEND,
@@ -63,12 +65,12 @@ class AppSettings:
             photo_dir=store.value("photos/folder", "", str),
             size=(width // 64 * 64, height // 64 * 64),
             steps=_int(store, "generation/steps", 50, 1, 1000),
-            sampler=sampler if (sampler := store.value("generation/sampler", "default", str)) in ("default", *SAMPLERS) else "default",
+            sampler=sampler if sampler in ("default", *SAMPLERS) else "default",
             guidance=_float(store, "generation/guidance", 5.0, 0.0, 30.0),
             loras=_loras(store.value("generation/loras", "[]", str)),
             lora_dir=store.value("loras/folder", "", str),
             save_each=store.value("output/save_each", True, bool),
-            geometry=geometry if isinstance(geometry := store.value("window/geometry"), QByteArray) else None,
+            geometry=geometry if isinstance(geometry, QByteArray) else None,
         )
 
     def save(self, store: QSettings) -> None:
