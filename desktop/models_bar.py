@@ -58,6 +58,9 @@ class ModelsBar(QWidget):
         self.load_bar = QProgressBar()
         self.load_bar.setRange(0, 0)  # busy: Pipeline.load reports no fractions
         self.load_bar.setMaximumWidth(160)
+        policy = self.load_bar.sizePolicy()
+        policy.setRetainSizeWhenHidden(True)  # the buttons beside it never move when a load starts or ends
+        self.load_bar.setSizePolicy(policy)
         self.notice_label = QLabel()
         self.notice_label.setWordWrap(True)
         self.notice_label.setStyleSheet("background: #fff3cd; color: #5c4400; padding: 4px;")

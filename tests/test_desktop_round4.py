@@ -195,6 +195,7 @@ def test_5_9_messages_never_move_a_control(qtbot, window, samples):
     _small(win, steps=1)
     assert not win.generate() and win.question_bar.is_asked()
     win.models_bar.set_rejected(ModelSpec(Path("/nowhere"), "torch"), "it is not a folder", still_loaded=True)
+    win.models_bar.set_loading(ModelSpec(None, "torch"))  # a load starting shows its busy bar
     qtbot.wait(50)
     after = _positions(win)
     # ... and no control that was there moved (the new ones are the question's buttons).
