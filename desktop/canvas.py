@@ -37,7 +37,7 @@ class BoxCanvas(QWidget):
         if selection is not None:
             selection.currentChanged.connect(lambda *_: self.update())
         self.output_size = (512, 512)  # width, height in pixels
-        self.setMinimumSize(200, 200)
+        self.setMinimumSize(160, 110)  # grows with the window; small enough for a 768 px laptop screen
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.setMouseTracking(True)
         self._drag: tuple[int, str, QPointF, Box] | None = None  # row (-1: shared), edges, start, box

@@ -4,52 +4,24 @@ Save as, Reuse seed). Every action acts on the selected image."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-from PySide6.QtCore import QAbstractListModel, QModelIndex, QPersistentModelIndex, Qt, Signal
+from PySide6.QtCore import QAbstractListModel, QEvent, QModelIndex, QObject, QPersistentModelIndex, QSize, Qt, Signal
 from PySide6.QtGui import QPixmap
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QListView, QPlainTextEdit, QPushButton, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (
+    QCheckBox, QHBoxLayout, QLabel, QListView, QPlainTextEdit, QPushButton, QStyle, QVBoxLayout, QWidget,
+)
 
-from dynamicid_rt import format_parameters, save_png
+from dynamicid_rt import DynamicIDError, save_image
 
 from .gallery_delegate import CELL, GalleryDelegate
+from .gallery_entry import ENTRY_ROLE, GalleryEntry
 from .person_display import array_to_qimage
-from .views import RANKING, SCORE_HELP
+from .views import FOCUS_FRAME, RANKING, SCORE_HELP, ElidedLabel
 
-if TYPE_CHECKING:
-    from PIL import Image
-
-    from dynamicid_rt import IdentityMatch, Result
-
-ENTRY_ROLE = Qt.ItemDataRole.UserRole + 1
 THUMB_PX = 128  # the thumbnail kept per image; the gallery draws it at its cell's size
-
-
-@dataclass
-class GalleryEntry:
-    """One image of this session, with what its PNG and its badges need."""
-
-    image: "Image.Image"
-    parameters: str  # the PNG "parameters" text
-    seed: int
-    names: list[str]  # the people, in request order
-    colors: list[tuple[int, int, int]]  # their box colours, in request order
-    matches: list["IdentityMatch"] | None = None  # each person's likeness (None: not measured)
-    activation_map: np.ndarray | None = None  # (N, h, w) in [0, 1]
-    saved: Path | None = None
-
-
-def entries_of(result: "Result", colors: list[tuple[int, int, int]]) -> list[GalleryEntry]:
-    names = [person.name for person in result.request.identities]
-    scores = result.identity_scores or [None] * len(result.images)
-    maps = result.activation_maps or [None] * len(result.images)
-    return [
-        GalleryEntry(image, format_parameters(result, i), result.seeds[i], names, list(colors), scores[i], maps[i])
-        for i, image in enumerate(result.images)
-    ]
 
 
 def thumbnail(entry: GalleryEntry, size: int = THUMB_PX) -> QPixmap:
@@ -99,16 +71,27 @@ class GalleryModel(QAbstractListModel):
     def entries(self) -> list[GalleryEntry]:
         return list(self._entries)
 
+    def unsaved(self) -> list[GalleryEntry]:
+        """The images of this session that are in no file yet."""
+        return [e for e in self._entries if e.saved is None or not e.saved.exists()]
+
+    def refresh(self, entry: GalleryEntry) -> None:
+        row = next(i for i, e in enumerate(self._entries) if e is entry)
+        self.dataChanged.emit(self.index(row), self.index(row))
+
 
 class GalleryPanel(QWidget):
-    """Thumbnails beside the selected image's details and actions."""
+    """Thumbnails beside the selected image's details and actions. With ``save_each`` on, every
+    result is written to the output folder as it arrives (PNG with its parameters, the CLI's
+    atomic writer), as A1111 and ComfyUI do."""
 
     selected = Signal(object)  # GalleryEntry or None
-    reuseSeed = Signal(int)
+    reuseSeed = Signal(object)  # int: seeds go up to 2**32 - 1, past a C++ int
     message = Signal(str)  # for the status bar
-    problem = Signal(str)  # for the window's error line
+    problem = Signal(str)  # for the window's message line
+    saveEachChanged = Signal(bool)
 
-    def __init__(self, model: GalleryModel, output_dir: Path, parent=None) -> None:
+    def __init__(self, model: GalleryModel, output_dir: Path, save_each: bool = True, parent=None) -> None:
         super().__init__(parent)
         self.model = model
         self.output_dir = output_dir
@@ -118,24 +101,34 @@ class GalleryPanel(QWidget):
         self.view.setFlow(QListView.Flow.LeftToRight)
         self.view.setWrapping(True)
         self.view.setResizeMode(QListView.ResizeMode.Adjust)
-        self.view.setItemDelegate(GalleryDelegate(ENTRY_ROLE, self.view))
+        self.delegate = GalleryDelegate(ENTRY_ROLE, self.view)
+        self.view.setItemDelegate(self.delegate)
         self.view.setGridSize(CELL)
+        self.view.viewport().installEventFilter(self)  # cells share each row's width (room for long names)
         self.view.setUniformItemSizes(True)
-        self.view.setMinimumHeight(2 * CELL.height() + 6)  # two full rows: six results at the default size
-        self.header = QLabel("<b>Results</b> (a best-of run: best first)")
+        self.view.setMinimumHeight(CELL.height() + 6)  # one full row at the smallest window
+        self.header = QLabel()
         self.header.setToolTip(f"{RANKING}\n\n{SCORE_HELP}")
-        self.seed_label = QLabel("seed: –")
-        self.seed_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.save_each_check = QCheckBox("Save each result")
+        self.save_each_check.setChecked(save_each)
+        self.save_each_check.setToolTip("Write every result to the output folder as it is made (PNG with its settings)")
+        self.seed_label = ElidedLabel("seed: –")  # seed and file: never wider than the panel
         self.params_view = QPlainTextEdit()
         self.params_view.setReadOnly(True)
-        self.save_button = QPushButton("Save PNG")
+        for widget in (self.view, self.params_view):
+            widget.setStyleSheet(FOCUS_FRAME.format(type(widget).__name__))
+        self.save_button = QPushButton("Save")
         self.save_button.setToolTip("Save the selected image with its settings in the output folder (Ctrl+S)")
         self.save_as_button = QPushButton("Save as…")
         self.reuse_button = QPushButton("Reuse seed")
         self.reuse_button.setToolTip("Put the selected image's seed in the form (random off)")
-        self.open_folder_button = QPushButton("Open output folder")
+        self.open_folder_button = QPushButton("Open folder")
+        self.open_folder_button.setToolTip("Open the output folder")
 
         self.params_view.setFixedHeight(48)
+        top = QHBoxLayout()
+        top.addWidget(self.header, 1)
+        top.addWidget(self.save_each_check)
         actions = QHBoxLayout()
         actions.addWidget(self.seed_label, 1)
         for b in (self.save_button, self.save_as_button, self.reuse_button, self.open_folder_button):
@@ -144,13 +137,29 @@ class GalleryPanel(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(3)
-        layout.addWidget(self.header)
+        layout.addLayout(top)
         layout.addWidget(self.view, 1)
         layout.addLayout(actions)
 
         self.view.selectionModel().currentChanged.connect(lambda *_: self._show_current())
         self.reuse_button.clicked.connect(self._reuse)
+        self.save_each_check.toggled.connect(self.saveEachChanged)
         self._show_current()
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if watched is self.view.viewport() and event.type() == QEvent.Type.Resize:
+            self._fit_cells(event.size().width())
+        return False
+
+    def _fit_cells(self, width: int) -> None:
+        """As many cells per row as fit at the narrowest, widened to share the row's whole width."""
+        # Qt lays the cells out leaving room for a vertical scroll bar, shown or not.
+        usable = width - self.view.style().pixelMetric(QStyle.PixelMetric.PM_ScrollBarExtent) - 4
+        columns = max(1, usable // CELL.width())
+        cell = QSize(max(CELL.width(), usable // columns), CELL.height())
+        if cell != self.delegate.cell:
+            self.delegate.cell = cell
+            self.view.setGridSize(cell)
 
     def current_entry(self) -> GalleryEntry | None:
         index = self.view.currentIndex()
@@ -159,11 +168,27 @@ class GalleryPanel(QWidget):
     def select(self, row: int) -> None:
         self.view.setCurrentIndex(self.model.index(row))
 
+    def add(self, entries: list[GalleryEntry]) -> int:
+        """Show new results (saved at once when ``Save each result`` is on); returns the first row."""
+        first = self.model.add(entries)
+        if self.save_each_check.isChecked():
+            saved = [path for path in map(self._save_new, entries) if path is not None]
+            if saved:
+                self.message.emit(f"Saved {saved[0]}" if len(saved) == 1 else f"Saved {len(saved)} images in {saved[0].parent}")
+        return first
+
     def _show_current(self) -> None:
         entry = self.current_entry()
         for b in (self.save_button, self.save_as_button, self.reuse_button):
             b.setEnabled(entry is not None)
-        self.seed_label.setText(f"seed: {entry.seed}" if entry else "seed: –")
+        self.header.setText("<b>Results</b>" + (" (best-of run: best first)" if entry is not None and entry.ranked else ""))
+        if entry is None:
+            self.seed_label.setText("seed: –")
+            self.seed_label.setToolTip("")
+        else:
+            where = f"saved as {entry.saved.name}" if entry.saved is not None else "not saved"
+            self.seed_label.setText(f"seed {entry.seed} · {where}")
+            self.seed_label.setToolTip(str(entry.saved) if entry.saved is not None else "Not in a file yet: Save (Ctrl+S)")
         self.params_view.setPlainText(entry.parameters if entry else "")
         self.selected.emit(entry)
 
@@ -171,6 +196,30 @@ class GalleryPanel(QWidget):
         entry = self.current_entry()
         if entry is not None:
             self.reuseSeed.emit(entry.seed)
+
+    def _new_path(self, entry: GalleryEntry) -> Path:
+        """A file name in the output folder that no file has (none is ever overwritten)."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = self.output_dir / f"dynamicid-{stamp}-{entry.seed}.png"
+        n = 1
+        while path.exists():
+            path = self.output_dir / f"dynamicid-{stamp}-{entry.seed}-{n}.png"
+            n += 1
+        return path
+
+    def _save_new(self, entry: GalleryEntry, path: str | Path | None = None) -> Path | None:
+        path = Path(path) if path is not None else self._new_path(entry)
+        try:
+            saved = save_image(entry.image, path, entry.parameters)
+        except (OSError, DynamicIDError) as exc:
+            reason = getattr(exc, "strerror", None) or exc
+            self.problem.emit(f"Could not save {path}: {reason}; choose another folder with “Save as…”")
+            return None
+        entry.saved = Path(saved)
+        self.model.refresh(entry)
+        if entry is self.current_entry():
+            self._show_current()
+        return entry.saved
 
     def save_current(self, path: str | Path | None = None) -> Path | None:
         """Save the selected image as PNG with its parameters. Without ``path``: a new file in the
@@ -182,18 +231,11 @@ class GalleryPanel(QWidget):
         if path is None and entry.saved is not None and entry.saved.exists():
             self.message.emit(f"Already saved as {entry.saved}")
             return entry.saved
-        if path is None:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            path = self.output_dir / f"dynamicid-{stamp}-{entry.seed}.png"
-            n = 1
-            while path.exists():
-                path = self.output_dir / f"dynamicid-{stamp}-{entry.seed}-{n}.png"
-                n += 1
-        try:
-            saved = save_png(entry.image, path, entry.parameters)
-        except OSError as exc:
-            self.problem.emit(f"Could not save {path}: {exc.strerror or exc}; choose another folder with “Save as…”")
-            return None
-        entry.saved = Path(saved)
-        self.message.emit(f"Saved {saved}")
-        return entry.saved
+        saved = self._save_new(entry, path)
+        if saved is not None:
+            self.message.emit(f"Saved {saved}")
+        return saved
+
+    def save_all_unsaved(self) -> bool:
+        """Save every image not in a file yet; False when one could not be saved."""
+        return all(self._save_new(entry) is not None for entry in self.model.unsaved())

@@ -6,10 +6,12 @@ import numpy as np
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import QTabWidget, QVBoxLayout, QWidget
 
-from .gallery import GalleryEntry
+from .gallery_entry import GalleryEntry
 from .views import ChipRow, ImageView, match_chips, overlay_activation_maps
 
 NO_MAPS = "Activation maps are not available for this backend."
+MAPS_LATER = "Each person's activation map appears here after a run with people in it."
+NO_PEOPLE = "No one was in this image, so it has no activation maps."
 
 
 def _stacked(top: QWidget, main: QWidget) -> QWidget:
@@ -27,6 +29,7 @@ class ImageTabs(QTabWidget):
         self.preview_view = ImageView("The live preview appears here while generating.")
         self.result_view = ImageView("No image yet: press Generate (Ctrl+Enter).")
         self.badges = ChipRow()  # each person's likeness in the selected image
+        self.maps_available = False  # whether the backend in use makes activation maps
         self.maps_view = ImageView(NO_MAPS)
         self.maps_legend = ChipRow()  # which colour is whose
         self.addTab(layout_tab, "Layout")
@@ -34,6 +37,12 @@ class ImageTabs(QTabWidget):
         self.result_tab = _stacked(self.badges, self.result_view)
         self.addTab(self.result_tab, "Result")
         self.addTab(_stacked(self.maps_legend, self.maps_view), "Activation maps")
+
+    def set_maps_available(self, available: bool) -> None:
+        """Whether the loaded backend makes activation maps (the message of an empty maps tab)."""
+        self.maps_available = available
+        if not self.maps_view.has_image():
+            self.maps_view.set_text(MAPS_LATER if available else NO_MAPS)
 
     def show_preview(self) -> None:
         self.setCurrentWidget(self.preview_view)
@@ -49,7 +58,7 @@ class ImageTabs(QTabWidget):
         self.result_view.set_image(rgb)
         self.badges.set_chips(match_chips(entry.matches or []))
         if entry.activation_map is None:
-            self.maps_view.set_text(NO_MAPS)
+            self.maps_view.set_text(NO_PEOPLE if not entry.names else MAPS_LATER if self.maps_available else NO_MAPS)
             self.maps_legend.set_chips([])
             return
         self.maps_view.set_image(overlay_activation_maps(rgb, np.asarray(entry.activation_map), entry.colors))

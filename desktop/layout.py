@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from PySide6.QtGui import QUndoCommand, QUndoStack
 
 from dynamicid_rt import Box, default_boxes
 
-from .person_display import Role, Status
-
-if TYPE_CHECKING:
-    from .people import PeopleModel, Person
+from .person import Person, Role, Status
 
 
 def _overlaps(a: Box, b: Box) -> bool:
@@ -54,7 +51,7 @@ class LayoutState:
 
 
 class _LayoutCommand(QUndoCommand):
-    def __init__(self, model: "PeopleModel", before: LayoutState, after: LayoutState, text: str) -> None:
+    def __init__(self, model: "BoxLayout", before: LayoutState, after: LayoutState, text: str) -> None:
         super().__init__(text)
         self._model, self._before, self._after = model, before, after
 
@@ -69,7 +66,7 @@ class LayoutHistory(QUndoStack):
     """Undo/redo of box edits. Each edit is recorded once it is complete (a whole drag, a reset,
     a restore): ``before = history.snapshot()``, change the boxes, ``history.record(before, text)``."""
 
-    def __init__(self, model: "PeopleModel") -> None:
+    def __init__(self, model: "BoxLayout") -> None:
         super().__init__(model)
         self._model = model
 
@@ -86,7 +83,7 @@ class BoxLayout:
     """The box rules of :class:`~.people.PeopleModel` (which provides ``_people``, ``index``,
     ``dataChanged``, ``mixChanged``, ``arranged``, ``min_box`` and the mixing state used here)."""
 
-    _people: list["Person"]
+    _people: list[Person]
     arranged: bool
     min_box: tuple[float, float]
     _mix: bool

@@ -26,6 +26,7 @@ class LayoutTab(QWidget):
         for widget, stretch in ((self.mix_check, 0), (self.mix_slider, 1), (self.mix_label, 0), (self.reset_boxes_button, 0)):
             row.addWidget(widget, stretch)
         column = QVBoxLayout(self)
+        column.setContentsMargins(4, 4, 4, 4)
         column.addWidget(self.canvas, 1)
         column.addLayout(row)
 

@@ -23,9 +23,12 @@ class LoraPanel(QWidget):
     """``loras()`` is what ``Request.loras`` takes; ``fastPreset`` asks the form for :data:`FAST_PRESET`."""
 
     fastPreset = Signal()
+    changed = Signal()  # a LoRA added or removed, or a strength changed
+    folderChanged = Signal(str)  # where LoRAs were last chosen from (remembered by the window)
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
+        self.folder = ""  # where the file dialog opens ("": the listed LoRAs' folder, else home)
         self.table = QTableWidget(0, 2)
         self.table.setHorizontalHeaderLabels(["LoRA", "Strength"])
         self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
@@ -64,9 +67,11 @@ class LoraPanel(QWidget):
         spin.setRange(0.0, MAX_STRENGTH)
         spin.setSingleStep(0.05)
         spin.setValue(strength)
+        spin.valueChanged.connect(lambda _: self.changed.emit())
         self.table.setCellWidget(row, 1, spin)
         self._paths.append(path)
         self._update_fast()
+        self.changed.emit()
 
     def loras(self) -> list[tuple[Path, float]]:
         return [(path, self._spin(row).value()) for row, path in enumerate(self._paths)]
@@ -78,12 +83,35 @@ class LoraPanel(QWidget):
         for path, strength in loras:
             self.add(path, strength)
         self._update_fast()
+        self.changed.emit()
+
+    def names(self) -> dict[str, float]:
+        """The listed LoRAs by the name a prompt tag gives them (the file name without .safetensors)."""
+        return {path.stem: strength for path, strength in self.loras()}
+
+    def tag_problems(self, prompt: str) -> list[str]:
+        """What the prompt's ``<lora:name:scale>`` tags say that the list does not run: a tag
+        without a listed LoRA (the run would go without it), or another strength than the list's."""
+        listed = self.names()
+        problems = []
+        for name, scale in prompt_loras(prompt):
+            if name not in listed:
+                problems.append(f"<lora:{name}> is not in the LoRA list: add {name}.safetensors or remove the tag")
+            elif abs(listed[name] - scale) > 1e-6:
+                problems.append(f"<lora:{name}:{scale:g}>: the list's strength {listed[name]:g} is used")
+        return problems
+
+    def unlisted(self, prompt: str) -> list[str]:
+        """Names the prompt tags that no listed LoRA has."""
+        listed = self.names()
+        return [name for name, _ in prompt_loras(prompt) if name not in listed]
 
     def restore(self, params: Mapping[str, Any]) -> list[str]:
         """The LoRAs a restored image's prompt tags (``<lora:name:scale>``), looked up by name among
         the listed files and the other ``.safetensors`` in their folders; one with a ``Lora hashes``
         entry must match it. A prompt without tags leaves the list as it is. Returns notes on the
-        tags it could not restore."""
+        files that differ from the image's (a tag without a file shows under the prompt instead,
+        for as long as it has none)."""
         tags = prompt_loras(str(params.get("prompt", "")))
         if not tags:
             return []
@@ -94,7 +122,7 @@ class LoraPanel(QWidget):
         for name, scale in tags:
             path = known.get(name)
             if path is None:
-                notes.append(f"LoRA {name} was not found: add it to the LoRA list")
+                continue  # the prompt note under the prompt says so while the tag has no LoRA
             elif name in hashes and lora_short_hash(path) != hashes[name]:
                 notes.append(f"LoRA {name}: {path.name} has another hash than the image's, not restored")
             else:
@@ -106,7 +134,11 @@ class LoraPanel(QWidget):
         return self.table.cellWidget(row, 1)
 
     def _ask_files(self) -> None:
-        files, _ = QFileDialog.getOpenFileNames(self, "Add LoRAs", "", "LoRA (*.safetensors)")
+        start = self.folder or (str(self._paths[-1].parent) if self._paths else str(Path.home()))
+        files, _ = QFileDialog.getOpenFileNames(self, "Add LoRAs", start, "LoRA (*.safetensors)")
+        if files:
+            self.folder = str(Path(files[0]).parent)
+            self.folderChanged.emit(self.folder)
         for name in files:
             self.add(name)
 
@@ -115,6 +147,7 @@ class LoraPanel(QWidget):
             self.table.removeRow(row)
             del self._paths[row]
         self._update_fast()
+        self.changed.emit()
 
     def _update_fast(self) -> None:
         self.fast_button.setVisible(any("lcm" in path.stem.lower() for path in self._paths))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -13,9 +13,10 @@ from PySide6.QtGui import QColor
 
 from dynamicid_rt import MAX_IDENTITIES, Box
 
-from .face_prompt import UNCHANGED, build_face_prompt
+from .face_prompt import build_face_prompt
 from .layout import BoxLayout, LayoutHistory
-from .person_display import Role, Status, display_text, person_icon
+from .person import Person, Role, Status
+from .person_display import display_text, person_icon
 
 if TYPE_CHECKING:
     from dynamicid_rt import Identity
@@ -30,32 +31,6 @@ PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # Changing one of these re-encodes the person (the pipeline caches identities, so it is cheap).
 _ENCODE_ROLES = {Role.FACE_INDEX, Role.FACE_PROMPT, Role.TARGET}
 _EDITABLE = _ENCODE_ROLES | {Role.EXPRESSION, Role.POSE, Role.BOX, Role.ID_SCALE}
-
-
-@dataclass
-class Person:
-    key: int
-    photo: Path
-    color: str
-    box: Box | None  # None: not in the image (the photo has no usable face)
-    parked_box: Box | None = None  # the box of a photo that failed, given back when it is retried
-    status: Status = Status.ENCODING
-    identity: "Identity | None" = None
-    error: str = ""
-    warnings: list[str] = field(default_factory=list)
-    num_faces: int = 0
-    face_index: int | None = None  # None: the pipeline picks the largest face
-    face_thumbs: list[np.ndarray] = field(default_factory=list)
-    expression: str = UNCHANGED
-    pose: str = UNCHANGED
-    face_prompt: str | None = None
-    target: Path | None = None
-    encode_version: int = 0
-    id_scale: float = 1.0  # identity strength (Request.id_scale for this person)
-
-    @property
-    def name(self) -> str:
-        return self.photo.stem
 
 
 @dataclass(frozen=True)
@@ -153,7 +128,9 @@ class PeopleModel(BoxLayout, QAbstractListModel):
             source = p.identity.source_prompt if p.identity is not None else ""
             p.face_prompt = build_face_prompt(p.expression, p.pose, source)
         self.dataChanged.emit(index, index, [role])
-        if role in _ENCODE_ROLES or role in (Role.EXPRESSION, Role.POSE):
+        # A photo without a face comes back into the image (re-encoded) only while there is a place.
+        back_in = p.status is not Status.ERROR or not self.is_full()
+        if (role in _ENCODE_ROLES or role in (Role.EXPRESSION, Role.POSE)) and back_in:
             self._request_encode(index.row())
         return True
 
@@ -162,18 +139,26 @@ class PeopleModel(BoxLayout, QAbstractListModel):
     def people(self) -> list[Person]:
         return list(self._people)
 
+    def in_image(self) -> list[Person]:
+        """The people who take one of the image's places: all but those whose photo has no usable
+        face (they are listed, boxless, until removed or retried)."""
+        return [p for p in self._people if p.status is not Status.ERROR]
+
     def is_full(self) -> bool:
-        return len(self._people) >= MAX_IDENTITIES
+        return len(self.in_image()) >= MAX_IDENTITIES
+
+    def _free_color(self, person: Person | None = None) -> str:
+        """A box colour no other person in the image has (one of the four: there are four places)."""
+        used = {p.color for p in self.in_image() if p is not person}
+        return next((c for c in PERSON_COLORS if c not in used), PERSON_COLORS[0])
 
     def add_photo(self, photo: str | Path) -> int:
         """Append a person and request their encoding; returns the new row."""
         if self.is_full():
             raise ValueError(f"at most {MAX_IDENTITIES} people per image: remove one before adding {Path(photo).name}")
-        used = {p.color for p in self._people}
-        color = next(c for c in PERSON_COLORS if c not in used)
         row = len(self._people)
         self.beginInsertRows(QModelIndex(), row, row)
-        self._people.append(Person(key=next(self._keys), photo=Path(photo), color=color, box=None))
+        self._people.append(Person(key=next(self._keys), photo=Path(photo), color=self._free_color(), box=None))
         self.endInsertRows()
         self._request_encode(row)  # which also places the new box
         return row
@@ -210,8 +195,15 @@ class PeopleModel(BoxLayout, QAbstractListModel):
         )
 
     def retry(self, row: int) -> None:
-        if 0 <= row < len(self._people):
-            self._request_encode(row)
+        """Encode the photo again; a photo without a face comes back only while there is a place."""
+        if not 0 <= row < len(self._people):
+            return
+        p = self._people[row]
+        if p.status is Status.ERROR:
+            if self.is_full():
+                return
+            p.color = self._free_color(p)  # its colour may have gone to someone added meanwhile
+        self._request_encode(row)
 
     def set_encoded(self, key: int, version: int, identity: "Identity", face_thumbs: Sequence[np.ndarray]) -> None:
         row = self.row_of(key)

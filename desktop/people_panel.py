@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from PySide6.QtCore import QModelIndex, QSize, Signal
+from PySide6.QtCore import QModelIndex, QSize, Qt, Signal
 from PySide6.QtGui import QIcon, QPixmap
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -13,11 +13,13 @@ from PySide6.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
+    QFrame,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QListView,
     QPushButton,
+    QScrollArea,
     QVBoxLayout,
     QWidget,
 )
@@ -27,6 +29,7 @@ from dynamicid_rt import MAX_IDENTITIES
 from .face_prompt import EXPRESSIONS, POSES, UNCHANGED
 from .people import PHOTO_FILTER, PHOTO_SUFFIXES, PeopleModel, Role, Status
 from .person_display import array_to_qimage
+from .views import FOCUS_FRAME
 
 PANEL_WIDTH = 300  # fixed, so that photos and messages never resize the window's columns
 
@@ -51,6 +54,7 @@ def _message_label(color: str) -> QLabel:
 
 class PeoplePanel(QWidget):
     photoFolderChanged = Signal(str)  # the folder photos were last chosen from (remembered by the window)
+    filesDropped = Signal(list)  # paths dropped on the panel: the window sorts photos, saved PNGs and LoRAs
 
     def __init__(self, model: PeopleModel, parent=None) -> None:
         super().__init__(parent)
@@ -66,6 +70,8 @@ class PeoplePanel(QWidget):
         self.list.setIconSize(QSize(64, 64))
         self.list.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.list.setWordWrap(True)
+        self.list.setStyleSheet(FOCUS_FRAME.format("QListView"))
+        self.list.setMinimumHeight(90)
         self.add_button = QPushButton("Add photo…")
         self.add_button.setToolTip("Add a reference photo (or drop photos here); up to four people")
         self.remove_button = QPushButton("Remove")
@@ -112,15 +118,29 @@ class PeoplePanel(QWidget):
         form.addRow("Face prompt:", self.face_prompt_edit)
         form.addRow("Target landmarks:", target_row)
 
+        # The messages share one area of fixed height (scrolling when long): appearing or going,
+        # they never move the list, the buttons or the editor.
+        messages = QWidget()
+        message_column = QVBoxLayout(messages)
+        message_column.setContentsMargins(0, 0, 0, 0)
+        message_column.setSpacing(2)
+        for label in (self.notice_label, self.error_label, self.warning_label):
+            message_column.addWidget(label)
+        message_column.addStretch(1)
+        self.messages = QScrollArea()
+        self.messages.setWidget(messages)
+        self.messages.setWidgetResizable(True)
+        self.messages.setFrameShape(QFrame.Shape.NoFrame)
+        self.messages.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.messages.setFixedHeight(5 * self.fontMetrics().lineSpacing() + 6)
+        self.source_label.setFixedHeight(2 * self.fontMetrics().lineSpacing() + 2)  # one or two lines: same room
+
         layout = QVBoxLayout(self)
         layout.addWidget(QLabel("<b>People</b> (drop photos here)"))
         layout.addWidget(self.list, 1)
         layout.addLayout(buttons)
         layout.addWidget(self.editor)
-        # Messages come last, so that appearing ones never move the editor.
-        layout.addWidget(self.notice_label)
-        layout.addWidget(self.error_label)
-        layout.addWidget(self.warning_label)
+        layout.addWidget(self.messages)
 
         self.add_button.clicked.connect(self.choose_photos)
         self.remove_button.clicked.connect(lambda: self.model.remove(self.current_row()))
@@ -177,8 +197,6 @@ class PeoplePanel(QWidget):
         self.list.setCurrentIndex(self.model.index(first))
 
     def _rows_removed(self) -> None:
-        if not self.model.is_full() and "at most" in self.notice_label.text():
-            self.notice_label.clear()  # there is room again: the note no longer applies
         self.refresh()
 
     def _set(self, role: Role, value: Any) -> None:
@@ -209,6 +227,8 @@ class PeoplePanel(QWidget):
         """Show the selected person's state in the editor."""
         row = self.current_row()
         has = row >= 0
+        if not self.model.is_full() and "at most" in self.notice_label.text():
+            self.notice_label.clear()  # there is a place again (a person went or has no face): the note no longer applies
         self.remove_button.setEnabled(has)
         self.add_button.setEnabled(not self.model.is_full())
         self.editor.setEnabled(has)
@@ -223,9 +243,9 @@ class PeoplePanel(QWidget):
         status = Status(index.data(Role.STATUS))
         identity = index.data(Role.IDENTITY)
         failed = status is Status.ERROR
-        self.retry_button.setEnabled(failed)
+        self.retry_button.setEnabled(failed and not self.model.is_full())
         self.error_label.setText(
-            f"{index.data(Role.PHOTO).name}: {index.data(Role.ERROR)} This person has no box and is left out of the image."
+            f"{index.data(Role.ERROR).rstrip('.')}. This person has no box and is left out of the image."
             if failed else ""
         )
         num_faces = index.data(Role.NUM_FACES)
@@ -273,6 +293,5 @@ class PeoplePanel(QWidget):
             event.acceptProposedAction()
 
     def dropEvent(self, event) -> None:
-        paths = [u.toLocalFile() for u in event.mimeData().urls() if u.isLocalFile()]
-        self.add_photos(paths)
+        self.filesDropped.emit([u.toLocalFile() for u in event.mimeData().urls() if u.isLocalFile()])
         event.acceptProposedAction()

@@ -1,45 +1,14 @@
-"""How a person shows: the roles the people model answers, their status, the text of their row in
+"""How a person shows: the text of their row in
 the list and their framed face."""
 from __future__ import annotations
 
-import enum
-from typing import TYPE_CHECKING
-
 import numpy as np
-from PySide6.QtCore import QRect, Qt
+from PySide6.QtCore import QRect
 from PySide6.QtGui import QColor, QIcon, QImage, QPainter, QPixmap
 
-if TYPE_CHECKING:
-    from .people import Person
+from .person import Person, Status
 
-
-class Role(enum.IntEnum):
-    KEY = Qt.ItemDataRole.UserRole + 1
-    PHOTO = enum.auto()
-    IDENTITY = enum.auto()
-    STATUS = enum.auto()
-    ERROR = enum.auto()
-    WARNINGS = enum.auto()
-    NUM_FACES = enum.auto()
-    FACE_INDEX = enum.auto()
-    FACE_THUMBS = enum.auto()
-    EXPRESSION = enum.auto()
-    POSE = enum.auto()
-    FACE_PROMPT = enum.auto()
-    TARGET = enum.auto()
-    BOX = enum.auto()
-    COLOR = enum.auto()
-    ENCODE_VERSION = enum.auto()
-    ID_SCALE = enum.auto()
-
-
-class Status(str, enum.Enum):
-    ENCODING = "encoding"
-    READY = "ready"
-    ERROR = "error"
-
-
-def display_text(row: int, p: "Person") -> str:
+def display_text(row: int, p: Person) -> str:
     """The row's lines: number and name, then what the photo shows or why it cannot be used."""
     lines = [f"{row + 1}. {p.name}"]
     if p.status is Status.ENCODING:
@@ -57,7 +26,7 @@ def display_text(row: int, p: "Person") -> str:
     return "\n".join(lines)
 
 
-def person_icon(p: "Person") -> QIcon:
+def person_icon(p: Person) -> QIcon:
     """The face in a frame of the person's box colour (no frame: no box)."""
     pix = QPixmap(64, 64)
     if p.status is Status.ERROR:

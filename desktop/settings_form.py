@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
+from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -22,12 +23,14 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from dynamicid_rt import SAMPLERS, SIZE_RANGE, Request, RequestError, canonical_sampler
+from dynamicid_rt import SAMPLERS, SIZE_RANGE, Request, RequestError, canonical_sampler, max_sampler_steps
 
+from .messages import MessageLine
 from .views import RANKING
 
 DEFAULTS = Request(prompt="")  # the form starts on the Request defaults
 MAX_BEST_OF = 16
+FORM_WIDTH = 290  # the settings column's width: its fields never need more
 PROMPT_HINT = "Describe the picture, e.g.: two friends at the beach, photo"
 BATCH_TIP = "Images per run, from consecutive seeds"
 BEST_OF_TIP = "Generate this many seeds, one image each, and show them ranked. " + RANKING
@@ -61,8 +64,16 @@ def _text_box(height: int, placeholder: str = "") -> QPlainTextEdit:
 
 
 class SettingsForm(QWidget):
+    """``changed`` is emitted on every edit of a field (by the user or by :meth:`apply`)."""
+
+    changed = Signal()
+
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
+        # The most steps each sampler takes ("default": the model's own); the loaded model's
+        # schedule replaces these SD1.5 values (set_step_limits).
+        self._step_limits = {name: max_sampler_steps(name) for name in SAMPLERS}
+        self._step_limits["default"] = self._step_limits["pndm"]
         self.prompt_edit = _text_box(80, PROMPT_HINT)
         self.negative_edit = _text_box(50, "what to keep out, e.g.: blurry, lowres")
         # The hints are examples, not text: italic and faint, so that they never pass for a prompt.
@@ -94,6 +105,9 @@ class SettingsForm(QWidget):
         self.gating_combo.addItems(["auto", "on", "off"])
         self.gating_combo.setToolTip("Region gating keeps each identity inside its own box; "
                                      "auto: on with two or more people")
+        # LoRA tags of the prompt that no listed LoRA answers; its height is kept when empty, so
+        # that a note appearing never moves the fields below it.
+        self.prompt_note = MessageLine("#c62828", lines=2)
 
         seed_row = QHBoxLayout()
         seed_row.addWidget(self.random_seed_check)
@@ -105,6 +119,7 @@ class SettingsForm(QWidget):
         form = QFormLayout()
         form.addRow(QLabel("<b>Prompt</b>"))
         form.addRow(self.prompt_edit)
+        form.addRow(self.prompt_note)
         form.addRow("Negative prompt:", self.negative_edit)
         form.addRow("Size:", size_row)
         form.addRow("Steps:", self.steps_spin)
@@ -129,9 +144,10 @@ class SettingsForm(QWidget):
             "negative_prompt": (lambda: self.negative_edit.toPlainText().strip(), self.negative_edit.setPlainText),
             "width": (self.width_spin.value, self.width_spin.setValue),
             "height": (self.height_spin.value, self.height_spin.setValue),
-            "steps": (self.steps_spin.value, self.steps_spin.setValue),
-            "guidance": (self.guidance_spin.value, self.guidance_spin.setValue),
+            # The sampler before the steps: its limit decides which step counts the field takes.
             "sampler": (self.sampler_combo.currentData, self._set_sampler),
+            "steps": (self.steps_spin.value, self._set_steps),
+            "guidance": (self.guidance_spin.value, self.guidance_spin.setValue),
             "seed": (self._seed, self._set_seed),
             "batch": (self.batch_spin.value, self.batch_spin.setValue),
             "best_of": (self.best_of, self.best_of_spin.setValue),
@@ -139,8 +155,19 @@ class SettingsForm(QWidget):
             "boost_steps": (self.boost_steps_spin.value, self.boost_steps_spin.setValue),
             "gating": (self.gating_combo.currentText, self._set_gating),
         }
+        self.sampler_combo.currentIndexChanged.connect(lambda _: self._limit_steps())
+        for spin in (self.width_spin, self.height_spin, self.steps_spin, self.guidance_spin, self.batch_spin,
+                     self.best_of_spin, self.boost_spin, self.boost_steps_spin):
+            spin.valueChanged.connect(lambda _: self.changed.emit())
+        for combo in (self.sampler_combo, self.gating_combo):
+            combo.currentIndexChanged.connect(lambda _: self.changed.emit())
+        for box in (self.prompt_edit, self.negative_edit):
+            box.textChanged.connect(self.changed)
+        self.seed_edit.textChanged.connect(lambda _: self.changed.emit())
+        self.random_seed_check.toggled.connect(lambda _: self.changed.emit())
         self.set_request(DEFAULTS)
         self._update_batch_and_best_of()
+        self._limit_steps()
 
     # -- the binding ---------------------------------------------------------------------------
 
@@ -183,6 +210,29 @@ class SettingsForm(QWidget):
         if index < 0:
             raise ValueError(name)
         self.sampler_combo.setCurrentIndex(index)
+
+    def _set_steps(self, steps: int) -> None:
+        """Steps from a restored image or the last session: beyond the sampler's limit they are
+        refused (ValueError: the field keeps its value), never silently cut."""
+        if not 1 <= int(steps) <= self.steps_spin.maximum():
+            raise ValueError(steps)
+        self.steps_spin.setValue(int(steps))
+
+    def set_step_limits(self, limits: Mapping[str, int]) -> None:
+        """The loaded model's most steps per sampler ("default" included)."""
+        self._step_limits.update(limits)
+        self._limit_steps()
+
+    def step_limit(self) -> int:
+        return self._step_limits.get(self.sampler_combo.currentData(), 1000)
+
+    def _limit_steps(self) -> None:
+        """The steps field takes only what the chosen sampler can run (LCM/TCD: at most their
+        distillation schedule), so Generate is never refused for it afterwards."""
+        name, limit = self.sampler_combo.currentData(), self.step_limit()
+        self.steps_spin.setMaximum(limit)
+        self.steps_spin.setToolTip(f"{name} takes 1 to {limit} steps" + (" (few-step sampler: 2 to 8 are usual)"
+                                                                         if name in ("lcm", "tcd") else ""))
 
     def _set_gating(self, gating: str | bool) -> None:
         text = {True: "on", False: "off"}.get(gating, gating) if isinstance(gating, bool) else str(gating)

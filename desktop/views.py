@@ -15,6 +15,9 @@ if TYPE_CHECKING:
     from dynamicid_rt import IdentityMatch
 
 GOOD, BAD = "#2e7d32", "#c62828"
+# A frame that shows where the keyboard is (item views and read-only text draw none of their own);
+# the same width with and without focus, so that nothing moves. Format with the widget's class name.
+FOCUS_FRAME = "{0} {{ border: 2px solid palette(midlight); }} {0}:focus {{ border: 2px solid palette(highlight); }}"
 ChipSpec = tuple[str, str, str]  # text, background colour, tooltip
 
 
@@ -23,7 +26,7 @@ class ImageView(QWidget):
 
     def __init__(self, text: str, parent=None) -> None:
         super().__init__(parent)
-        self.setMinimumSize(256, 256)
+        self.setMinimumSize(160, 96)  # grows with the window; small enough for a 768 px laptop screen
         self._text = text
         self._image: QImage | None = None
 
@@ -118,7 +121,8 @@ class ElidedLabel(QLabel):
 
 
 class ChipRow(QWidget):
-    """A row of small coloured labels (``chips``), left-aligned; empty hides it."""
+    """A row of small coloured labels (``chips``), left-aligned. Its height is kept when empty, so
+    that the image under it never moves when the first chips come."""
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
@@ -126,7 +130,7 @@ class ChipRow(QWidget):
         self._layout.setContentsMargins(0, 2, 0, 2)
         self._layout.addStretch(1)
         self.labels: list[ElidedLabel] = []
-        self.setVisible(False)
+        self.setFixedHeight(self.fontMetrics().height() + 8)
 
     def set_chips(self, chips: Sequence[ChipSpec]) -> None:
         for label in self.labels:
@@ -139,7 +143,6 @@ class ChipRow(QWidget):
             label.setStyleSheet(f"background: {background}; color: white; border-radius: 3px; padding: 1px 6px;")
             self._layout.insertWidget(i, label)
             self.labels.append(label)
-        self.setVisible(bool(chips))
 
 
 class Banner(QFrame):
@@ -183,6 +186,7 @@ class QuestionBar(QFrame):
     answers."""
 
     accepted = Signal()
+    shown = Signal(bool)  # asked (True) or answered/dismissed (False)
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
@@ -201,22 +205,30 @@ class QuestionBar(QFrame):
             row.addWidget(button)
         self.yes_button.clicked.connect(self._accept)
         self.no_button.clicked.connect(self.dismiss)
+        self._asked = False
         self.setVisible(False)
 
     def ask(self, question: str, yes: str) -> None:
         self.label.setText(question)
         self.yes_button.setText(yes)
+        self._asked = True
         self.setVisible(True)
+        self.shown.emit(True)
 
     def dismiss(self) -> None:
+        self._asked = False
         self.setVisible(False)
+        self.shown.emit(False)
 
     def _accept(self) -> None:
-        self.setVisible(False)
+        self.dismiss()
         self.accepted.emit()
 
+    def is_asked(self) -> bool:
+        return self._asked
+
     def text(self) -> str:
-        return self.label.text() if self.isVisible() else ""
+        return self.label.text() if self._asked else ""
 
 
 def overlay_activation_maps(image: np.ndarray, maps: np.ndarray, colors: Sequence[tuple[int, int, int]], alpha: float = 0.6) -> np.ndarray:

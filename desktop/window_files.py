@@ -34,10 +34,10 @@ class WindowFiles:
             text = read_parameters(path)
             params = parse_parameters(text) if text else None
         except (OSError, DynamicIDError) as exc:  # not an image, or parameters no writer makes
-            self.error_label.setText(f"Could not read {path}: {exc}")
+            self.messages.show_problem(f"Could not read {path}: {exc}")
             return False
         if params is None:
-            self.error_label.setText(f"{Path(path).name} holds no generation parameters")
+            self.messages.show_problem(f"{Path(path).name} holds no generation parameters")
             return False
         self.apply_parameters(params)
         self.statusBar().showMessage(f"Restored the settings of {Path(path).name}", 10000)
@@ -53,7 +53,10 @@ class WindowFiles:
         notes += restore_people(self.people, params)
         notes += self.lora_panel.restore(params)
         self.people.history.record(before, "restore boxes")
-        self.error_label.setText("Restored the settings; " + "; ".join(notes) if notes else "")
+        text = "Restored the settings; " + "; ".join(notes) if notes else ""
+        people = [p.key for p in self.people.people()]
+        # The notes are about these people and files: they go once the people change.
+        self.messages.show_problem(text, recheck=lambda: text if [p.key for p in self.people.people()] == people else None)
 
     # -- drag and drop -------------------------------------------------------------------------
 
@@ -66,10 +69,14 @@ class WindowFiles:
         event.acceptProposedAction()
 
     def handle_dropped(self, paths: list[str]) -> None:
-        """A saved PNG with parameters restores them; other photos become people."""
+        """A saved PNG with parameters restores them; a ``.safetensors`` file joins the LoRA list;
+        other files are offered as photos of people (which says what is not a photo)."""
         photos = []
         for path in paths:
-            if path.lower().endswith(".png") and _has_parameters(path):
+            if path.lower().endswith(".safetensors"):
+                self.lora_panel.add(path)
+                self.statusBar().showMessage(f"Added the LoRA {Path(path).stem} to the LoRA list", 10000)
+            elif path.lower().endswith(".png") and _has_parameters(path):
                 self.restore_parameters(path)
             else:
                 photos.append(path)

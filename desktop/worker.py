@@ -60,6 +60,19 @@ def validate_model_folder(spec: ModelSpec) -> str | None:
     return None
 
 
+def validate_spec(spec: ModelSpec) -> str | None:
+    """What makes ``spec`` unusable (None: worth a try), found before the models in use are closed:
+    a backend whose packages are missing, then the folder (:func:`validate_model_folder`)."""
+    from dynamicid_rt import AUTO, BACKENDS
+
+    info = BACKENDS.get(spec.backend)
+    if spec.backend != AUTO and info is not None:
+        missing = info.missing_packages()
+        if missing:
+            return f"the {spec.backend} backend is not installed (missing {', '.join(missing)}); {info.install_advice()}"
+    return validate_model_folder(spec)
+
+
 def describe_error(exc: BaseException) -> str:
     """A message for the window: ours already say what to do; others get their type name."""
     if isinstance(exc, DynamicIDError):
@@ -74,6 +87,18 @@ def face_thumbnails(photo: Path, boxes: list[tuple[float, float, float, float]],
 
     pixels = load_photo(photo)
     return [face_thumbnail(pixels, box, size) for box in boxes]
+
+
+def step_limits(pipe: "Pipeline") -> dict[str, int]:
+    """The most steps each sampler takes on the loaded model's schedule ("default": its own sampler)."""
+    from dynamicid_rt import SAMPLERS, max_sampler_steps
+
+    config = pipe.scheduler_config
+    limits = {name: max_sampler_steps(name, config) for name in SAMPLERS}
+    default = str(pipe.default_sampler)
+    if default in limits:
+        limits["default"] = limits[default]
+    return limits
 
 
 class _ActivityHandler(logging.Handler):
@@ -114,12 +139,13 @@ class PipelineWorker(QObject):
     def __init__(
         self,
         factory: Callable[[ModelSpec], Any] = default_pipeline_factory,
-        validate: Callable[[ModelSpec], str | None] = validate_model_folder,
+        validate: Callable[[ModelSpec], str | None] = validate_spec,
     ) -> None:
         super().__init__()
         self._factory = factory
         self._validate = validate
         self._pipe: Any = None
+        self._spec: ModelSpec | None = None  # what _pipe was opened from
         self._activity = _ActivityHandler(self.activity)
         library = logging.getLogger("dynamicid_rt")
         self._library_level = library.level
@@ -134,19 +160,34 @@ class PipelineWorker(QObject):
 
     @Slot(object)
     def load(self, spec: ModelSpec) -> None:
+        """Open ``spec``'s models in place of those in use. An unusable choice leaves them open
+        (loadRejected); one that fails to load puts them back (loaded, then loadRejected), so a
+        failed switch leaves everything as it was."""
         self._activity.thread_id = threading.get_ident()  # this slot runs in the pipeline thread
         problem = self._validate(spec)
         if problem is not None:
             self.loadRejected.emit(spec, problem)
             return
-        self._close_pipe()
-        t = time.perf_counter()
+        previous = self._spec if self._pipe is not None else None
+        self._close_pipe()  # one pipeline at a time: two may not fit in memory
         try:
-            self._pipe = self._factory(spec)
+            self._open(spec)
         except Exception as exc:  # noqa: BLE001 - any failure must reach the window, not kill the thread
             log.exception("loading models failed")
+            if previous is not None and previous != spec:
+                try:
+                    self._open(previous)
+                except Exception:  # noqa: BLE001
+                    log.exception("re-opening the models in use failed")
+                else:
+                    self.loadRejected.emit(spec, describe_error(exc))
+                    return
             self.loadFailed.emit(describe_error(exc))
-            return
+
+    def _open(self, spec: ModelSpec) -> None:
+        t = time.perf_counter()
+        self._pipe = self._factory(spec)
+        self._spec = spec
         describe = getattr(self._pipe, "describe", None)
         root = getattr(getattr(self._pipe, "paths", None), "root", None)
         self.loaded.emit(
@@ -156,6 +197,7 @@ class PipelineWorker(QObject):
                 "backend": spec.backend,
                 "runs_on": dict(describe()) if describe else {},  # the backend and device actually in use
                 "default_sampler": str(getattr(self._pipe, "default_sampler", "")),
+                "max_steps": step_limits(self._pipe),
                 "is_tiny": bool(self._pipe.is_tiny),
                 "has_imr": bool(self._pipe.has_imr),
                 "seconds": time.perf_counter() - t,

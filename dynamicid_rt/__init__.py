@@ -37,6 +37,7 @@ _LAZY = {
     "ModelPaths": "dynamicid_rt.modelfiles.paths",
     "SAMPLERS": "dynamicid_rt.sampling.names",
     "canonical_sampler": "dynamicid_rt.sampling.names",
+    "max_sampler_steps": "dynamicid_rt.sampling.schedules",  # the step limit a form offers per sampler
     "AUTO": "dynamicid_rt.backends",
     # User LoRAs (Request.loras): a file and its strength, and the CLI's PATH[:SCALE].
     "LoraRef": "dynamicid_rt.modelfiles.lora",
@@ -82,6 +83,7 @@ if TYPE_CHECKING:
     from .modelfiles.model_hash import ModelInfo
     from .formats.outputs import check_output_path, save_image
     from .sampling.names import SAMPLERS, canonical_sampler
+    from .sampling.schedules import max_sampler_steps
 
 
 def __getattr__(name: str):

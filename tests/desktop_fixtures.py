@@ -11,8 +11,9 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from PySide6.QtCore import QMimeData, QPointF, QSettings, Qt, QUrl  # noqa: E402
+from PySide6.QtCore import QMimeData, QPointF, QSettings, Qt, QTimer, QUrl  # noqa: E402
 from PySide6.QtGui import QDropEvent  # noqa: E402
+from PySide6.QtWidgets import QMessageBox  # noqa: E402
 
 from dynamicid_rt.desktop.app import MainWindow  # noqa: E402
 from dynamicid_rt.desktop.people import Status  # noqa: E402
@@ -49,6 +50,10 @@ class RecordingPipeline:
     @property
     def default_sampler(self) -> str:
         return self._pipe.default_sampler
+
+    @property
+    def scheduler_config(self):
+        return self._pipe.scheduler_config
 
     def describe(self) -> dict:
         return self._pipe.describe()
@@ -115,13 +120,28 @@ def window(qtbot, recorder, store, tiny_bundle):
         return recorder
 
     win = MainWindow(store=store, pipeline_factory=factory, spec_override=ModelSpec(tiny_bundle, "torch"))
-    qtbot.addWidget(win)
+    # pytest-qt closes the window first: a test that left results unsaved answers the Quit question.
+    qtbot.addWidget(win, before_close_func=lambda w: answer_quit(w, QMessageBox.StandardButton.Discard))
     win.show()
     qtbot.waitUntil(lambda: win.loaded_info is not None, timeout=10000)
     yield win
     win.close()
     assert loads and all(t != GUI_THREAD for t in loads)
     assert recorder.calls and all(t != GUI_THREAD for _, t in recorder.calls), "model code ran in the GUI thread"
+
+
+def answer_quit(win, button: QMessageBox.StandardButton, seen: list | None = None) -> None:
+    """Click ``button`` of the Quit question once it is asked (it runs its own event loop), noting
+    its text in ``seen``."""
+    def answer() -> None:
+        box = win.close_question
+        if box is None:
+            return
+        if seen is not None:
+            seen.append(f"{box.text()} {box.informativeText()}")
+        box.button(button).click()
+
+    QTimer.singleShot(0, answer)
 
 
 def _wait_people(qtbot, win, n: int) -> None:

@@ -396,11 +396,12 @@ def test_save_and_reuse_act_on_the_selected_image(qtbot, window, tmp_path):
     win = window
     _small(win, steps=1)
     win.form.batch_spin.setValue(2)
+    win.gallery.save_each_check.setChecked(False)  # saving by hand only
     with qtbot.waitSignal(win.runEnded, timeout=60000):
         assert win.generate()
     assert [e.seed for e in win.gallery_model.entries()] == [11, 12]
     win.gallery.select(1)
-    assert win.gallery.seed_label.text() == "seed: 12"
+    assert win.gallery.seed_label.text() == "seed 12 · not saved"
     qtbot.keyClick(win, Qt.Key.Key_S, Qt.KeyboardModifier.ControlModifier)
     saved = win.gallery_model.entry(1).saved
     assert saved is not None and "Seed: 12" in read_parameters(saved)

@@ -22,7 +22,8 @@ from PySide6.QtWidgets import QFileDialog  # noqa: E402
 
 from desktop_fixtures import _drag, _small, _wait_people, recorder, store, window  # noqa: E402,F401
 from dynamicid_rt import IdentityMatch, default_boxes  # noqa: E402
-from dynamicid_rt.desktop.app import MainWindow, progress_text  # noqa: E402
+from dynamicid_rt.desktop.app import MainWindow  # noqa: E402
+from dynamicid_rt.desktop.run_controller import progress_text  # noqa: E402
 from dynamicid_rt.desktop.canvas import LABEL_PX  # noqa: E402
 from dynamicid_rt.desktop.people import PeopleModel, Role, Status  # noqa: E402
 from dynamicid_rt.desktop.restore import restore_people  # noqa: E402
@@ -316,7 +317,15 @@ def test_8_ranking_puts_present_people_first_and_says_so():
 @pytest.mark.parametrize("size", [None, (1280, 800)])
 def test_8_six_results_fit_readably(qtbot, window, samples, size):
     win = window
-    if size:
+    if size is None:
+        # The default size is the screen's where the screen is smaller (offscreen Qt: 800×600):
+        # the window never opens past its edges (round 4, item 7).
+        # (The real-window test checks that on 1280×800 and 1366×768 screens.)
+        room = win.screen().availableGeometry()
+        if room.width() < 1280 or room.height() < 800:
+            pytest.skip(f"a {room.width()}×{room.height()} screen has no room for six results at the default size")
+        assert room.contains(win.frameGeometry())
+    else:
         win.resize(*size)
     win.people_panel.add_photos([samples / "person_a.png", samples / "person_b.png", samples / "person_a_smiling.png"])
     _wait_people(qtbot, win, 3)

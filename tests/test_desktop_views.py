@@ -137,7 +137,7 @@ def test_gallery_save_and_reuse_follow_the_selection(qtbot, tmp_path):
     model.add([_entry(5), _entry(6), _entry(7)])
     assert panel.current_entry() is None and not panel.save_button.isEnabled()
     panel.select(1)
-    assert panel.seed_label.text() == "seed: 6" and "Seed: 6" in panel.params_view.toPlainText()
+    assert panel.seed_label.text() == "seed 6 · not saved" and "Seed: 6" in panel.params_view.toPlainText()
     with qtbot.waitSignal(panel.reuseSeed) as reused:
         panel.reuse_button.click()
     assert reused.args == [6]

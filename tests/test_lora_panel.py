@@ -53,7 +53,8 @@ def test_restore_finds_loras_by_name_and_hash(qtbot, window, lcm_lora, tmp_path)
     prompt = "a portrait <lora:lcm-lora-sdv1-5:0.5> <lora:missing:1>"
     win.apply_parameters({"prompt": prompt, "lora_hashes": {"lcm-lora-sdv1-5": right}})
     assert [(p.name, s) for p, s in win.lora_panel.loras()] == [("lcm-lora-sdv1-5.safetensors", 0.5)]
-    assert "LoRA missing was not found" in win.error_label.text()
+    # A tag without a LoRA is said under the prompt, for as long as it has none (round 4, item 6).
+    assert "<lora:missing> is not in the LoRA list" in win.form.prompt_note.text()
     win.lora_panel.set_loras([(other, 1.0)])
     win.apply_parameters({"prompt": prompt, "lora_hashes": {"lcm-lora-sdv1-5": "0" * 12}})
     assert "another hash" in win.error_label.text() and win.lora_panel.loras() == []

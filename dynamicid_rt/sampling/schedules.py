@@ -322,6 +322,21 @@ def sampling_schedule(name: str, config: SchedulerConfig, steps: int) -> Schedul
     return Schedule(name, config, steps, ts, alphas_cumprod(config), sigmas)
 
 
+def max_sampler_steps(name: str, config: SchedulerConfig | None = None) -> int:
+    """The most steps sampler ``name`` takes on ``config``'s schedule (default: SD1.5's), so that a
+    form can offer only step counts :func:`sampling_schedule` accepts (LCM/TCD: the distillation
+    schedule's length; PNDM/DDIM: one below the step count that reaches past the last timestep)."""
+    config = config or SchedulerConfig()
+    top = config.original_inference_steps if name in ("lcm", "tcd") else config.num_train_timesteps
+    for steps in range(top, 0, -1):
+        try:
+            sampling_schedule(name, config, steps)
+        except RequestError:
+            continue
+        return steps
+    raise RequestError(f"sampler {name!r} takes no step count on this schedule")
+
+
 def timesteps(name: str, config: SchedulerConfig, steps: int) -> np.ndarray:
     """The timesteps passed to the model, in call order (float64; integral except Euler linspace)."""
     return sampling_schedule(name, config, steps).timesteps
