@@ -248,6 +248,19 @@ VAE_DECODER = EngineSpec(
     bf16=True,
     one_image_per_call=True,
 )
+TAESD_DECODER = EngineSpec(
+    "taesd_decoder",
+    inputs=(TensorSpec("latent", ("B", "latent_c", "h", "w")),),
+    outputs=(TensorSpec("image", ("B", 3, "8*h", "8*w")),),
+    axes=(Axis("B", 1, 1, 4), Axis("h", 32, 64, 128), Axis("w", 32, 64, 128)),
+    loader="dynamicid_rt.models.taesd:load_taesd_decoder",
+    sources=("taesd",),
+    optional=True,
+    needs="a taesd/ folder (diffusers AutoencoderTiny, e.g. madebyollin/taesd: config.json and weights) for previews and fast decodes",
+    # Distilled to run in fp16 (no fp32 island needed); the pipeline still retries an overflow in fp32.
+    bf16=True,
+    one_image_per_call=True,
+)
 
 # v2: ``id_scale`` per person (N) and the imr output named ``edited_tokens`` (v1: (1) and ``id_tokens``).
 CONTRACT_VERSION = 2
@@ -255,7 +268,7 @@ CONTRACT_VERSION = 2
 CONTRACT_CHANGES = {2: "per-person id_scale, imr output edited_tokens"}
 
 ENGINES: dict[str, EngineSpec] = {
-    e.name: e for e in (TEXT_ENCODER, IMAGE_ENCODER, FACE_PROJECTOR, IMR, UNET, VAE_DECODER)
+    e.name: e for e in (TEXT_ENCODER, IMAGE_ENCODER, FACE_PROJECTOR, IMR, UNET, VAE_DECODER, TAESD_DECODER)
 }
 
 # The engines user LoRAs change, in the order LoRA cache keys are listed.
