@@ -234,6 +234,7 @@ class MainWindow(WindowFiles, QMainWindow):
             self.people_panel.photo_folder = info.get("samples") or str(default_output_dir().parent)
         self.people_panel.set_expressions_enabled(info["has_imr"])
         self.form.set_default_sampler(info.get("default_sampler", ""))
+        self.form.set_decoders(info.get("decoders", ["vae"]))
         runs_on = runs_on_text(info)
         self.setWindowTitle(f"DynamicID — {runs_on}")
         self.runs_on_label.setText(f"Running on {runs_on}")

@@ -91,6 +91,8 @@ class EngineSpec:
     one_image_per_call: bool = False  # the pipeline runs it per image (batch 1), whatever the request's batch
     step_inputs: tuple[str, ...] = ()  # the inputs that change at every sampler step (the rest are bound once)
     control_inputs: tuple[str, ...] = ()  # small precision-critical inputs: kept fp32 in every precision
+    decoder: str = ""  # a latent -> image decoder, chosen for final images by this Request.decoder name
+    previews: bool = False  # live previews decode the denoised estimate with it where the folder has it
 
     @property
     def sized(self) -> bool:
@@ -247,6 +249,7 @@ VAE_DECODER = EngineSpec(
     fp32_in_fp16=True,
     bf16=True,
     one_image_per_call=True,
+    decoder="vae",
 )
 TAESD_DECODER = EngineSpec(
     "taesd_decoder",
@@ -260,6 +263,8 @@ TAESD_DECODER = EngineSpec(
     # Distilled to run in fp16 (no fp32 island needed); the pipeline still retries an overflow in fp32.
     bf16=True,
     one_image_per_call=True,
+    decoder="taesd",
+    previews=True,
 )
 
 # v2: ``id_scale`` per person (N) and the imr output named ``edited_tokens`` (v1: (1) and ``id_tokens``).
@@ -284,6 +289,11 @@ def engine_spec(name: str) -> EngineSpec:
     if name not in ENGINES:
         raise KeyError(f"unknown engine {name!r}; the contract has {', '.join(ENGINES)}")
     return ENGINES[name]
+
+
+def decoder_engines() -> dict[str, str]:
+    """``{Request.decoder name: engine}`` of the contract's image decoders (the first is the default)."""
+    return {spec.decoder: name for name, spec in ENGINES.items() if spec.decoder}
 
 
 def register_engine(spec: EngineSpec) -> EngineSpec:

@@ -6,8 +6,8 @@ import math
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
-from .contract import ENGINES, VAE_SCALE
-from .errors import ModelFolderError
+from .contract import ENGINES, VAE_SCALE, decoder_engines
+from .errors import ModelFolderError, RequestError
 
 SD_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 INSIGHTFACE_PACK = "buffalo_l"
@@ -106,6 +106,20 @@ class ModelPaths:
         """Whether this model folder has ``engine``: an optional one only with all its sources."""
         spec = ENGINES[engine]
         return not spec.optional or all(self.source(part) is not None for part in spec.sources)
+
+    def decoder_engine(self, decoder: str) -> str:
+        """The engine that decodes final images for ``Request.decoder``; a RequestError, before any
+        work, for a name the contract lacks or a decoder whose weights this folder lacks."""
+        engines = decoder_engines()
+        if decoder not in engines:
+            raise RequestError(f"decoder {decoder!r}: use one of {', '.join(engines)}")
+        engine = engines[decoder]
+        if not self.provides(engine):
+            raise RequestError(
+                f"decoder {decoder!r} needs {ENGINES[engine].needs}, which {self.root or self.base} lacks; "
+                f"add it, or decode with the full VAE (decoder {next(iter(engines))!r})"
+            )
+        return engine
 
     def problems(self) -> list[str]:
         """What is missing or malformed, one line each (empty when the folder is usable)."""

@@ -19,7 +19,7 @@ import numpy as np
 from .backends import create_backend, supports
 from .backends.base import Backend
 from .best_of import generate_best_of
-from .contract import IDENTITY_ENGINES, TEXT_ENCODER, UNET
+from .contract import ENGINES, IDENTITY_ENGINES, TEXT_ENCODER, UNET, decoder_engines
 from .errors import Cancelled, NumericalError, RequestError
 from .export.progress import BuildProgress
 from .fingerprint import identity_model_fingerprint
@@ -27,11 +27,13 @@ from .guided_unet import GuidedUNet
 from .identity import Identity, check_same_model, load_saved
 from .identity_check import IdentityMatch, match_identities, reference_embeddings
 from .identity_encoder import IdentityEncoder
+from .live_preview import PREVIEW_BUDGET, PREVIEW_INTERVAL, DenoisedEstimate, LivePreview
 from .lora import check_lora_refs, load_loras
 from .lora_tags import lora_hashes, strip_lora_tags, with_prompt_tags
 from .model_hash import describe_model
 from .paths import ModelPaths, vae_scaling_factor
 from .photos import load_photo
+from .preview import latent_to_rgb
 from .preflight import check_folder
 from .request import Box, ModelInfo, Person, ProgressInfo, Request, Result, default_boxes
 from .noise import image_seeds, initial_noise, step_noise_source
@@ -92,6 +94,8 @@ class Pipeline:
         self.vae_scale = vae_scaling_factor(paths)  # latents are divided by it before the VAE decoder
         self._hash_cache = cache_dir / "hashes" if cache_dir is not None else None
         self._model_info: ModelInfo | None = None
+        # Live previews: the share of sampling time they may take, and the seconds between frames.
+        self.preview_budget, self.preview_interval = PREVIEW_BUDGET, PREVIEW_INTERVAL
 
     @classmethod
     def load(
@@ -147,6 +151,16 @@ class Pipeline:
     @property
     def has_imr(self) -> bool:
         return self.backend.has_imr
+
+    @property
+    def decoders(self) -> list[str]:
+        """The ``Request.decoder`` values this model folder can decode with (the full VAE first)."""
+        return [name for name, engine in decoder_engines().items() if self.paths.provides(engine)]
+
+    @property
+    def preview_engine(self) -> str | None:
+        """The engine live previews decode the denoised estimate with, or None (the latent's linear map)."""
+        return next((name for name, spec in ENGINES.items() if spec.previews and self.paths.provides(name)), None)
 
     def describe(self) -> dict[str, str]:
         """What runs the models: backend, device and precision (plus versions), for UIs and logs."""
@@ -280,6 +294,8 @@ class Pipeline:
         # Computed once for the sampler and the activation maps; refuses step counts the schedule
         # cannot take (LCM/TCD: at most 50) before any work.
         schedule = sampling_schedule(sampler, self.scheduler_config, request.steps)
+        decoder = self.paths.decoder_engine(request.decoder)  # a decoder the folder lacks: refused now
+        preview_engine = self.preview_engine if progress is not None else None
         t = time.perf_counter()
         lora_refs = check_lora_refs(request.loras)
         self.backend.set_loras(lora_refs)  # changes nothing when this set is merged already
@@ -294,7 +310,8 @@ class Pipeline:
             # Host-side noise: the same seed gives the same image start on every backend and device.
             noise = initial_noise(seeds, (4, lh, lw))
 
-        self.backend.prepare([UNET.name])  # loads while the text encoder runs, where the backend can
+        # Loaded while the text encoder runs, where the backend can.
+        self.backend.prepare([UNET.name, *([preview_engine] if preview_engine else [])])
         t = time.perf_counter()
         # A1111's <lora:name:w> tags (restored PNG prompts carry them) are not text for CLIP.
         states, _ = self.prompts.encode([strip_lora_tags(request.negative_prompt), strip_lora_tags(request.prompt)])
@@ -313,17 +330,26 @@ class Pipeline:
         )
 
         t_sample = time.perf_counter()
+        estimate = DenoisedEstimate(denoise, schedule.alphas_cumprod)
+        preview = LivePreview(
+            (lambda latent: self._decode_pixels(latent, preview_engine, fallback=True)) if preview_engine else None,
+            budget=self.preview_budget, interval=self.preview_interval,
+        )
 
         def on_step(step: int, total: int, x: np.ndarray) -> None:
             if progress is not None:
-                progress(ProgressInfo(step=step + 1, total=total, latent=x, elapsed=time.perf_counter() - t_sample))
+                denoised = estimate.latest()
+                progress(ProgressInfo(step=step + 1, total=total, latent=x, elapsed=time.perf_counter() - t_sample,
+                                      denoised=denoised, preview=preview.frame(x, denoised)))
             if cancel is not None and cancel.is_set():
                 raise Cancelled(f"cancelled after step {step + 1} of {total}")
 
         if cancel is not None and cancel.is_set():
             raise Cancelled("cancelled before the first step")
-        latents = run_schedule(schedule, denoise, noise, noise_source=step_noise_source(seeds), callback=on_step, gamma=request.tcd_gamma)
+        latents = run_schedule(schedule, estimate, noise, noise_source=step_noise_source(seeds), callback=on_step, gamma=request.tcd_gamma)
         timings["denoise"] = time.perf_counter() - t_sample
+        if preview.frames:
+            timings["previews"] = preview.spent  # within "denoise"
 
         maps = None
         if request.activation_maps and request.identities and supports(self.backend, "activation_maps"):
@@ -332,7 +358,7 @@ class Pipeline:
             maps = list(self.backend.activation_maps(unet_feed(identity, states, latents, last_t, 0.0, guided=False)))
 
         t = time.perf_counter()
-        images = [self._decode(latents[i : i + 1]) for i in range(batch)]
+        images = [self._decode(latents[i : i + 1], decoder) for i in range(batch)]
         timings["decode"] = time.perf_counter() - t
         self.backend.generation_done()
         timings["total"] = time.perf_counter() - t_start
@@ -350,20 +376,29 @@ class Pipeline:
             lora_hashes=lora_hashes(loras),
         )
 
-    def _decode(self, latent: np.ndarray):
+    def _decode(self, latent: np.ndarray, engine: str):
         from PIL import Image
 
+        return Image.fromarray(self._decode_pixels(latent, engine))
+
+    def _decode_pixels(self, latent: np.ndarray, engine: str, fallback: bool = False) -> np.ndarray:
+        """One latent (1, 4, h, w) through decoder ``engine`` as (8h, 8w, 3) uint8. ``fallback`` (a
+        preview): the latent's linear map where even the fp32 retry gives NaN."""
         inputs = {"latent": (latent / self.vae_scale).astype(np.float32)}
         try:
-            image = self.backend.run("vae_decoder", inputs)["image"][0]
-            _check("VAE decoder", image)
+            image = self.backend.run(engine, inputs)["image"][0]
+            _check(engine, image)
         except NumericalError as exc:
-            # Reduced-precision VAEs can overflow on some latents: one fp32 retry beats losing every step.
+            # Reduced-precision decoders can overflow on some latents: one fp32 retry beats losing every step.
             log.warning("%s; decoding this image again in fp32", exc)
-            image = self.backend.run_fp32("vae_decoder", inputs)["image"][0]
-            _check("VAE decoder (fp32 retry)", image)
-        pixels = ((image.transpose(1, 2, 0) + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)
-        return Image.fromarray(pixels)
+            image = self.backend.run_fp32(engine, inputs)["image"][0]
+            try:
+                _check(f"{engine} (fp32 retry)", image)
+            except NumericalError:
+                if not fallback:
+                    raise
+                return latent_to_rgb(latent[0])
+        return ((image.transpose(1, 2, 0) + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)
 
     def close(self) -> None:
         self.backend.close()
