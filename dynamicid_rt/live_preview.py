@@ -61,9 +61,10 @@ class DenoisedEstimate:
 class LivePreview:
     """Frames for the progress callback. With a ``decode``r, the denoised estimate of the first
     image is decoded after the first step, then again only when at least ``interval`` seconds have
-    passed and the decodes so far plus one more (at the last one's cost) stay within ``budget`` of
-    the time since sampling started; in between, the last frame repeats. Without one, each frame is
-    the latent's linear map. ``spent`` and ``frames`` say what decoding cost."""
+    passed and the decodes so far plus one more stay within ``budget`` of the time since sampling
+    started; in between, the last frame repeats. The next decode is reckoned at twice the dearest
+    so far, as a busy machine's decode times vary several-fold. Without a decoder, each frame is the
+    latent's linear map. ``spent`` and ``frames`` say what decoding cost."""
 
     def __init__(
         self,
@@ -79,7 +80,7 @@ class LivePreview:
         self._start = clock()
         self._frame: np.ndarray | None = None
         self._last_at = 0.0
-        self._cost = 0.0
+        self._dearest = 0.0
         self.spent = 0.0
         self.frames = 0
 
@@ -88,12 +89,13 @@ class LivePreview:
         if self._decode is None or denoised is None:
             return latent_to_rgb(latent[0])
         now = self._clock() - self._start
-        due = now - self._last_at >= self.interval and self.spent + self._cost <= self.budget * now
+        due = now - self._last_at >= self.interval and self.spent + 2.0 * self._dearest <= self.budget * now
         if self._frame is None or due:
             began = self._clock()
             self._frame = self._decode(denoised[:1])
-            self._cost = self._clock() - began
-            self.spent += self._cost
+            cost = self._clock() - began
+            self._dearest = max(self._dearest, cost)
+            self.spent += cost
             self.frames += 1
             self._last_at = self._clock() - self._start
         return self._frame
