@@ -271,7 +271,7 @@ def test_without_taesd_previews_are_the_latent_map_and_fast_decode_is_refused_fi
         pipe.close()
 
 
-def test_cli_refuses_taesd_without_weights_before_loading(no_taesd_folder, tmp_path, monkeypatch, capsys):
+def test_cli_refuses_taesd_without_weights_before_loading(no_taesd_folder, tmp_path, monkeypatch, caplog):
     from dynamicid_rt import cli
 
     def no_load(*args, **kwargs):
@@ -280,8 +280,9 @@ def test_cli_refuses_taesd_without_weights_before_loading(no_taesd_folder, tmp_p
     monkeypatch.setattr(Pipeline, "load", no_load)
     code = cli.main(["generate", "--models", str(no_taesd_folder), "--prompt", "x", "--decoder", "taesd",
                      "--out", str(tmp_path / "out.png")])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code != 0 and len(err) == 1 and "taesd/" in err[0], err
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert code == 1 and len(errors) == 1 and "\n" not in errors[0], errors
+    assert "decoder 'taesd' needs a taesd/ folder" in errors[0] and "(decoder 'vae')" in errors[0]
     assert not (tmp_path / "out.png").exists()
 
 
