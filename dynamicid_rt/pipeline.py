@@ -19,8 +19,9 @@ import numpy as np
 from .backends import create_backend, supports
 from .backends.base import Backend
 from .best_of import generate_best_of
+from .decoding import check_finite, decode_pixels
 from .contract import ENGINES, IDENTITY_ENGINES, TEXT_ENCODER, UNET, decoder_engines
-from .errors import Cancelled, NumericalError, RequestError
+from .errors import Cancelled, RequestError
 from .export.progress import BuildProgress
 from .fingerprint import identity_model_fingerprint
 from .guided_unet import GuidedUNet
@@ -33,7 +34,6 @@ from .lora_tags import lora_hashes, strip_lora_tags, with_prompt_tags
 from .model_hash import describe_model
 from .paths import ModelPaths, vae_scaling_factor
 from .photos import load_photo
-from .preview import latent_to_rgb
 from .preflight import check_folder
 from .request import Box, ModelInfo, Person, ProgressInfo, Request, Result, default_boxes
 from .noise import image_seeds, initial_noise, step_noise_source
@@ -315,7 +315,7 @@ class Pipeline:
         t = time.perf_counter()
         # A1111's <lora:name:w> tags (restored PNG prompts carry them) are not text for CLIP.
         states, _ = self.prompts.encode([strip_lora_tags(request.negative_prompt), strip_lora_tags(request.prompt)])
-        _check("text encoder", states)
+        check_finite("text encoder", states)
         timings["text"] = time.perf_counter() - t
 
         identity = identity_inputs(request, self.identities.unconditional_tokens(), self.dims.context_dim, gating)
@@ -332,7 +332,7 @@ class Pipeline:
         t_sample = time.perf_counter()
         estimate = DenoisedEstimate(denoise, schedule.alphas_cumprod)
         preview = LivePreview(
-            (lambda latent: self._decode_pixels(latent, preview_engine, fallback=True)) if preview_engine else None,
+            (lambda latent: decode_pixels(self.backend, preview_engine, latent, self.vae_scale, fallback=True)) if preview_engine else None,
             budget=self.preview_budget, interval=self.preview_interval,
         )
 
@@ -379,26 +379,7 @@ class Pipeline:
     def _decode(self, latent: np.ndarray, engine: str):
         from PIL import Image
 
-        return Image.fromarray(self._decode_pixels(latent, engine))
-
-    def _decode_pixels(self, latent: np.ndarray, engine: str, fallback: bool = False) -> np.ndarray:
-        """One latent (1, 4, h, w) through decoder ``engine`` as (8h, 8w, 3) uint8. ``fallback`` (a
-        preview): the latent's linear map where even the fp32 retry gives NaN."""
-        inputs = {"latent": (latent / self.vae_scale).astype(np.float32)}
-        try:
-            image = self.backend.run(engine, inputs)["image"][0]
-            _check(engine, image)
-        except NumericalError as exc:
-            # Reduced-precision decoders can overflow on some latents: one fp32 retry beats losing every step.
-            log.warning("%s; decoding this image again in fp32", exc)
-            image = self.backend.run_fp32(engine, inputs)["image"][0]
-            try:
-                _check(f"{engine} (fp32 retry)", image)
-            except NumericalError:
-                if not fallback:
-                    raise
-                return latent_to_rgb(latent[0])
-        return ((image.transpose(1, 2, 0) + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)
+        return Image.fromarray(decode_pixels(self.backend, engine, latent, self.vae_scale))
 
     def close(self) -> None:
         self.backend.close()
@@ -414,11 +395,6 @@ def _face_analyzer(paths: ModelPaths):
     from .faces import FaceAnalyzer
 
     return FaceAnalyzer(paths.insightface)
-
-
-def _check(stage: str, array: np.ndarray) -> None:
-    if not np.all(np.isfinite(array)):
-        raise NumericalError(f"the {stage} produced NaN/inf values; try fp32 precision or check the model files")
 
 
 __all__ = ["Pipeline"]

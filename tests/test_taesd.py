@@ -289,3 +289,30 @@ def test_cli_refuses_taesd_without_weights_before_loading(no_taesd_folder, tmp_p
 def test_request_refuses_an_unknown_decoder():
     with pytest.raises(RequestError, match="decoder='tiny'"):
         Request(prompt="x", decoder="tiny")
+
+
+def test_a_taesd_decode_with_nan_is_retried_in_fp32_and_a_preview_falls_back_to_the_latent_map(tiny_pipeline, monkeypatch, caplog):
+    import logging
+
+    from dynamicid_rt.preview import latent_to_rgb
+
+    request = Request(prompt="x", width=256, height=256, steps=1, seed=2, sampler="euler", decoder="taesd")
+    expected = np.asarray(tiny_pipeline.generate(request).images[0])
+    run = tiny_pipeline.backend.run
+
+    def overflowing(engine, inputs):
+        out = run(engine, inputs)
+        return {"image": np.full_like(out["image"], np.nan)} if engine == ENGINE else out
+
+    retries = []
+    monkeypatch.setattr(tiny_pipeline.backend, "run", overflowing)
+    monkeypatch.setattr(tiny_pipeline.backend, "run_fp32", lambda engine, inputs: retries.append(engine) or run(engine, inputs))
+    with caplog.at_level(logging.WARNING):
+        image = np.asarray(tiny_pipeline.generate(request).images[0])
+    assert retries == [ENGINE] and "again in fp32" in caplog.text and np.array_equal(image, expected)
+
+    # A preview whose fp32 retry overflows too shows the latent's linear map, and the run goes on.
+    monkeypatch.setattr(tiny_pipeline.backend, "run_fp32", overflowing)
+    infos = []
+    tiny_pipeline.generate(request.with_updates(decoder="vae"), progress=infos.append)
+    np.testing.assert_array_equal(infos[0].preview, latent_to_rgb(infos[0].latent[0]))
