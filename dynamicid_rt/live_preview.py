@@ -61,10 +61,12 @@ class DenoisedEstimate:
 class LivePreview:
     """Frames for the progress callback. With a ``decode``r, the denoised estimate of the first
     image is decoded after the first step, then again only when at least ``interval`` seconds have
-    passed and the decodes so far plus one more stay within ``budget`` of the time since sampling
-    started; in between, the last frame repeats. The next decode is reckoned at twice the dearest
-    so far, as a busy machine's decode times vary several-fold. Without a decoder, each frame is the
-    latent's linear map. ``spent`` and ``frames`` say what decoding cost."""
+    passed and the decodes so far plus one more stay within half of ``budget`` of the time since
+    sampling started; in between, the last frame repeats. The next decode is reckoned at twice the
+    dearest so far: with the other half of the budget as headroom, a decode up to four times dearer
+    than any before (a busy machine's times vary that much) still keeps previews within ``budget``.
+    Without a decoder, each frame is the latent's linear map. ``spent`` and ``frames`` say what
+    decoding cost."""
 
     def __init__(
         self,
@@ -89,7 +91,7 @@ class LivePreview:
         if self._decode is None or denoised is None:
             return latent_to_rgb(latent[0])
         now = self._clock() - self._start
-        due = now - self._last_at >= self.interval and self.spent + 2.0 * self._dearest <= self.budget * now
+        due = now - self._last_at >= self.interval and self.spent + 2.0 * self._dearest <= 0.5 * self.budget * now
         if self._frame is None or due:
             began = self._clock()
             self._frame = self._decode(denoised[:1])

@@ -199,8 +199,9 @@ def test_preview_time_stays_within_five_percent_of_the_run(tiny_pipeline, monkey
 
 
 def test_the_budget_rule_on_a_fake_clock():
-    """100 steps of 10 ms and decodes of 4 ms: 5 % of the time allows a frame about every 8 steps (the
-    first one at once, the second once 5 % covers the first and twice its cost)."""
+    """100 steps of 10 ms and decodes of 4 ms: planning for half of the 5 % budget, at twice the
+    dearest decode, allows a frame after the first step, the second at 0.48 s (0.004 spent plus 2 x
+    0.004 reckoned = 2.5 % of it), then one every 0.16 s."""
     now = [0.0]
     decodes = []
 
@@ -214,15 +215,27 @@ def test_the_budget_rule_on_a_fake_clock():
     for _ in range(100):
         now[0] += 0.010
         preview.frame(latent, latent)
-    assert preview.spent == pytest.approx(0.004 * len(decodes))
-    assert preview.spent <= 0.05 * now[0] and 10 <= len(decodes) <= 13
-    assert decodes[1] >= 0.004 * 3 / 0.05
-    slow = LivePreview(decode, budget=0.05, interval=0.5, clock=lambda: now[0])
+    assert preview.spent == pytest.approx(0.004 * len(decodes)) and preview.frames == len(decodes)
+    assert preview.spent <= 0.025 * now[0] and len(decodes) == 5
+    assert decodes[0] == pytest.approx(0.01) and decodes[1] >= 0.012 / 0.025
+    # A decode four times dearer than any before still keeps the previews within the 5 %.
+    decode_cost = [0.004]
+    spiky = LivePreview(lambda latent: now.__setitem__(0, now[0] + decode_cost[0]) or np.zeros((8, 8, 3), np.uint8),
+                        budget=0.05, interval=0.0, clock=lambda: now[0])
+    start = now[0]
+    for step in range(100):
+        now[0] += 0.010
+        decode_cost[0] = 0.016 if step > 50 else 0.004
+        spiky.frame(latent, latent)
+    assert spiky.spent <= 0.05 * (now[0] - start)
+
+    # The interval alone (an unlimited budget): frames no closer than 0.5 s.
     decodes.clear()
+    slow = LivePreview(decode, budget=1.0, interval=0.5, clock=lambda: now[0])
     for _ in range(100):
         now[0] += 0.010
         slow.frame(latent, latent)
-    assert len(decodes) == 2  # the first step, then no sooner than 0.5 s later
+    assert len(decodes) >= 2 and all(b - a >= 0.5 for a, b in zip(decodes, decodes[1:]))
 
 
 def test_fast_decode_is_taesd_on_the_final_latent_and_written_to_the_png(tiny_pipeline, reference):
