@@ -280,6 +280,7 @@ class MainWindow(WindowRun, WindowState, WindowFiles, QMainWindow):
             self.form.set_step_limits(info["max_steps"])
         backend = (info.get("runs_on") or {}).get("backend") or info["backend"]
         self.tabs.set_maps_available(backend in BACKENDS and "activation_maps" in BACKENDS[backend].capabilities)
+        self.form.set_decoders(info.get("decoders", ["vae"]))
         runs_on = runs_on_text(info)
         self.setWindowTitle(f"DynamicID — {runs_on}")
         self.runs_on_label.setText(f"Running on {runs_on}")

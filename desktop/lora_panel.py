@@ -1,7 +1,8 @@
 """The LoRA list: user LoRA files with a strength each, and the "Fast (LCM, 4 steps)" preset.
 
 The preset appears once a LoRA whose file name says LCM is in the list: LCM-distilled weights make
-4 steps without guidance look like 50 with it (the preset sets the lcm sampler, 4 steps, guidance 1).
+4 steps without guidance look like 50 with it (the preset sets the lcm sampler, 4 steps, guidance 1,
+and the tiny autoencoder for the final decode where the model folder has one).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from PySide6.QtWidgets import (
     QDoubleSpinBox, QFileDialog, QHBoxLayout, QHeaderView, QLabel, QPushButton, QTableWidget, QVBoxLayout, QWidget,
 )
 
-FAST_PRESET = {"sampler": "lcm", "steps": 4, "guidance": 1.0}
+FAST_PRESET = {"sampler": "lcm", "steps": 4, "guidance": 1.0, "decoder": "taesd"}  # TAESD where the models have it
 MAX_STRENGTH = 4.0
 
 

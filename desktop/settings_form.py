@@ -108,6 +108,8 @@ class SettingsForm(QWidget):
         # LoRA tags of the prompt that no listed LoRA answers; its height is kept when empty, so
         # that a note appearing never moves the fields below it.
         self.prompt_note = MessageLine("#c62828", lines=2)
+        self.fast_decode_check = QCheckBox("tiny autoencoder (TAESD)")
+        self.set_decoders(["vae"])  # until models with a taesd/ folder load
 
         seed_row = QHBoxLayout()
         seed_row.addWidget(self.random_seed_check)
@@ -131,6 +133,7 @@ class SettingsForm(QWidget):
         form.addRow("Boost:", self.boost_spin)
         form.addRow("Boost steps:", self.boost_steps_spin)
         form.addRow("Region gating:", self.gating_combo)
+        form.addRow("Fast decode:", self.fast_decode_check)
         column = QVBoxLayout(self)
         column.setContentsMargins(0, 0, 0, 0)
         column.addLayout(form)
@@ -154,6 +157,7 @@ class SettingsForm(QWidget):
             "boost": (self.boost_spin.value, self.boost_spin.setValue),
             "boost_steps": (self.boost_steps_spin.value, self.boost_steps_spin.setValue),
             "gating": (self.gating_combo.currentText, self._set_gating),
+            "decoder": (lambda: "taesd" if self.fast_decode_check.isChecked() else "vae", self._set_decoder),
         }
         self.sampler_combo.currentIndexChanged.connect(lambda _: self._limit_steps())
         for spin in (self.width_spin, self.height_spin, self.steps_spin, self.guidance_spin, self.batch_spin,
@@ -264,6 +268,21 @@ class SettingsForm(QWidget):
         self.batch_spin.setEnabled(not ranking)
         self.batch_spin.setToolTip(f"Set Best of to 1 for a batch: best of {self.best_of()} makes one image per seed"
                                    if ranking else BATCH_TIP)
+
+    def _set_decoder(self, name: str) -> None:
+        if name not in ("vae", "taesd") or (name == "taesd" and not self.fast_decode_check.isEnabled()):
+            raise ValueError(name)  # the loaded models have no tiny autoencoder
+        self.fast_decode_check.setChecked(name == "taesd")
+
+    def set_decoders(self, names: list[str]) -> None:
+        """The decoders the loaded models offer (``Pipeline.decoders``): TAESD only with a taesd/ folder."""
+        available = "taesd" in names
+        self.fast_decode_check.setEnabled(available)
+        if not available:
+            self.fast_decode_check.setChecked(False)
+        self.fast_decode_check.setToolTip(
+            "Decode the final image with the tiny autoencoder: many times faster than the full VAE, slightly softer"
+            if available else "Needs a taesd/ folder (madebyollin/taesd) in the model folder")
 
     def set_default_sampler(self, name: str) -> None:
         """Say which sampler “default” is for the loaded model (SD1.5: PNDM)."""

@@ -200,6 +200,7 @@ class PipelineWorker(QObject):
                 "max_steps": step_limits(self._pipe),
                 "is_tiny": bool(self._pipe.is_tiny),
                 "has_imr": bool(self._pipe.has_imr),
+                "decoders": list(getattr(self._pipe, "decoders", ["vae"])),
                 "seconds": time.perf_counter() - t,
             }
         )
@@ -237,7 +238,8 @@ class PipelineWorker(QObject):
 
         def progress(info: "ProgressInfo") -> None:
             left = info.elapsed / info.step * (info.total - info.step) if info.step else 0.0
-            self.progressed.emit(info.step, info.total, left, latent_to_rgb(info.latent[0]))
+            preview = info.preview if info.preview is not None else latent_to_rgb(info.latent[0])
+            self.progressed.emit(info.step, info.total, left, preview)
 
         try:
             result = self._pipe.generate(request, progress=progress, cancel=cancel)

@@ -91,6 +91,8 @@ class EngineSpec:
     one_image_per_call: bool = False  # the pipeline runs it per image (batch 1), whatever the request's batch
     step_inputs: tuple[str, ...] = ()  # the inputs that change at every sampler step (the rest are bound once)
     control_inputs: tuple[str, ...] = ()  # small precision-critical inputs: kept fp32 in every precision
+    decoder: str = ""  # a latent -> image decoder, chosen for final images by this Request.decoder name
+    previews: bool = False  # live previews decode the denoised estimate with it where the folder has it
 
     @property
     def sized(self) -> bool:
@@ -247,6 +249,22 @@ VAE_DECODER = EngineSpec(
     fp32_in_fp16=True,
     bf16=True,
     one_image_per_call=True,
+    decoder="vae",
+)
+TAESD_DECODER = EngineSpec(
+    "taesd_decoder",
+    inputs=(TensorSpec("latent", ("B", "latent_c", "h", "w")),),
+    outputs=(TensorSpec("image", ("B", 3, "8*h", "8*w")),),
+    axes=(Axis("B", 1, 1, 4), Axis("h", 32, 64, 128), Axis("w", 32, 64, 128)),
+    loader="dynamicid_rt.models.taesd:load_taesd_decoder",
+    sources=("taesd",),
+    optional=True,
+    needs="a taesd/ folder (diffusers AutoencoderTiny, e.g. madebyollin/taesd: config.json and weights) for previews and fast decodes",
+    # Distilled to run in fp16 (no fp32 island needed); the pipeline still retries an overflow in fp32.
+    bf16=True,
+    one_image_per_call=True,
+    decoder="taesd",
+    previews=True,
 )
 
 # v2: ``id_scale`` per person (N) and the imr output named ``edited_tokens`` (v1: (1) and ``id_tokens``).
@@ -255,7 +273,7 @@ CONTRACT_VERSION = 2
 CONTRACT_CHANGES = {2: "per-person id_scale, imr output edited_tokens"}
 
 ENGINES: dict[str, EngineSpec] = {
-    e.name: e for e in (TEXT_ENCODER, IMAGE_ENCODER, FACE_PROJECTOR, IMR, UNET, VAE_DECODER)
+    e.name: e for e in (TEXT_ENCODER, IMAGE_ENCODER, FACE_PROJECTOR, IMR, UNET, VAE_DECODER, TAESD_DECODER)
 }
 
 # The engines user LoRAs change, in the order LoRA cache keys are listed.
@@ -271,6 +289,11 @@ def engine_spec(name: str) -> EngineSpec:
     if name not in ENGINES:
         raise KeyError(f"unknown engine {name!r}; the contract has {', '.join(ENGINES)}")
     return ENGINES[name]
+
+
+def decoder_engines() -> dict[str, str]:
+    """``{Request.decoder name: engine}`` of the contract's image decoders (the first is the default)."""
+    return {spec.decoder: name for name, spec in ENGINES.items() if spec.decoder}
 
 
 def register_engine(spec: EngineSpec) -> EngineSpec:

@@ -19,8 +19,9 @@ import numpy as np
 from .backends import create_backend, supports
 from .backends.base import Backend
 from .identity.best_of import generate_best_of
-from .contract import IDENTITY_ENGINES, TEXT_ENCODER, UNET
-from .errors import Cancelled, NumericalError, RequestError
+from .decoding import check_finite, decode_pixels
+from .contract import ENGINES, IDENTITY_ENGINES, TEXT_ENCODER, UNET, decoder_engines
+from .errors import Cancelled, RequestError
 from .export.progress import BuildProgress
 from .modelfiles.fingerprint import identity_model_fingerprint
 from .denoiser.guided_unet import GuidedUNet
@@ -28,6 +29,7 @@ from .identity.value import Identity, check_same_model, load_saved
 from .request import IdentityMatch
 from .identity.check import match_identities, reference_embeddings
 from .identity.encoder import IdentityEncoder
+from .sampling.live_preview import PREVIEW_BUDGET, PREVIEW_INTERVAL, DenoisedEstimate, LivePreview
 from .modelfiles.lora import check_lora_refs, load_loras
 from .formats.lora_tags import lora_hashes, strip_lora_tags, with_prompt_tags
 from .modelfiles.model_hash import describe_model
@@ -76,6 +78,8 @@ class Pipeline:
         self.vae_scale = vae_scaling_factor(paths)  # latents are divided by it before the VAE decoder
         self._hash_cache = cache_dir / "hashes" if cache_dir is not None else None
         self._model_info: ModelInfo | None = None
+        # Live previews: the share of sampling time they may take, and the seconds between frames.
+        self.preview_budget, self.preview_interval = PREVIEW_BUDGET, PREVIEW_INTERVAL
 
     @classmethod
     def load(
@@ -125,6 +129,16 @@ class Pipeline:
     @property
     def has_imr(self) -> bool:
         return self.backend.has_imr
+
+    @property
+    def decoders(self) -> list[str]:
+        """The ``Request.decoder`` values this model folder can decode with (the full VAE first)."""
+        return [name for name, engine in decoder_engines().items() if self.paths.provides(engine)]
+
+    @property
+    def preview_engine(self) -> str | None:
+        """The engine live previews decode the denoised estimate with, or None (the latent's linear map)."""
+        return next((name for name, spec in ENGINES.items() if spec.previews and self.paths.provides(name)), None)
 
     def describe(self) -> dict[str, str]:
         """What runs the models: backend, device and precision (plus versions), for UIs and logs."""
@@ -258,6 +272,8 @@ class Pipeline:
         # Computed once for the sampler and the activation maps; refuses step counts the schedule
         # cannot take (LCM/TCD: at most 50) before any work.
         schedule = sampling_schedule(sampler, self.scheduler_config, request.steps)
+        decoder = self.paths.decoder_engine(request.decoder)  # a decoder the folder lacks: refused now
+        preview_engine = self.preview_engine if progress is not None else None
         t = time.perf_counter()
         lora_refs = check_lora_refs(request.loras)
         self.backend.set_loras(lora_refs)  # changes nothing when this set is merged already
@@ -272,11 +288,12 @@ class Pipeline:
             # Host-side noise: the same seed gives the same image start on every backend and device.
             noise = initial_noise(seeds, (4, lh, lw))
 
-        self.backend.prepare([UNET.name])  # loads while the text encoder runs, where the backend can
+        # Loaded while the text encoder runs, where the backend can.
+        self.backend.prepare([UNET.name, *([preview_engine] if preview_engine else [])])
         t = time.perf_counter()
         # A1111's <lora:name:w> tags (restored PNG prompts carry them) are not text for CLIP.
         states, _ = self.prompts.encode([strip_lora_tags(request.negative_prompt), strip_lora_tags(request.prompt)])
-        _check("text encoder", states)
+        check_finite("text encoder", states)
         timings["text"] = time.perf_counter() - t
 
         identity = identity_inputs(request, self.identities.unconditional_tokens(), self.dims.context_dim, gating)
@@ -291,17 +308,26 @@ class Pipeline:
         )
 
         t_sample = time.perf_counter()
+        estimate = DenoisedEstimate(denoise, schedule.alphas_cumprod)
+        preview = LivePreview(
+            (lambda latent: decode_pixels(self.backend, preview_engine, latent, self.vae_scale, fallback=True)) if preview_engine else None,
+            budget=self.preview_budget, interval=self.preview_interval,
+        )
 
         def on_step(step: int, total: int, x: np.ndarray) -> None:
             if progress is not None:
-                progress(ProgressInfo(step=step + 1, total=total, latent=x, elapsed=time.perf_counter() - t_sample))
+                denoised = estimate.latest()
+                progress(ProgressInfo(step=step + 1, total=total, latent=x, elapsed=time.perf_counter() - t_sample,
+                                      denoised=denoised, preview=preview.frame(x, denoised)))
             if cancel is not None and cancel.is_set():
                 raise Cancelled(f"cancelled after step {step + 1} of {total}")
 
         if cancel is not None and cancel.is_set():
             raise Cancelled("cancelled before the first step")
-        latents = run_schedule(schedule, denoise, noise, noise_source=step_noise_source(seeds), callback=on_step, gamma=request.tcd_gamma)
+        latents = run_schedule(schedule, estimate, noise, noise_source=step_noise_source(seeds), callback=on_step, gamma=request.tcd_gamma)
         timings["denoise"] = time.perf_counter() - t_sample
+        if preview.frames:
+            timings["previews"] = preview.spent  # within "denoise"
 
         maps = None
         if request.activation_maps and request.identities and supports(self.backend, "activation_maps"):
@@ -310,7 +336,7 @@ class Pipeline:
             maps = list(self.backend.activation_maps(unet_feed(identity, states, latents, last_t, 0.0, guided=False)))
 
         t = time.perf_counter()
-        images = [self._decode(latents[i : i + 1]) for i in range(batch)]
+        images = [self._decode(latents[i : i + 1], decoder) for i in range(batch)]
         timings["decode"] = time.perf_counter() - t
         self.backend.generation_done()
         timings["total"] = time.perf_counter() - t_start
@@ -328,20 +354,10 @@ class Pipeline:
             lora_hashes=lora_hashes(loras),
         )
 
-    def _decode(self, latent: np.ndarray):
+    def _decode(self, latent: np.ndarray, engine: str):
         from PIL import Image
 
-        inputs = {"latent": (latent / self.vae_scale).astype(np.float32)}
-        try:
-            image = self.backend.run("vae_decoder", inputs)["image"][0]
-            _check("VAE decoder", image)
-        except NumericalError as exc:
-            # Reduced-precision VAEs can overflow on some latents: one fp32 retry beats losing every step.
-            log.warning("%s; decoding this image again in fp32", exc)
-            image = self.backend.run_fp32("vae_decoder", inputs)["image"][0]
-            _check("VAE decoder (fp32 retry)", image)
-        pixels = ((image.transpose(1, 2, 0) + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)
-        return Image.fromarray(pixels)
+        return Image.fromarray(decode_pixels(self.backend, engine, latent, self.vae_scale))
 
     def close(self) -> None:
         self.backend.close()
@@ -357,11 +373,6 @@ def _face_analyzer(paths: ModelPaths):
     from .identity.faces import FaceAnalyzer
 
     return FaceAnalyzer(paths.insightface)
-
-
-def _check(stage: str, array: np.ndarray) -> None:
-    if not np.all(np.isfinite(array)):
-        raise NumericalError(f"the {stage} produced NaN/inf values; try fp32 precision or check the model files")
 
 
 __all__ = ["Pipeline"]

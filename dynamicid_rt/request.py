@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, Sequence, runtime
 
 import numpy as np
 
+from .contract import decoder_engines
 from .errors import RequestError
 from .modelfiles.lora import check_lora_refs
 from .modelfiles.model_hash import ModelInfo
@@ -95,6 +96,7 @@ class Request:
     # User LoRAs as (path, scale) pairs, merged into the UNet and text encoder (dynamicid_rt.modelfiles.lora).
     loras: Sequence[tuple[str | Path, float]] = ()
     tcd_gamma: float = 0.3  # the tcd sampler's stochasticity (diffusers' eta), from 0 to 1
+    decoder: str = "vae"  # final images: "vae" (the full VAE) or "taesd" (the tiny autoencoder, fast)
 
     # How far this Request is checked: "" not since a field was assigned, "fields", or "validated".
     _checked: ClassVar[str] = ""
@@ -190,6 +192,8 @@ class Request:
         check_lora_refs(self.loras)  # files exist, scales finite and >= 0; weights are read at generation
         if not _is_number(self.tcd_gamma) or not 0.0 <= self.tcd_gamma <= 1.0:
             raise RequestError(f"tcd_gamma={self.tcd_gamma!r}: must be a number from 0 to 1 (0.3 is the usual value)")
+        if not isinstance(self.decoder, str) or self.decoder not in decoder_engines():
+            raise RequestError(f"decoder={self.decoder!r}: use one of {', '.join(decoder_engines())}")
         self._sampler_name = sampler_name
         if not self._checked:
             self._checked = "fields"
@@ -291,6 +295,12 @@ class ProgressInfo:
     total: int
     latent: np.ndarray  # current latent (batch, 4, h, w), not yet divided by the VAE scale
     elapsed: float  # seconds since the sampler started
+    # The model's current estimate of the final latent (x0 prediction), like ``latent``.
+    denoised: np.ndarray | None = None
+    # A live preview of the first image, (height, width, 3) uint8: the denoised estimate through the
+    # tiny autoencoder where the model folder has one (refreshed within a time budget, so a frame can
+    # repeat), else the latent through a linear map at 1/8 size (dynamicid_rt.sampling.preview.latent_to_rgb).
+    preview: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

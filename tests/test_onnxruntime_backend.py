@@ -122,7 +122,7 @@ def test_runs_without_torch_on_prebuilt_engines(tiny, engine_dir):
         backend = OnnxRuntimeBackend(ModelPaths.from_folder({str(tiny.root)!r}), device="cpu", engine_dir={str(engine_dir)!r})
         shapes = {{}}
         for engine in ENGINES:
-            point = {{"h": 32, "w": 32}} if engine in ("unet", "vae_decoder") else {{}}
+            point = {{"h": 32, "w": 32}} if ENGINES[engine].sized else {{}}
             out = backend.run(engine, ENGINES[engine].sample_inputs(backend.dims, **point))
             shapes[engine] = {{k: list(v.shape) for k, v in out.items()}}
         inputs = ENGINES["unet"].sample_inputs(backend.dims, h=32, w=32)

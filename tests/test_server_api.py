@@ -209,7 +209,7 @@ def test_progress_queue_and_interrupt(live, api):
     progress = api.get_progress()
     assert 0 < progress["progress"] < 1 and progress["eta_relative"] > 0 and progress["queue"] == {"running": 1, "waiting": 1}
     preview = Image.open(io.BytesIO(base64.b64decode(progress["current_image"])))
-    assert preview.size == (32, 32)  # the latent's size: a cheap preview
+    assert preview.size == (256, 256)  # full size: the tiny autoencoder decodes the denoised estimate
     api.interrupt()
     long.join(30)
     short.join(30)

@@ -43,6 +43,7 @@ MAX_LIST_ITEMS = 64  # boxes, strengths, face prompts, people, LoRAs: a handful 
 _INT = re.compile(r"[+-]?[0-9]{1,20}")
 _SIZE = re.compile(r"([0-9]{1,6})x([0-9]{1,6})")
 _EXIF_IFD, _USER_COMMENT = 0x8769, 0x9286
+TAESD_VAE = "taesd"  # the "VAE" value of an image decoded by the tiny autoencoder (Request.decoder "taesd")
 
 
 def format_parameters(result: "Result", index: int = 0, *, lora_hashes: Mapping[str, str] | None = None) -> str:
@@ -60,8 +61,11 @@ def format_parameters(result: "Result", index: int = 0, *, lora_hashes: Mapping[
         ("Seed", result.seeds[index]),
         ("Size", f"{req.width}x{req.height}"),
     ]
+    # The decoder of the final image, where A1111 names its VAE choice: the tiny autoencoder as "taesd".
+    vae = TAESD_VAE if getattr(req, "decoder", "vae") == "taesd" else (result.model.vae if result.model is not None else "")
     if result.model is not None:
-        fields += [("Model hash", result.model.hash), ("Model", result.model.name), ("VAE", result.model.vae)]
+        fields += [("Model hash", result.model.hash), ("Model", result.model.name)]
+    fields.append(("VAE", vae))
     if lora_hashes is None:  # the LoRAs the pipeline merged (a result-like object may have none)
         lora_hashes = getattr(result, "lora_hashes", None)
     if lora_hashes:
@@ -129,6 +133,8 @@ def parse_parameters(text: str) -> dict[str, Any]:
                 name, converted = "sampler", sampler_from_a1111(value, schedule)
                 if converted is None:
                     raise ValueError("a sampler dynamicid-rt does not have")
+            elif key == "VAE" and value == TAESD_VAE:
+                name, converted = "decoder", "taesd"
             elif key == "Size":
                 size = _SIZE.fullmatch(value)
                 if size is None:

@@ -6,8 +6,8 @@ import math
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
-from ..contract import ENGINES, VAE_SCALE
-from ..errors import ModelFolderError
+from ..contract import ENGINES, VAE_SCALE, decoder_engines
+from ..errors import ModelFolderError, RequestError
 
 SD_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 INSIGHTFACE_PACK = "buffalo_l"
@@ -27,7 +27,8 @@ class ModelPaths:
     ``base`` is an SD1.5 diffusers folder, its ``unet/`` folder or a single-file ``.safetensors``
     checkpoint; ``vae`` and ``tokenizer`` override the base's own; ``projector`` is only needed
     when the SAA file lacks the face projector; ``imr`` and ``keypoint_encoder`` are optional
-    (no expression editing without them).
+    (no expression editing without them), and so is ``taesd``, the tiny autoencoder's folder
+    (diffusers ``AutoencoderTiny``: live previews and fast decodes).
     """
 
     root: Path | None
@@ -40,6 +41,7 @@ class ModelPaths:
     projector: Path | None = None
     imr: Path | None = None
     keypoint_encoder: Path | None = None
+    taesd: Path | None = None
 
     @classmethod
     def from_folder(cls, root: str | Path, **overrides: str | Path | None) -> "ModelPaths":
@@ -54,6 +56,7 @@ class ModelPaths:
         dyn = root / "dynamicid"
         imr = _first_existing(dyn, ("IMR.bin", "IMR.safetensors"))
         kpe = _first_existing(dyn, ("key_point_encoder.bin", "key_point_encoder.safetensors"))
+        taesd = root / "taesd"
         paths = cls(
             root=root,
             base=base,
@@ -62,6 +65,7 @@ class ModelPaths:
             insightface=root / "insightface" / INSIGHTFACE_PACK,
             imr=imr if imr.exists() else None,
             keypoint_encoder=kpe if kpe.exists() else None,
+            taesd=taesd if taesd.is_dir() else None,
         )
         return paths.with_overrides(**overrides)
 
@@ -104,6 +108,20 @@ class ModelPaths:
         spec = ENGINES[engine]
         return not spec.optional or all(self.source(part) is not None for part in spec.sources)
 
+    def decoder_engine(self, decoder: str) -> str:
+        """The engine that decodes final images for ``Request.decoder``; a RequestError, before any
+        work, for a name the contract lacks or a decoder whose weights this folder lacks."""
+        engines = decoder_engines()
+        if decoder not in engines:
+            raise RequestError(f"decoder {decoder!r}: use one of {', '.join(engines)}")
+        engine = engines[decoder]
+        if not self.provides(engine):
+            raise RequestError(
+                f"decoder {decoder!r} needs {ENGINES[engine].needs}, which {self.root or self.base} lacks; "
+                f"add it, or decode with the full VAE (decoder {next(iter(engines))!r})"
+            )
+        return engine
+
     def problems(self) -> list[str]:
         """What is missing or malformed, one line each (empty when the folder is usable)."""
         out = []
@@ -125,6 +143,7 @@ class ModelPaths:
         for name, folder, marker in (
             ("image encoder", self.image_encoder, "config.json"),
             ("VAE", self.vae if self.vae is not None and self.vae.is_dir() else None, "config.json"),
+            ("TAESD", self.taesd, "config.json"),
         ):
             if folder is not None and not (folder / marker).is_file():
                 out.append(f"{name} folder {folder} lacks {marker}")

@@ -1,6 +1,7 @@
 """The report of ``dynamicid-rt inspect``: a checkpoint file or a model folder, and whether it loads."""
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 from .checkpoint_report import describe_checkpoint
@@ -18,8 +19,10 @@ def inspect_path(path: Path) -> tuple[str, bool]:
         return f"{path}: no such file or folder", False
     paths = ModelPaths.from_folder(path)
     lines = [f"model folder {path}"]
-    for name in ("base", "vae", "tokenizer", "image_encoder", "saa", "projector", "imr", "keypoint_encoder", "insightface"):
-        value = getattr(paths, name)
+    for part in fields(ModelPaths):  # every part, optional ones (imr, taesd...) included
+        if part.name == "root":
+            continue
+        name, value = part.name, getattr(paths, part.name)
         lines.append(f"  {name:17s} {value if value is not None else '-'}")
     problems = folder_problems(paths)  # the checks Pipeline.load makes: what is unusable here is refused there
     ok = not problems

@@ -2,7 +2,7 @@
 
 A job can be cancelled while it waits (it never starts) or while it runs (the pipeline stops
 between two steps). The queue also keeps what ``/progress`` reports: the running job's steps,
-its latest latent and how many jobs wait behind it.
+its latest preview frame and how many jobs wait behind it.
 """
 from __future__ import annotations
 
@@ -32,13 +32,13 @@ class Job:
         self.started: float | None = None
         self.steps_done = 0
         self.batch_no = 0
-        self.latent: np.ndarray | None = None  # (4, h, w) of the first image, for the preview
+        self.preview: np.ndarray | None = None  # (h, w, 3) uint8 live preview of the first image
 
-    def report(self, steps_done: int, batch_no: int, latent: np.ndarray | None) -> None:
-        """Called by ``work`` after each sampler step."""
+    def report(self, steps_done: int, batch_no: int, preview: np.ndarray | None) -> None:
+        """Called by ``work`` after each sampler step, with the step's preview frame (ProgressInfo.preview)."""
         self.steps_done, self.batch_no = steps_done, batch_no
-        if latent is not None:
-            self.latent = np.array(latent, copy=True)
+        if preview is not None:
+            self.preview = preview
 
 
 @dataclass(frozen=True)

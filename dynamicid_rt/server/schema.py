@@ -100,7 +100,7 @@ class ProgressResponse(BaseModel):
     progress: float = Field(description="fraction of the current job done, 0 to 1")
     eta_relative: float = Field(description="seconds left in the current job (estimate)")
     state: ProgressState
-    current_image: str | None = Field(None, description="a cheap preview of the current latent, PNG as base64")
+    current_image: str | None = Field(None, description="the live preview of the first image (the tiny autoencoder's decode of the denoised estimate where the model folder has one, else the latent's linear map), PNG as base64")
     textinfo: str | None = None
     queue: QueueInfo
 

@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .. import Cancelled, DynamicIDError, Pipeline, RequestError, Result, format_parameters, latent_to_rgb, save_png
+from .. import Cancelled, DynamicIDError, Pipeline, RequestError, Result, format_parameters, save_png
 from .a1111 import info_json
 from .jobs import Job, JobQueue
 from .plan import Plan, make_plan
@@ -61,7 +61,7 @@ class Service:
         done = 0
         for batch_no, request in enumerate(plan.requests):
             def progress(info, batch_no=batch_no, before=done):
-                job.report(before + info.step, batch_no, info.latent[0])
+                job.report(before + info.step, batch_no, info.preview)
 
             try:
                 results.append(self.pipeline.generate(request.with_updates(identities=identities), progress, job.cancel))
@@ -98,7 +98,7 @@ class Service:
             job_timestamp=job.timestamp, job_no=job.batch_no, sampling_step=job.steps_done,
             sampling_steps=job.total_steps,
         )
-        image = _preview_base64(job.latent) if with_image and job.latent is not None else None
+        image = _preview_base64(job.preview) if with_image and job.preview is not None else None
         return ProgressResponse(progress=fraction, eta_relative=eta, state=state, current_image=image, queue=queue)
 
     def close(self) -> None:
@@ -106,9 +106,9 @@ class Service:
         shutil.rmtree(self._scratch, ignore_errors=True)
 
 
-def _preview_base64(latent) -> str:
+def _preview_base64(frame) -> str:
     from PIL import Image
 
     buffer = io.BytesIO()
-    Image.fromarray(latent_to_rgb(latent)).save(buffer, format="PNG")
+    Image.fromarray(frame).save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -33,9 +33,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MARKER = "tiny_bundle.json"
-BUNDLE_VERSION = 2
+BUNDLE_VERSION = 3  # 3: taesd/
 # Top-level entries of a bundle: a folder holding anything else is never replaced.
-_ENTRIES = frozenset({"base", "image_encoder", "dynamicid", "insightface", "samples", MARKER, STAMP})
+_ENTRIES = frozenset({"base", "image_encoder", "dynamicid", "insightface", "taesd", "samples", MARKER, STAMP})
 
 _CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 _CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -158,8 +158,49 @@ def _build(root: Path, seed: int, sizes: TinySizes) -> None:
     torch.save(saa, dyn / "SAA.bin")
     torch.save(imr_state(gen, sizes), dyn / "IMR.bin")
     torch.save(keypoint_encoder_state(gen, sizes), dyn / "key_point_encoder.bin")
+    _write_taesd(root / "taesd", seed, sizes)
     _write_insightface(root / "insightface" / INSIGHTFACE_PACK, seed)
     _write_samples(root / "samples", seed)
+
+
+def _taesd_config(sizes: TinySizes) -> dict:
+    """madebyollin/taesd's config.json (AutoencoderTiny), at the bundle's width."""
+    width = sizes.taesd_channels
+    return {
+        "_class_name": "AutoencoderTiny",
+        "act_fn": "relu",
+        "decoder_block_out_channels": [width] * 4,
+        "encoder_block_out_channels": [width] * 4,
+        "force_upcast": False,
+        "in_channels": 3,
+        "latent_channels": 4,
+        "latent_magnitude": 3,
+        "latent_shift": 0.5,
+        "num_decoder_blocks": [3, 3, 3, 1],
+        "num_encoder_blocks": [1, 3, 3, 3],
+        "out_channels": 3,
+        "scaling_factor": 1.0,
+        "upsampling_scaling_factor": 2,
+    }
+
+
+def _write_taesd(folder: Path, seed: int, sizes: TinySizes) -> None:
+    """The tiny autoencoder as madebyollin/taesd ships it: config.json and
+    diffusion_pytorch_model.safetensors, encoder and decoder."""
+    import torch
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(seed + 4)
+    taesd = AutoencoderTiny.from_config(_taesd_config(sizes))
+    # Default init shrinks the signal layer by layer, so every pixel would sit at the -1 clamp and
+    # hide decoding errors: widen the last layer so the random images spread over [-1, 1].
+    with torch.no_grad():
+        taesd.decoder.layers[-1].weight.mul_(8.0)
+        taesd.decoder.layers[-1].bias.fill_(0.25)
+    taesd.save_pretrained(folder)
+    # The config as the repo has it: save_pretrained adds a key its own loader warns about.
+    config = {"_diffusers_version": "0.20.0.dev0"} | _taesd_config(sizes)
+    (folder / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
 
 
 def _write_insightface(pack_dir: Path, seed: int) -> None:

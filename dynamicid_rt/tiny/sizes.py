@@ -33,6 +33,7 @@ class TinySizes:
     imr_depth: int = 1
     keypoint_widths: tuple[int, ...] = (8, 8, 16, 16, 32, 32)
     keypoint_residuals: tuple[int, ...] = (2, 3, 2, 2, 1)  # residual convs after each stride-2 conv
+    taesd_channels: int = 16  # TAESD's width in every block (madebyollin/taesd: 64)
     sd15_configs: bool = False
 
     @property
@@ -64,5 +65,6 @@ FULL = TinySizes(
     lora_rank=128,
     imr_dim=1024,
     keypoint_widths=(16, 32, 64, 128, 256, 512),
+    taesd_channels=64,
     sd15_configs=True,
 )
