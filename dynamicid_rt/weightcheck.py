@@ -21,7 +21,7 @@ DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2
                "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
 
 
-def _tensor_span(name: str, info: object) -> tuple[int, int] | str:
+def tensor_span(name: str, info: object) -> tuple[int, int] | str:
     """(begin, end) of one header entry, or why it is malformed."""
     if not isinstance(info, dict):
         return f"has a malformed safetensors header (entry {name!r} is not an object)"
@@ -57,7 +57,7 @@ def _safetensors_problem(path: Path, size: int) -> str | None:
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        span = _tensor_span(name, info)
+        span = tensor_span(name, info)
         if isinstance(span, str):
             return span
         spans.append((span, name))
