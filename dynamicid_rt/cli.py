@@ -69,6 +69,13 @@ def _sampler(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _lora(text: str):
+    try:
+        return parse_lora_arg(text)
+    except DynamicIDError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _backend_choices() -> list[str]:
     return [AUTO, *BACKENDS]  # the registry's declarations; no backend module is imported
 
@@ -129,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sampler", type=_sampler, default="default", choices=("default", *SAMPLERS), metavar="NAME",
                    help="one of: %(choices)s (default: the base model's scheduler, PNDM for SD1.5); diffusers, "
                         "ComfyUI and A1111 names also work, e.g. euler_ancestral, 'Euler a', 'DPM++ 2M Karras'")
-    g.add_argument("--lora", action="append", default=[], type=parse_lora_arg, metavar="PATH[:SCALE]",
+    g.add_argument("--lora", action="append", default=[], type=_lora, metavar="PATH[:SCALE]",
                    help="a kohya or diffusers LoRA .safetensors and its strength (default 1), repeatable")
     g.add_argument("--tcd-gamma", type=float, default=0.3, metavar="G", help="the tcd sampler's stochasticity, 0-1 (default: %(default)s)")
     g.add_argument("--seed", type=int, default=None, help="0 to 2**32-1; image k of a batch uses seed+k (default: random, written to the PNG)")
