@@ -318,7 +318,14 @@ class Pipeline:
             if progress is not None:
                 progress(ProgressInfo(step=step + 1, total=total, latent=x, elapsed=time.perf_counter() - t_sample))
             if cancel is not None and cancel.is_set():
-                raise Cancelled(f"cancelled after step {step + 1} of {total}")
+                stopped = Cancelled(f"cancelled after step {step + 1} of {total}")
+                current = np.array(x, np.float32)
+                stopped.partial_result = lambda: Result(
+                    images=[self._decode(current[i : i + 1]) for i in range(batch)], request=resolved, seeds=seeds,
+                    sampler=sampler, gating=gating, backend=self.backend.name, latents=current, model=self.model_info(),
+                    lora_hashes=lora_hashes(loras),
+                )
+                raise stopped
 
         if cancel is not None and cancel.is_set():
             raise Cancelled("cancelled before the first step")
