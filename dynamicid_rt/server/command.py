@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import signal
 import socket
 from pathlib import Path
 from typing import Any, Callable
@@ -103,5 +104,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             super().handle_exit(sig, frame)
 
     server = Server(uvicorn.Config(app, log_config=None, timeout_graceful_shutdown=5))
-    server.run(sockets=[sock])
+    # uvicorn raises the signal that stopped it again once it has shut down; a service manager's
+    # stop (SIGTERM) is a normal end, exit status 0.
+    previous = signal.signal(signal.SIGTERM, lambda _signum, _frame: None)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
