@@ -41,13 +41,20 @@ def write_error(path: str | Path, exc: BaseException) -> OutputError | None:
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     """Write to a temporary file beside ``path`` and move it into place only on success. A full
-    disk or a permission error raises :func:`write_error`'s OutputError."""
+    disk or a permission error raises :func:`write_error`'s OutputError; so do a path that is no
+    path, a folder, and any other error of the file system (``/proc``, a path under a file)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise OutputError(f"output path {path!r} must be a file path (str or Path), not {type(path).__name__}")
     path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path} is a folder; give a file name inside it")
     try:
         with _atomic_write(path, mode) as f:
             yield f
     except Exception as exc:
         error = write_error(path, exc)
+        if error is None and isinstance(exc, OSError):
+            error = OutputError(f"{path} cannot be written ({exc.strerror or exc}); choose another file or folder")
         if error is None:
             raise
         raise error from exc

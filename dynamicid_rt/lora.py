@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,12 +125,13 @@ def check_lora_refs(loras: object) -> list[LoraRef]:
             ref = LoraRef(Path(item[0]), item[1])
         else:
             raise RequestError(f"loras[{i}]={item!r}: expected a (path, scale) pair")
+        if not isinstance(ref.path, (str, os.PathLike)):
+            raise RequestError(f"loras[{i}]: the path {ref.path!r} must be a str or Path")
+        ref = LoraRef(Path(ref.path), ref.scale)
         scale, (lo, hi) = ref.scale, SCALE_RANGE
         if (isinstance(scale, (bool, np.bool_)) or not isinstance(scale, (int, float, np.integer, np.floating))
                 or not math.isfinite(float(scale)) or not lo <= float(scale) <= hi):
             raise RequestError(f"loras[{i}] {ref.path.name}: scale {scale!r} must be a finite number >= 0 and <= {hi:g} (1.0 is full strength)")
-        if not isinstance(ref.path, Path):
-            raise RequestError(f"loras[{i}]: the path {ref.path!r} must be a str or Path")
         try:
             path = check_regular_file(ref.path, "LoRA file", RequestError)
         except RequestError as exc:

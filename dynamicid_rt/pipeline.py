@@ -27,6 +27,7 @@ from .guided_unet import GuidedUNet
 from .identity import Identity, check_same_model, load_saved
 from .identity_check import IdentityMatch, match_identities, reference_embeddings
 from .identity_encoder import IdentityEncoder
+from .load_checks import check_load_arguments
 from .lora import check_lora_refs, load_loras
 from .lora_tags import lora_hashes, strip_lora_tags, with_prompt_tags
 from .model_hash import describe_model
@@ -119,6 +120,8 @@ class Pipeline:
         first run's ONNX export, with the time left (:class:`~dynamicid_rt.export.BuildStatus`).
         ``engine_dir``, ``trt_provider`` and ``cuda_graphs`` are deprecated spellings of
         ``onnx_cache`` and of those two options."""
+        check_load_arguments(models, backend, device, precision, onnx_cache if onnx_cache is not None else engine_dir,
+                             backend_options, cache_dir)
         onnx_cache, backend_options = _deprecated_load_keywords(onnx_cache, backend_options, engine_dir, trt_provider, cuda_graphs)
         is_tiny = False
         if models is None:
@@ -235,6 +238,13 @@ class Pipeline:
         faces = self.detect_faces(pixels)
         names = [person.name for person in identities]
         return match_identities(faces, references, names, boxes, width=pixels.shape[1], height=pixels.shape[0])
+
+    def check_loras(self, loras: Sequence) -> None:
+        """Read each LoRA (``Request.loras``' forms) and check it against this model's layers, loading
+        no weights: the first problem is a one-line RequestError or CheckpointError."""
+        from .lora_fit import check_loras_fit
+
+        check_loras_fit(self.paths, load_loras(check_lora_refs(loras)))
 
     def load_identity(self, path: str | Path, allow_other_model: bool = False) -> Identity:
         """An identity saved with ``Identity.save``; one encoded with another model is refused

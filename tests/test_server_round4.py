@@ -237,3 +237,26 @@ def test_sigterm_during_a_job_gives_a_503_with_a_line_and_exit_0(tiny_bundle, tm
     rest = proc.stderr.read()
     assert box["r"].status_code == 503 and "shutting down" in box["r"].json()["detail"]
     assert "Traceback" not in rest, rest[-3000:]
+
+
+_RAY_SIGTERM = """
+import os, signal, sys, threading
+import ray
+from ray import serve
+from dynamicid_rt.cli import main
+# Stand-ins for Ray's start and deployment (the real ones are tests/test_server_ray.py, slow):
+# what is checked is serve --ray's own handling of SIGTERM.
+ray.init = lambda *a, **k: None
+ray.shutdown = lambda *a, **k: None
+ray.cluster_resources = lambda: {"CPU": 2}
+serve.start = serve.shutdown = lambda *a, **k: None
+serve.run = lambda *a, **k: threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+sys.exit(main(["serve", "--ray", "--models", sys.argv[1], "--port", "8765"]))
+"""
+
+
+def test_serve_ray_exits_0_on_sigterm(tiny_bundle):
+    pytest.importorskip("ray")
+    proc = subprocess.run([sys.executable, "-c", _RAY_SIGTERM, str(tiny_bundle)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr

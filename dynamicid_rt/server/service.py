@@ -71,12 +71,9 @@ class Service:
 
     def _lora_tags(self, prompt: str) -> list[tuple[Path, float]]:
         """The prompt's ``<lora:name:w>`` files, each read and checked against this model."""
-        from ..lora import check_lora_refs, load_loras
-        from ..lora_fit import check_loras_fit
-
         pairs = self.loras.resolve(prompt)
         if pairs:
-            check_loras_fit(self.pipeline.paths, load_loras(check_lora_refs(pairs)))
+            self.pipeline.check_loras(pairs)
         return pairs
 
     def shutdown(self) -> None:
