@@ -43,6 +43,7 @@ _LAZY = {
     "parse_lora_arg": "dynamicid_rt.lora",
     "prompt_loras": "dynamicid_rt.lora_tags",  # <lora:name:scale> tags of a restored prompt
     "lora_short_hash": "dynamicid_rt.lora_tags",
+    "check_loras": "dynamicid_rt.lora_fit",  # LoRA files against a model folder, loading nothing
     "BACKENDS": "dynamicid_rt.backends",
     # Each backend's switches (Pipeline.load(backend_options=...)) and every precision some backend runs.
     "BACKEND_OPTIONS": "dynamicid_rt.backends",
@@ -72,6 +73,7 @@ if TYPE_CHECKING:
     from .identity import Identity
     from .identity_check import IdentityMatch
     from .lora import LoraRef, parse_lora_arg
+    from .lora_fit import check_loras
     from .lora_tags import lora_short_hash, prompt_loras
     from .paths import ModelPaths
     from .pipeline import Pipeline

@@ -212,7 +212,8 @@ def _id_scale(values: list[float], count: int) -> float | list[float]:
 
 
 def _check_photos(args: argparse.Namespace) -> None:
-    """Every --face and --target-landmarks photo is a readable file, before any model loads."""
+    """Every --face and --target-landmarks photo is a readable image file (decoded once), before any
+    model loads or any engine is exported."""
     for photo in [*args.face, *(p for p in args.target_landmarks if p)]:
         path = Path(photo).expanduser()
         if not path.is_file():
@@ -221,6 +222,10 @@ def _check_photos(args: argparse.Namespace) -> None:
             raise DynamicIDError(f"photo {path} {kind}; give the path of an image file (PNG, JPEG or WebP)")
         if not os.access(path, os.R_OK):
             raise DynamicIDError(f"photo {path} cannot be read (permission denied); check its permissions")
+    from . import load_photo
+
+    for photo in [*args.face, *(p for p in args.target_landmarks if p)]:
+        load_photo(photo)  # an empty, truncated or non-image file is refused now, not after the export
 
 
 def _output_paths(out: Path, count: int, args: argparse.Namespace) -> list[Path]:
@@ -280,6 +285,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     )
     request.validate(people=len(args.face))
     _check_photos(args)
+    if request.loras and args.models is not None:
+        from . import check_loras
+
+        check_loras(args.models, request.loras)  # every layer against the model, before it loads or exports
     outputs = _output_paths(args.out or Path(f"dynamicid-{seed}.png"), args.batch * args.best_of, args)
     overrides = {k: v for k, v in (("vae", args.vae), ("tokenizer", args.tokenizer)) if v is not None}
     build_bar = _BuildBar()

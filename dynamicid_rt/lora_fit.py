@@ -33,3 +33,14 @@ def check_loras_fit(paths: "ModelPaths", loras: Iterable[tuple[LoraFile, float]]
     for lora, _ in loras:
         for part, modules in shapes.items():
             resolve(lora, {part: modules}, warn=False)  # the load warns once
+
+
+def check_loras(models: "str | Path | ModelPaths", loras: object) -> None:
+    """Read each LoRA (``Request.loras``' forms) and check it against the model folder ``models``
+    (a folder or ModelPaths), loading no weights and exporting nothing: a front end's check before
+    ``Pipeline.load``. Raises the first problem as a one-line RequestError or CheckpointError."""
+    from .lora import check_lora_refs, load_loras
+    from .paths import ModelPaths
+
+    paths = models if isinstance(models, ModelPaths) else ModelPaths.from_folder(models)
+    check_loras_fit(paths, load_loras(check_lora_refs(loras)))

@@ -242,9 +242,9 @@ class Pipeline:
     def check_loras(self, loras: Sequence) -> None:
         """Read each LoRA (``Request.loras``' forms) and check it against this model's layers, loading
         no weights: the first problem is a one-line RequestError or CheckpointError."""
-        from .lora_fit import check_loras_fit
+        from .lora_fit import check_loras
 
-        check_loras_fit(self.paths, load_loras(check_lora_refs(loras)))
+        check_loras(self.paths, loras)
 
     def load_identity(self, path: str | Path, allow_other_model: bool = False) -> Identity:
         """An identity saved with ``Identity.save``; one encoded with another model is refused

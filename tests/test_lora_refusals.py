@@ -179,3 +179,38 @@ def test_short_hash_never_blocks_and_raises_project_errors(tmp_path):
     for helper in (prompt_loras, strip_lora_tags):
         with pytest.raises(RequestError):
             helper(None)
+
+
+def test_cli_refuses_an_empty_photo_before_loading_or_exporting(tiny_bundle, tmp_path, monkeypatch, caplog):
+    from dynamicid_rt import Pipeline
+    from dynamicid_rt.cli import main
+
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    monkeypatch.setattr(Pipeline, "load", classmethod(lambda *a, **k: pytest.fail("the model loaded before the photo was checked")))
+    assert main(["generate", "--models", str(tiny_bundle), "--prompt", "x", "--face", str(empty), "--out", str(tmp_path / "o.png")]) == 1
+    assert "empty.png" in caplog.text
+
+
+def test_cli_refuses_a_bad_lora_before_loading(tiny_bundle, tmp_path, monkeypatch, caplog, bad_files):
+    from dynamicid_rt import Pipeline
+    from dynamicid_rt.cli import main
+
+    monkeypatch.setattr(Pipeline, "load", classmethod(lambda *a, **k: pytest.fail("the model loaded before the LoRA was checked")))
+    for name in ("nan", "rank0", "sdxl_te2"):
+        caplog.clear()
+        assert main(["generate", "--models", str(tiny_bundle), "--prompt", "x", "--lora", f"{bad_files[name]}:0.5",
+                     "--out", str(tmp_path / "o.png")]) == 1
+        assert f"{name}.safetensors" in caplog.text
+
+
+def test_cli_refuses_a_lora_that_fits_nothing_before_loading(tiny_bundle, tmp_path, monkeypatch, caplog, bad_files):
+    from dynamicid_rt import Pipeline
+    from dynamicid_rt.cli import main
+
+    monkeypatch.setattr(Pipeline, "load", classmethod(lambda *a, **k: pytest.fail("the model loaded before the LoRA was checked")))
+    for name in ("no_match", "sdxl_shaped"):
+        caplog.clear()
+        assert main(["generate", "--models", str(tiny_bundle), "--prompt", "x", "--lora", str(bad_files[name]),
+                     "--out", str(tmp_path / "o.png")]) == 1
+        assert name in caplog.text and "match no module" not in caplog.text
