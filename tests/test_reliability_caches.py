@@ -225,3 +225,53 @@ def test_unconditional_tokens_come_from_the_validated_cache_on_a_warm_start(tiny
     with Pipeline.load(tiny_bundle, backend="torch", device="cpu", cache_dir=tmp_path) as third:
         np.testing.assert_array_equal(third.identities.unconditional_tokens(), reference)
     assert "image_encoder" in calls
+
+
+def test_a_complete_cache_on_a_read_only_folder_is_used_without_writing(tiny_bundle, engines_copy, monkeypatch):
+    from dynamicid_rt.export import build_engines
+    from dynamicid_rt.paths import ModelPaths
+
+    paths = ModelPaths.from_folder(tiny_bundle)
+    build_engines(paths, engines_copy)  # complete and valid
+    writes = []
+    real_open = os.open
+    # A read-only mount as the process sees it: every attempt to create or write a file fails with EROFS.
+    def read_only(path, flags, *args, **kwargs):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            writes.append(str(path))
+            raise OSError(30, "Read-only file system", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only)
+    entries = build_engines(paths, engines_copy)
+    assert entries and all(e.reused for e in entries)
+    assert [w for w in writes if not w.endswith((".dynamicid-tmp",))] == []  # not even a lock file
+
+
+def test_a_cache_entry_that_is_a_symlink_loop_is_named_by_its_own_path(tiny_bundle, tmp_path):
+    from dynamicid_rt.errors import DynamicIDError
+    from dynamicid_rt.export import build_engines
+    from dynamicid_rt.export.cache import entry_dir
+    from dynamicid_rt.paths import ModelPaths
+
+    cache = tmp_path / "engines"
+    cache.mkdir()
+    loop = entry_dir(cache, "face_projector", "fp32")
+    loop.symlink_to(loop)
+    for _ in range(2):  # every rerun says the same, naming the loop itself
+        with pytest.raises(DynamicIDError, match=f"{loop} is a broken symlink or a symlink loop"):
+            build_engines(ModelPaths.from_folder(tiny_bundle), cache, engines=["face_projector"])
+
+
+def test_a_single_stored_file_with_its_mtime_put_back_is_hashed_again(tmp_path, monkeypatch):
+    from dynamicid_rt import stamps
+    from dynamicid_rt.export.store import check_file, file_record
+
+    plan = tmp_path / "unet.plan"
+    plan.write_bytes(bytes(range(256)) * 64)
+    record = file_record(plan)
+    monkeypatch.setattr(stamps, "RACY_NS", 0)  # as if written long ago: stamped at its first check
+    assert check_file(plan, record, "the plan") == ""
+    assert (tmp_path / stamps.FILE_STAMP).is_file() and not list(tmp_path.glob("*.json"))
+    _flip_keep_mtime(plan)
+    assert "does not match its SHA-256" in check_file(plan, record, "the plan")
