@@ -214,3 +214,37 @@ def test_cli_refuses_a_lora_that_fits_nothing_before_loading(tiny_bundle, tmp_pa
         assert main(["generate", "--models", str(tiny_bundle), "--prompt", "x", "--lora", str(bad_files[name]),
                      "--out", str(tmp_path / "o.png")]) == 1
         assert name in caplog.text and "match no module" not in caplog.text
+
+
+def test_a_vae_of_the_wrong_shape_and_a_pickled_image_encoder_are_refused_before_any_export(tiny_bundle, tmp_path, monkeypatch):
+    import shutil
+
+    torch = pytest.importorskip("torch")
+    from safetensors.numpy import load_file, save_file as save_np
+
+    from dynamicid_rt.errors import ModelFolderError
+    from dynamicid_rt.export import build_engines
+    from dynamicid_rt.export import cache as export_cache
+    from dynamicid_rt.paths import ModelPaths
+
+    monkeypatch.setattr(export_cache, "_build_entry", lambda *a, **k: pytest.fail("an engine was exported before the check"))
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    vae = bundle / "base" / "vae" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(str(vae))
+    key = "decoder.conv_in.weight"
+    tensors[key] = np.zeros((tensors[key].shape[0], tensors[key].shape[1] + 4, *tensors[key].shape[2:]), np.float32)
+    save_np(tensors, str(vae))
+    with pytest.raises(ModelFolderError, match="decoder.conv_in.weight.*has shape"):
+        build_engines(ModelPaths.from_folder(bundle), tmp_path / "engines", engines=["vae_decoder"])
+    shutil.copy(tiny_bundle / "base" / "vae" / "diffusion_pytorch_model.safetensors", vae)
+    encoder = next((bundle / "image_encoder").glob("*.safetensors"))
+    encoder.unlink()
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"w": Payload()}, bundle / "image_encoder" / "pytorch_model.bin")
+    with pytest.raises(ModelFolderError, match="pytorch_model.bin.*(pickle|objects)"):
+        build_engines(ModelPaths.from_folder(bundle), tmp_path / "engines2", engines=["image_encoder"])
