@@ -10,6 +10,7 @@ import contextlib
 import errno
 import os
 import secrets
+import shutil
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -36,6 +37,27 @@ def write_error(path: str | Path, exc: BaseException) -> OutputError | None:
     if code not in _WRITE_ADVICE:
         return None
     return OutputError(f"{path} cannot be written: {_WRITE_ADVICE[code]}")
+
+
+# Free space below which a failure of a write-heavy stage is blamed on the disk, whatever a library
+# reports (ONNX Runtime reads back a graph that a full disk cut short as "InvalidProtobuf").
+LOW_SPACE_BYTES = 64 * 1024 * 1024
+
+
+def disk_error(folder: str | Path, exc: BaseException) -> OutputError | None:
+    """:func:`write_error`, or the full-disk error when ``folder``'s disk is (nearly) full whatever
+    ``exc`` says: a full disk anywhere in an export gives the one line."""
+    error = write_error(folder, exc)
+    if error is not None:
+        return error
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return None
+    if free < LOW_SPACE_BYTES:
+        return OutputError(f"{folder} cannot be written: {_WRITE_ADVICE[errno.ENOSPC]} ({free // 2**20} MiB left; "
+                           f"the export stopped with {type(exc).__name__})")
+    return None
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from dynamicid_rt.atomic import write_error
+from dynamicid_rt.atomic import disk_error
 from dynamicid_rt.contract import CONTRACT_CHANGES, CONTRACT_VERSION, ENGINES, ModelDims, engine_spec
 from dynamicid_rt.errors import DynamicIDError, ModelFolderError, OutputError
 from dynamicid_rt.paths import ModelPaths
@@ -241,8 +241,8 @@ def build_engines(
             out.append(entry)
         if remembered is not None:  # once every entry is valid: a failed build leaves nothing new
             remembered.save()
-    except Exception as exc:  # torch and onnx report a full disk in their own exception types
-        error = write_error(engine_dir, exc)
+    except Exception as exc:  # torch, onnx and ONNX Runtime report a full disk in their own exception types
+        error = disk_error(engine_dir, exc)
         if error is None:
             raise
         raise error from exc

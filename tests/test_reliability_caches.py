@@ -275,3 +275,31 @@ def test_a_single_stored_file_with_its_mtime_put_back_is_hashed_again(tmp_path, 
     assert (tmp_path / stamps.FILE_STAMP).is_file() and not list(tmp_path.glob("*.json"))
     _flip_keep_mtime(plan)
     assert "does not match its SHA-256" in check_file(plan, record, "the plan")
+
+
+def test_a_full_disk_anywhere_in_an_export_is_one_line(tiny_bundle, tmp_path, monkeypatch):
+    """ONNX Runtime meets a graph a full disk cut short as "InvalidProtobuf": whatever a stage
+    reports, a full disk under the cache is named as such (the disk is shown full via disk_usage)."""
+    import collections
+
+    from dynamicid_rt import atomic
+    from dynamicid_rt.errors import OutputError
+    from dynamicid_rt.export import build_engines
+    from dynamicid_rt.export import cache as export_cache
+    from dynamicid_rt.paths import ModelPaths
+
+    class InvalidProtobuf(Exception):
+        pass
+
+    def cut_short(*_args, **_kwargs):
+        raise InvalidProtobuf("[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model from model.onnx failed:Protobuf parsing failed.")
+
+    monkeypatch.setattr(export_cache, "_build_entry", cut_short)
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(atomic.shutil, "disk_usage", lambda _path: usage(10 << 30, (10 << 30) - (1 << 20), 1 << 20))
+    with pytest.raises(OutputError, match="the disk is full") as info:
+        build_engines(ModelPaths.from_folder(tiny_bundle), tmp_path / "engines", engines=["face_projector"])
+    assert "\n" not in str(info.value)
+    monkeypatch.setattr(atomic.shutil, "disk_usage", lambda _path: usage(10 << 30, 0, 10 << 30))
+    with pytest.raises(InvalidProtobuf):  # with room on the disk it is another failure, reported as it is
+        build_engines(ModelPaths.from_folder(tiny_bundle), tmp_path / "engines", engines=["face_projector"])
