@@ -10,13 +10,11 @@ and ``_convert_unet_lora_key``), so both load the same layers.
 """
 from __future__ import annotations
 
-import json
 import re
-import struct
 from pathlib import Path
 from typing import Mapping
 
-from .weightcheck import MAX_HEADER_BYTES
+from .weightcheck import header_shapes
 
 _LDM_BLOCK = re.compile(r"^(input_blocks|middle_block|output_blocks)_(\d+)(?:_(\d+))?(?:_(.*))?$")
 _INNER = ("resnets", "attentions", "upsamplers")
@@ -101,29 +99,6 @@ def layers_per_block(unet_modules: Mapping[str, object]) -> int:
     return max(found) + 1 if found else 2
 
 
-def _header_shapes(path: Path) -> dict[str, tuple[int, ...]] | None:
-    """{tensor name: shape} from a safetensors header; None when it cannot be read cheaply."""
-    try:
-        with path.open("rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                return None
-            (length,) = struct.unpack("<Q", head)
-            if length > MAX_HEADER_BYTES:
-                return None
-            header = json.loads(f.read(length))
-    except (OSError, ValueError, RecursionError):
-        return None
-    if not isinstance(header, dict):
-        return None
-    out = {}
-    for name, info in header.items():
-        shape = info.get("shape") if isinstance(info, dict) else None
-        if isinstance(shape, list) and all(isinstance(d, int) for d in shape):
-            out[name] = tuple(shape)
-    return out
-
-
 def _weights(shapes: Mapping[str, tuple[int, ...]], prefix: str) -> dict[str, tuple[int, ...]]:
     """Module path -> weight shape of the 2-D and 4-D ``.weight`` tensors under ``prefix``."""
     return {name[len(prefix):-len(".weight")]: shape for name, shape in shapes.items()
@@ -136,7 +111,7 @@ def model_layer_shapes(base: Path) -> dict[str, dict[str, tuple[int, ...]]]:
     weights are not in a readable ``.safetensors`` file is left out (checked when loaded)."""
     out: dict[str, dict[str, tuple[int, ...]]] = {}
     if base.is_file():
-        shapes = _header_shapes(base) or {}
+        shapes = header_shapes(base) or {}
         unet = _weights(shapes, "model.diffusion_model.")
         if unet:
             # The first downsampler sits at input_blocks.<layers_per_block + 1>.
@@ -150,12 +125,12 @@ def model_layer_shapes(base: Path) -> dict[str, dict[str, tuple[int, ...]]]:
     folder = base if base.name == "unet" else base / "unet"
     unet_file = folder / "diffusion_pytorch_model.safetensors"
     if unet_file.is_file():
-        shapes = _header_shapes(unet_file)
+        shapes = header_shapes(unet_file)
         if shapes:
             out["unet"] = _weights(shapes, "")
     text_file = base / "text_encoder" / "model.safetensors"
     if base.name != "unet" and text_file.is_file():
-        shapes = _header_shapes(text_file)
+        shapes = header_shapes(text_file)
         if shapes:
             out["text_encoder"] = _weights(shapes, "")
     return out

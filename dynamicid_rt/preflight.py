@@ -17,7 +17,7 @@ from typing import Iterable, Iterator
 
 from .errors import DynamicIDError, ModelFolderError
 from .paths import ModelPaths
-from .weightcheck import WEIGHT_SUFFIXES, weight_problems
+from .weightcheck import WEIGHT_SUFFIXES, header_shapes, weight_problems
 
 # Bounds of config values: far above any SD1.5 / CLIP model, far below what exhausts memory.
 MAX_WIDTH = 16384  # channels, hidden sizes, head counts
@@ -136,8 +136,6 @@ _DIFFUSERS_PARTS = (("vae", "AutoencoderKL"), ("unet", "UNet2DConditionModel"))
 def shape_problems(paths: ModelPaths) -> list[str]:
     """A diffusers part (VAE, UNet) whose ``.safetensors`` tensors do not have the shapes its config
     makes: found from the header and a model built on the meta device, before any export."""
-    from .lora_names import _header_shapes
-
     out = []
     for part, cls_name in _DIFFUSERS_PARTS:
         if part == "vae" and paths.vae is not None:
@@ -147,7 +145,7 @@ def shape_problems(paths: ModelPaths) -> list[str]:
         if folder is None or not (folder / "config.json").is_file():
             continue
         weights = folder / "diffusion_pytorch_model.safetensors"
-        have = _header_shapes(weights) if weights.is_file() else None
+        have = header_shapes(weights) if weights.is_file() else None
         if not have:
             continue
         want = _meta_shapes(folder / "config.json", cls_name)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DynamicIDError
+from .files import check_regular_file
 from .weightcheck import DTYPE_BYTES, MAX_HEADER_BYTES, tensor_span
 
 # The float dtypes a weight file may hold, as little-endian numpy types (BF16: see _bf16).
@@ -34,18 +35,10 @@ class TensorFile:
     data_sha256: str  # of what follows the header (A1111's short hash is its first 12 digits)
 
 
-def regular_file_size(path: Path, what: str, error: type[DynamicIDError]) -> int:
-    """The size of ``path`` once it is known to be a regular file; ``error`` naming what it is else."""
-    from .files import check_regular_file
-
-    check_regular_file(path, what, error)
-    return path.stat().st_size
-
-
 def _open_regular(path: Path, what: str, error: type[DynamicIDError]):
-    """``path`` opened for reading without ever blocking: O_NONBLOCK makes opening a FIFO return at
-    once, and the open file itself (not the name, which may change) must be a regular file."""
-    regular_file_size(path, what, error)
+    """``path`` (checked by ``check_regular_file``) opened for reading without ever blocking:
+    O_NONBLOCK makes opening a FIFO return at once, and the open file itself (not the name, which
+    may have changed since the check) must be a regular file."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     except OSError as exc:
@@ -59,8 +52,6 @@ def _open_regular(path: Path, what: str, error: type[DynamicIDError]):
 def file_hashes(path: str | Path, what: str, error: type[DynamicIDError]) -> tuple[str, str]:
     """(SHA-256 of the file, SHA-256 of what follows its safetensors header), refusing anything that
     is not a regular file; a header length past the end hashes no data."""
-    from .files import check_regular_file
-
     path = check_regular_file(path, what, error)
     whole, data = hashlib.sha256(), hashlib.sha256()
     with _open_regular(path, what, error) as f:
@@ -82,8 +73,6 @@ def _bf16(raw: np.ndarray) -> np.ndarray:
 def read_float_tensors(path: str | Path, what: str, error: type[DynamicIDError]) -> TensorFile:
     """Every tensor of the safetensors file at ``path`` as float32; ``error`` (one line, naming the
     file) for anything that is not a complete safetensors file of float tensors."""
-    from .files import check_regular_file
-
     path = check_regular_file(path, what, error)
     with _open_regular(path, what, error) as f:
         size = os.fstat(f.fileno()).st_size

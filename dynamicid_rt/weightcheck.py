@@ -90,6 +90,29 @@ def _zip_problem(path: Path, size: int) -> str | None:
     return f"is truncated: its entries need {end} bytes, the file has {size}" if end > size else None
 
 
+def header_shapes(path: Path) -> dict[str, tuple[int, ...]] | None:
+    """{tensor name: shape} from a safetensors header (no tensor read); None when it cannot be read."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return None
+            (length,) = struct.unpack("<Q", head)
+            if length > MAX_HEADER_BYTES:
+                return None
+            header = json.loads(f.read(length))
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(header, dict):
+        return None
+    out = {}
+    for name, info in header.items():
+        shape = info.get("shape") if isinstance(info, dict) else None
+        if isinstance(shape, list) and all(isinstance(d, int) for d in shape):
+            out[name] = tuple(shape)
+    return out
+
+
 def weight_file_problem(path: str | Path) -> str | None:
     """Why the weight file at ``path`` is unusable (truncated, corrupt index), or None. Formats
     without an index (legacy pickles) pass here and are judged when loaded."""

@@ -19,7 +19,6 @@ import zipfile
 import numpy as np
 import pytest
 import requests
-from PIL import Image
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
