@@ -44,6 +44,7 @@ _LAZY = {
     "parse_lora_arg": "dynamicid_rt.modelfiles.lora",
     "prompt_loras": "dynamicid_rt.formats.lora_tags",  # <lora:name:scale> tags of a restored prompt
     "lora_short_hash": "dynamicid_rt.formats.lora_tags",
+    "check_loras": "dynamicid_rt.modelfiles.lora_fit",  # LoRA files against a model folder, loading nothing
     "BACKENDS": "dynamicid_rt.backends",
     # Each backend's switches (Pipeline.load(backend_options=...)) and every precision some backend runs.
     "BACKEND_OPTIONS": "dynamicid_rt.backends",
@@ -73,6 +74,7 @@ if TYPE_CHECKING:
     from .identity.value import Identity
     from .request import IdentityMatch
     from .modelfiles.lora import LoraRef, parse_lora_arg
+    from .modelfiles.lora_fit import check_loras
     from .formats.lora_tags import lora_short_hash, prompt_loras
     from .modelfiles.paths import ModelPaths
     from .pipeline import Pipeline

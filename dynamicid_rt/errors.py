@@ -38,4 +38,8 @@ class NumericalError(DynamicIDError):
 
 
 class Cancelled(DynamicIDError):
-    """Generation was cancelled between two steps."""
+    """Generation was cancelled between two steps. ``partial_result``, when sampling had begun,
+    makes the Result of the current latent, decoded (A1111's image of an interrupted job); it is
+    only computed when called."""
+
+    partial_result = None

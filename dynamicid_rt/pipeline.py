@@ -29,7 +29,7 @@ from .identity.value import Identity, check_same_model, load_saved
 from .request import IdentityMatch
 from .identity.check import match_identities, reference_embeddings
 from .identity.encoder import IdentityEncoder
-from .sampling.live_preview import PREVIEW_BUDGET, PREVIEW_INTERVAL, DenoisedEstimate, LivePreview
+from .load_checks import check_load_arguments
 from .modelfiles.lora import check_lora_refs, load_loras
 from .formats.lora_tags import lora_hashes, strip_lora_tags, with_prompt_tags
 from .modelfiles.model_hash import describe_model
@@ -102,6 +102,7 @@ class Pipeline:
         switches declared in ``dynamicid_rt.BACKEND_OPTIONS``, e.g. ``{"cuda_graphs": True}``, each
         passed to the backend that declares it. ``build_progress`` is told each engine and stage of a
         first run's ONNX export, with the time left (:class:`~dynamicid_rt.export.BuildStatus`)."""
+        check_load_arguments(models, backend, device, precision, onnx_cache, backend_options, cache_dir)
         is_tiny = False
         if models is None:
             from .tiny.bundle import default_tiny_dir, write_tiny_bundle
@@ -228,6 +229,13 @@ class Pipeline:
         names = [person.name for person in identities]
         return match_identities(faces, references, names, boxes, width=pixels.shape[1], height=pixels.shape[0])
 
+    def check_loras(self, loras: Sequence) -> None:
+        """Read each LoRA (``Request.loras``' forms) and check it against this model's layers, loading
+        no weights: the first problem is a one-line RequestError or CheckpointError."""
+        from .modelfiles.lora_fit import check_loras
+
+        check_loras(self.paths, loras)
+
     def load_identity(self, path: str | Path, allow_other_model: bool = False) -> Identity:
         """An identity saved with ``Identity.save``; one encoded with another model is refused
         (RequestError) unless ``allow_other_model``, which uses it with a warning."""
@@ -320,7 +328,14 @@ class Pipeline:
                 progress(ProgressInfo(step=step + 1, total=total, latent=x, elapsed=time.perf_counter() - t_sample,
                                       denoised=denoised, preview=preview.frame(x, denoised)))
             if cancel is not None and cancel.is_set():
-                raise Cancelled(f"cancelled after step {step + 1} of {total}")
+                stopped = Cancelled(f"cancelled after step {step + 1} of {total}")
+                current = np.array(x, np.float32)
+                stopped.partial_result = lambda: Result(
+                    images=[self._decode(current[i : i + 1]) for i in range(batch)], request=resolved, seeds=seeds,
+                    sampler=sampler, gating=gating, backend=self.backend.name, latents=current, model=self.model_info(),
+                    lora_hashes=lora_hashes(loras),
+                )
+                raise stopped
 
         if cancel is not None and cancel.is_set():
             raise Cancelled("cancelled before the first step")

@@ -21,9 +21,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from dynamicid_rt.files.atomic import write_error
+from dynamicid_rt.files.atomic import disk_error
 from dynamicid_rt.contract import CONTRACT_CHANGES, CONTRACT_VERSION, ENGINES, ModelDims, engine_spec
-from dynamicid_rt.errors import DynamicIDError, ModelFolderError
+from dynamicid_rt.errors import DynamicIDError, ModelFolderError, OutputError
 from dynamicid_rt.modelfiles.paths import ModelPaths
 from dynamicid_rt.models.preflight import check_before_export
 from dynamicid_rt.files.stamps import RememberedDigests
@@ -209,11 +209,24 @@ def build_engines(
     # Source fingerprints kept in the cache, so a warm start reads no weights (``verify``: all read again).
     remembered = RememberedDigests(engine_dir / SOURCES) if not verify else None
     expected = {name: expected_manifest(paths, name, precision, remembered) for name in names}
-    to_build = [n for n in names if force or check_entry(entry_dir(engine_dir, n, precision), expected[n], verify)[0] is None]
+    for path in (engine_dir, *(entry_dir(engine_dir, n, precision) for n in names)):
+        if path.is_symlink() and not path.exists():
+            raise OutputError(f"cache folder {path} is a broken symlink or a symlink loop; remove it (or point it at a folder)")
+    checked = {n: (None, "--force") if force else check_entry(entry_dir(engine_dir, n, precision), expected[n], verify) for n in names}
+    to_build = [n for n in names if checked[n][0] is None]
     sources = {n: source_files(paths, n) for n in names}
     if to_build:  # what `inspect` would refuse is refused here, before the first export
         check_before_export(paths, [f for n in to_build for f in sources[n]])
     tracker = BuildTracker({n: sum(f.stat().st_size for f in sources[n]) for n in names}, set(to_build), progress)
+    if not to_build:  # a complete, valid cache is used as it is: nothing written (a read-only or shared cache works)
+        out = []
+        for name in names:
+            tracker.report(name, "checking")
+            tracker.finished(name, built=False)
+            out.append(CacheEntry(name, precision, entry_dir(engine_dir, name, precision), checked[name][0], reused=True))
+        if remembered is not None:
+            remembered.save()  # skipped quietly where the cache cannot be written
+        return out
     out = []
     try:
         engine_dir.mkdir(parents=True, exist_ok=True)
@@ -228,8 +241,8 @@ def build_engines(
             out.append(entry)
         if remembered is not None:  # once every entry is valid: a failed build leaves nothing new
             remembered.save()
-    except Exception as exc:  # torch and onnx report a full disk in their own exception types
-        error = write_error(engine_dir, exc)
+    except Exception as exc:  # torch, onnx and ONNX Runtime report a full disk in their own exception types
+        error = disk_error(engine_dir, exc)
         if error is None:
             raise
         raise error from exc

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from dynamicid_rt.contract import ENGINES, LORA_ENGINES, ModelDims
+from dynamicid_rt.files.atomic import disk_error
 from dynamicid_rt.modelfiles.lora import LoraFile, cache_key
 from dynamicid_rt.modelfiles.paths import ModelPaths
 
@@ -53,8 +54,14 @@ def lora_entries(
         if not key:
             (out[engine],) = build_engines(paths, engine_dir, precision, [engine])
             continue
-        with build_lock(engine_dir, f"{engine}-{precision}-lora"):
-            out[engine] = _ensure(paths, engine_dir, engine, precision, loras, key)
+        try:
+            with build_lock(engine_dir, f"{engine}-{precision}-lora"):
+                out[engine] = _ensure(paths, engine_dir, engine, precision, loras, key)
+        except Exception as exc:  # a full disk, whatever the library that met it reports
+            error = disk_error(engine_dir, exc)
+            if error is None:
+                raise
+            raise error from exc
     return out
 
 

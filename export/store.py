@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping
 from filelock import FileLock
 
 from dynamicid_rt.files.atomic import atomic_write, pid_alive
-from dynamicid_rt.files.stamps import first_mismatch, sha256_file, stamp_hashed
+from dynamicid_rt.files.stamps import FILE_STAMP, first_mismatch, sha256_file, stamp_hashed
 
 MANIFEST = "manifest.json"
 BUILDING = ".building-"
@@ -69,12 +69,13 @@ def check_files(folder: Path, files: Mapping[str, Mapping[str, Any]], verify: bo
 
 
 def check_file(path: Path, record: Mapping[str, Any], what: str, verify: bool = False) -> str:
-    """Empty when a single stored file matches its record, else why not; hashed when ``verify`` or
-    when its modification time differs from the record."""
+    """Empty when a single stored file matches its record, else why not. The rule of folder entries
+    (:func:`check_files`): hashed unless its stamp (size, mtime, ctime, inode: a ctime no tool can
+    put back) shows it unchanged since it last matched, and always when ``verify``."""
     problem = size_problem(path, record, what)
     if problem:
         return problem
-    if (verify or path.stat().st_mtime_ns != record.get("mtime_ns")) and sha256_file(path) != record.get("sha256"):
+    if first_mismatch(path.parent, {path.name: str(record.get("sha256"))}, rehash=verify, stamp=FILE_STAMP) is not None:
         return f"{what} does not match its SHA-256 (corrupt)"
     return ""
 

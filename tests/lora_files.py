@@ -64,3 +64,53 @@ def write_peft(path: Path, unet, text_model, seed: int, rank: int = 4) -> Path:
         tensors[key + ".lora_A.weight"], tensors[key + ".lora_B.weight"] = down, up
     save_file(tensors, str(path))
     return path
+
+
+def _ldm_name(name: str, per_block: int) -> str:
+    """A diffusers UNet module path in the original LDM spelling kohya also writes (the inverse of
+    diffusers' own mapping, written out block by block for the test files)."""
+    import re
+
+    step = per_block + 1
+    m = re.match(r"^(down_blocks|up_blocks)\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)$", name)
+    mid = re.match(r"^mid_block\.(resnets|attentions)\.(\d+)\.(.*)$", name)
+    if m:
+        kind, block, inner, layer, rest = m.group(1), int(m.group(2)), m.group(3), int(m.group(4)), m.group(5)
+        j = 0 if inner == "resnets" else 1
+        i = block * step + layer + 1 if kind == "down_blocks" else block * step + layer
+        head = f"{'input_blocks' if kind == 'down_blocks' else 'output_blocks'}.{i}.{j}"
+    elif mid:
+        inner, layer, rest = mid.group(1), int(mid.group(2)), mid.group(3)
+        head = f"middle_block.{1 if inner == 'attentions' else 2 * layer}"
+    else:
+        return name
+    for new, old in (("conv1", "in_layers.2"), ("conv2", "out_layers.3"), ("time_emb_proj", "emb_layers.1"),
+                     ("conv_shortcut", "skip_connection")):
+        if rest == new:
+            rest = old
+    return f"{head}.{rest}"
+
+
+def write_kohya_ldm(path: Path, unet, text_model, seed: int, rank: int = 4, alpha: float | None = 2.0, conv: bool = True,
+                    bf16: bool = True) -> Path:
+    """A kohya file with the UNet layers in LDM names (``lora_unet_input_blocks_1_1_...``), saved in
+    bf16 as ``--save_precision bf16`` writes it."""
+    import torch
+    from safetensors.torch import save_file as save_torch
+
+    rng = np.random.default_rng(seed)
+    per_block = unet.config.layers_per_block
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    tensors = {}
+    for part, name, m in _targets(unet, text_model, conv):
+        if part == "unet":
+            key = "lora_unet_" + _ldm_name(name, per_block).replace(".", "_")
+        else:
+            key = "lora_te_" + _te_name(name).replace(".", "_")
+        down, up = _pair(rng, m, rank)
+        tensors[key + ".lora_down.weight"] = torch.from_numpy(down).to(dtype)
+        tensors[key + ".lora_up.weight"] = torch.from_numpy(up).to(dtype)
+        if alpha is not None:
+            tensors[key + ".alpha"] = torch.tensor(alpha, dtype=dtype)
+    save_torch(tensors, str(path))
+    return path

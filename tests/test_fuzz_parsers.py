@@ -220,3 +220,35 @@ def test_request_fields_raise_only_request_errors(prompt, steps, guidance):
         Request(prompt=prompt, steps=steps, guidance=guidance).validate()
     except DynamicIDError as exc:
         assert isinstance(exc, RequestError)
+
+
+# -- LoRA files -----------------------------------------------------------------------------------
+
+def _lora_file() -> bytes:
+    """A small valid kohya LoRA in bf16 and fp32 with an alpha: the seed of the mutations."""
+    import torch
+    from safetensors.torch import save as save_torch
+
+    key = "lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q"
+    return save_torch({f"{key}.lora_down.weight": torch.ones(2, 4, dtype=torch.bfloat16),
+                       f"{key}.lora_up.weight": torch.ones(4, 2), f"{key}.alpha": torch.tensor(1.0)},
+                      metadata={"sshs_model_hash": "0123456789ab"})
+
+
+@FUZZ
+@given(st.one_of(_mutations(_lora_file()), headers.map(lambda h: _safetensors_bytes(h, 64, 0))))
+@example(_safetensors_bytes({"lora_unet_a.lora_down.weight": {"dtype": "BF16", "shape": [0, 4], "data_offsets": [0, 0]},
+                             "lora_unet_a.lora_up.weight": {"dtype": "F32", "shape": [4, 0], "data_offsets": [0, 0]}}, 0, 0))
+@example(_safetensors_bytes({"lora_unet_a.lora_down.weight": {"dtype": "F64", "shape": [1, 1], "data_offsets": [0, 8]},
+                             "lora_unet_a.lora_up.weight": {"dtype": "I64", "shape": [1, 1], "data_offsets": [8, 16]}}, 16, 0))
+def test_lora_reader_raises_only_project_errors(folder, data):
+    from dynamicid_rt.modelfiles.lora import read_lora
+
+    path = folder / "lora.safetensors"
+    path.write_bytes(data)
+    try:
+        lora = read_lora(path)
+    except DynamicIDError as exc:
+        assert "\n" not in str(exc)
+    else:
+        assert lora.layers and all(np.isfinite(layer.up).all() and np.isfinite(layer.down).all() for layer in lora.layers.values())

@@ -18,7 +18,7 @@ from transformers import CLIPTextModel  # noqa: E402
 
 from dynamicid_rt.errors import CheckpointError, RequestError  # noqa: E402
 from dynamicid_rt.modelfiles.lora import LoraRef, check_lora_refs, parse_lora_arg, read_lora  # noqa: E402
-from lora_files import write_kohya, write_peft  # noqa: E402
+from lora_files import write_kohya, write_kohya_ldm, write_peft  # noqa: E402
 
 TOL = 1e-5
 
@@ -49,7 +49,8 @@ def diffusers_deltas(tiny_bundle: Path, files: list[Path], scale: float) -> dict
     pipe = _Diffusers(unet, text)
     names = [f"l{i}" for i in range(len(files))]
     for name, f in zip(names, files):
-        pipe.load_lora_weights(str(f), adapter_name=name)
+        # unet_config: diffusers maps LDM block names (kohya's input_blocks_...) only when given it, as its SDXL loader does.
+        pipe.load_lora_weights(str(f), adapter_name=name, unet_config=unet.config)
     pipe.set_adapters(names)  # stacked: every adapter active, weight 1
     pipe.fuse_lora(lora_scale=scale, adapter_names=names)
     pipe.unload_lora_weights()
@@ -65,6 +66,7 @@ def lora_files(tiny_bundle, tmp_path_factory):
         "kohya_conv": write_kohya(folder / "kohya_conv.safetensors", unet, text, seed=1, alpha=2.0, conv=True),
         "kohya_plain": write_kohya(folder / "kohya_plain.safetensors", unet, text, seed=2, alpha=None, rank=3),
         "peft": write_peft(folder / "peft.safetensors", unet, text, seed=3),
+        "kohya_ldm_bf16": write_kohya_ldm(folder / "kohya_ldm_bf16.safetensors", unet, text, seed=4),
     }
 
 
@@ -94,7 +96,8 @@ def _max_error(ours, base, ref) -> float:
 
 @pytest.mark.parametrize(
     ("names", "scale"),
-    [(["kohya_conv"], 0.7), (["kohya_plain"], 1.3), (["peft"], 0.7), (["kohya_conv", "peft"], 0.7), (["kohya_conv", "peft"], 1.3)],
+    [(["kohya_conv"], 0.7), (["kohya_plain"], 1.3), (["peft"], 0.7), (["kohya_conv", "peft"], 0.7), (["kohya_conv", "peft"], 1.3),
+     (["kohya_ldm_bf16"], 0.8), (["kohya_ldm_bf16", "peft"], 1.0)],
 )
 def test_merge_matches_diffusers(backend, lora_files, tiny_bundle, names, scale):
     backend.set_loras([])

@@ -225,3 +225,81 @@ def test_unconditional_tokens_come_from_the_validated_cache_on_a_warm_start(tiny
     with Pipeline.load(tiny_bundle, backend="torch", device="cpu", cache_dir=tmp_path) as third:
         np.testing.assert_array_equal(third.identities.unconditional_tokens(), reference)
     assert "image_encoder" in calls
+
+
+def test_a_complete_cache_on_a_read_only_folder_is_used_without_writing(tiny_bundle, engines_copy, monkeypatch):
+    from dynamicid_rt.export import build_engines
+    from dynamicid_rt.modelfiles.paths import ModelPaths
+
+    paths = ModelPaths.from_folder(tiny_bundle)
+    build_engines(paths, engines_copy)  # complete and valid
+    writes = []
+    real_open = os.open
+    # A read-only mount as the process sees it: every attempt to create or write a file fails with EROFS.
+    def read_only(path, flags, *args, **kwargs):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            writes.append(str(path))
+            raise OSError(30, "Read-only file system", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only)
+    entries = build_engines(paths, engines_copy)
+    assert entries and all(e.reused for e in entries)
+    assert [w for w in writes if not w.endswith((".dynamicid-tmp",))] == []  # not even a lock file
+
+
+def test_a_cache_entry_that_is_a_symlink_loop_is_named_by_its_own_path(tiny_bundle, tmp_path):
+    from dynamicid_rt.errors import DynamicIDError
+    from dynamicid_rt.export import build_engines
+    from dynamicid_rt.export.cache import entry_dir
+    from dynamicid_rt.modelfiles.paths import ModelPaths
+
+    cache = tmp_path / "engines"
+    cache.mkdir()
+    loop = entry_dir(cache, "face_projector", "fp32")
+    loop.symlink_to(loop)
+    for _ in range(2):  # every rerun says the same, naming the loop itself
+        with pytest.raises(DynamicIDError, match=f"{loop} is a broken symlink or a symlink loop"):
+            build_engines(ModelPaths.from_folder(tiny_bundle), cache, engines=["face_projector"])
+
+
+def test_a_single_stored_file_with_its_mtime_put_back_is_hashed_again(tmp_path, monkeypatch):
+    from dynamicid_rt.files import stamps
+    from dynamicid_rt.export.store import check_file, file_record
+
+    plan = tmp_path / "unet.plan"
+    plan.write_bytes(bytes(range(256)) * 64)
+    record = file_record(plan)
+    monkeypatch.setattr(stamps, "RACY_NS", 0)  # as if written long ago: stamped at its first check
+    assert check_file(plan, record, "the plan") == ""
+    assert (tmp_path / stamps.FILE_STAMP).is_file() and not list(tmp_path.glob("*.json"))
+    _flip_keep_mtime(plan)
+    assert "does not match its SHA-256" in check_file(plan, record, "the plan")
+
+
+def test_a_full_disk_anywhere_in_an_export_is_one_line(tiny_bundle, tmp_path, monkeypatch):
+    """ONNX Runtime meets a graph a full disk cut short as "InvalidProtobuf": whatever a stage
+    reports, a full disk under the cache is named as such (the disk is shown full via disk_usage)."""
+    import collections
+
+    from dynamicid_rt.files import atomic
+    from dynamicid_rt.errors import OutputError
+    from dynamicid_rt.export import build_engines
+    from dynamicid_rt.export import cache as export_cache
+    from dynamicid_rt.modelfiles.paths import ModelPaths
+
+    class InvalidProtobuf(Exception):
+        pass
+
+    def cut_short(*_args, **_kwargs):
+        raise InvalidProtobuf("[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model from model.onnx failed:Protobuf parsing failed.")
+
+    monkeypatch.setattr(export_cache, "_build_entry", cut_short)
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(atomic.shutil, "disk_usage", lambda _path: usage(10 << 30, (10 << 30) - (1 << 20), 1 << 20))
+    with pytest.raises(OutputError, match="the disk is full") as info:
+        build_engines(ModelPaths.from_folder(tiny_bundle), tmp_path / "engines", engines=["face_projector"])
+    assert "\n" not in str(info.value)
+    monkeypatch.setattr(atomic.shutil, "disk_usage", lambda _path: usage(10 << 30, 0, 10 << 30))
+    with pytest.raises(InvalidProtobuf):  # with room on the disk it is another failure, reported as it is
+        build_engines(ModelPaths.from_folder(tiny_bundle), tmp_path / "engines", engines=["face_projector"])

@@ -125,7 +125,7 @@ def _cli_error(caplog, argv) -> str:
     (["--steps", "0"], {"steps": 0}),
     (["--size", "500x512"], {"width": 500}),
     (["--seed", str(2**32)], {"seed": 2**32}),
-    (["--guidance", "nan"], {"cfg_scale": "NaN"}),
+    (["--guidance", "nan"], {"cfg_scale": float("nan")}),  # JSON's NaN literal: a string is no number
     (["--batch", "17"], {"batch_size": 17}),
     (["--id-scale=-1", "--face", "{a}"], {"alwayson_scripts": {"dynamicid": {"args": [{"image": "{a}", "id_scale": -1}]}}}),
     (["--box", "0,0,1,0.5", "--box", "0,1,1,0.5", "--face", "{a}", "--face", "{a}"],
@@ -213,7 +213,10 @@ def test_progress_queue_and_interrupt(live, api):
     api.interrupt()
     long.join(30)
     short.join(30)
-    assert results["long"].images == [] and results["long"].info["all_seeds"] == []  # interrupted in its only batch
+    # Interrupted in its only batch: A1111 returns the image of the current latent, so the client's
+    # result.image works (an empty list made webuiapi raise IndexError).
+    assert results["long"].image.size == (256, 256) and results["long"].info["all_seeds"] == [1]
+    assert parse_parameters(results["long"].image.info["parameters"])["seed"] == 1
     assert len(results["short"].images) == 1 and results["short"].info["all_seeds"] == [2]
     assert api.get_progress()["queue"] == {"running": 0, "waiting": 0}
 
@@ -283,5 +286,7 @@ def test_identities_are_cached_across_requests(api, samples, tmp_path, monkeypat
     people = {"dynamicid": {"args": [{"image": b64(tmp_path / "new.png")}]}}
     first = api.txt2img(prompt="x", seed=5, alwayson_scripts=people, **SMALL)
     second = api.txt2img(prompt="x", seed=5, alwayson_scripts=people, **SMALL)
-    assert len(calls) == 1  # the second request's photo was not analysed again
+    # Analysed when the first request arrived (its face found) and when it was encoded; the second
+    # request's photo was not analysed again.
+    assert len(calls) == 2
     assert np.array_equal(_pixels(first.images[0]), _pixels(second.images[0]))

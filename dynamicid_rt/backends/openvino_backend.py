@@ -128,8 +128,10 @@ class OpenVinoBackend(Backend):
         of a set, see ``export/lora_entries.py``); the plain entries with no LoRAs."""
         from dynamicid_rt.export.lora_entries import lora_entries
         from dynamicid_rt.modelfiles.lora import cache_key, load_loras
+        from dynamicid_rt.modelfiles.lora_fit import check_loras_fit
 
         files = load_loras(loras)
+        check_loras_fit(self.paths, files)  # before any export
         keys = [cache_key(files, engine) for engine in LORA_ENGINES]
         if keys == self._lora_keys:
             return  # the same set: every session (and compiled plan) is reused

@@ -11,6 +11,7 @@ import torch
 
 from ..contract import ENGINES, LORA_ENGINES, EngineSpec
 from ..modelfiles.lora import LoraFile, LoraRef, load_loras
+from ..modelfiles.lora_fit import check_loras_fit
 from ..models.engines import load_engine_module
 from ..models.lora_merge import LoraMerger
 from ..models.base import read_model_dims
@@ -68,6 +69,7 @@ class TorchBackend(Backend):
         """Merge the LoRAs in place (fp32 deltas, cast to the module's precision); the previous set's
         weights are restored first. Both engines are checked before either changes."""
         files = load_loras(loras)
+        check_loras_fit(self.paths, files)  # before any engine loads
         for engine in LORA_ENGINES:
             self.module(engine)  # loading creates the engine's merger
         changed = [self._mergers[engine] for engine in LORA_ENGINES if not self._mergers[engine].is_merged(files)]

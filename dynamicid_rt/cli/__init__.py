@@ -71,6 +71,13 @@ def _sampler(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _lora(text: str):
+    try:
+        return parse_lora_arg(text)
+    except DynamicIDError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _backend_choices() -> list[str]:
     return [AUTO, *BACKENDS]  # the registry's declarations; no backend module is imported
 
@@ -131,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sampler", type=_sampler, default="default", choices=("default", *SAMPLERS), metavar="NAME",
                    help="one of: %(choices)s (default: the base model's scheduler, PNDM for SD1.5); diffusers, "
                         "ComfyUI and A1111 names also work, e.g. euler_ancestral, 'Euler a', 'DPM++ 2M Karras'")
-    g.add_argument("--lora", action="append", default=[], type=parse_lora_arg, metavar="PATH[:SCALE]",
+    g.add_argument("--lora", action="append", default=[], type=_lora, metavar="PATH[:SCALE]",
                    help="a kohya or diffusers LoRA .safetensors and its strength (default 1), repeatable")
     g.add_argument("--decoder", choices=("vae", "taesd"), default="vae",
                    help="final decode: vae, the full VAE, or taesd, the tiny autoencoder of the model folder's taesd/ "
@@ -210,7 +217,8 @@ def _id_scale(values: list[float], count: int) -> float | list[float]:
 
 
 def _check_photos(args: argparse.Namespace) -> None:
-    """Every --face and --target-landmarks photo is a readable file, before any model loads."""
+    """Every --face and --target-landmarks photo is a readable image file (decoded once), before any
+    model loads or any engine is exported."""
     for photo in [*args.face, *(p for p in args.target_landmarks if p)]:
         path = Path(photo).expanduser()
         if not path.is_file():
@@ -219,6 +227,10 @@ def _check_photos(args: argparse.Namespace) -> None:
             raise DynamicIDError(f"photo {path} {kind}; give the path of an image file (PNG, JPEG or WebP)")
         if not os.access(path, os.R_OK):
             raise DynamicIDError(f"photo {path} cannot be read (permission denied); check its permissions")
+    from . import load_photo
+
+    for photo in [*args.face, *(p for p in args.target_landmarks if p)]:
+        load_photo(photo)  # an empty, truncated or non-image file is refused now, not after the export
 
 
 def _output_paths(out: Path, count: int, args: argparse.Namespace) -> list[Path]:
@@ -278,6 +290,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     )
     request.validate(people=len(args.face))
     _check_photos(args)
+    if request.loras and args.models is not None:
+        from . import check_loras
+
+        check_loras(args.models, request.loras)  # every layer against the model, before it loads or exports
     outputs = _output_paths(args.out or Path(f"dynamicid-{seed}.png"), args.batch * args.best_of, args)
     overrides = {k: v for k, v in (("vae", args.vae), ("tokenizer", args.tokenizer)) if v is not None}
     if args.models is not None:  # a decoder the folder lacks, before models load (the tiny bundle has them all)

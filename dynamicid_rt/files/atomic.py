@@ -10,6 +10,7 @@ import contextlib
 import errno
 import os
 import secrets
+import shutil
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -38,16 +39,44 @@ def write_error(path: str | Path, exc: BaseException) -> OutputError | None:
     return OutputError(f"{path} cannot be written: {_WRITE_ADVICE[code]}")
 
 
+# Free space below which a failure of a write-heavy stage is blamed on the disk, whatever a library
+# reports (ONNX Runtime reads back a graph that a full disk cut short as "InvalidProtobuf").
+LOW_SPACE_BYTES = 64 * 1024 * 1024
+
+
+def disk_error(folder: str | Path, exc: BaseException) -> OutputError | None:
+    """:func:`write_error`, or the full-disk error when ``folder``'s disk is (nearly) full whatever
+    ``exc`` says: a full disk anywhere in an export gives the one line."""
+    error = write_error(folder, exc)
+    if error is not None:
+        return error
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return None
+    if free < LOW_SPACE_BYTES:
+        return OutputError(f"{folder} cannot be written: {_WRITE_ADVICE[errno.ENOSPC]} ({free // 2**20} MiB left; "
+                           f"the export stopped with {type(exc).__name__})")
+    return None
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     """Write to a temporary file beside ``path`` and move it into place only on success. A full
-    disk or a permission error raises :func:`write_error`'s OutputError."""
+    disk or a permission error raises :func:`write_error`'s OutputError; so do a path that is no
+    path, a folder, and any other error of the file system (``/proc``, a path under a file)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise OutputError(f"output path {path!r} must be a file path (str or Path), not {type(path).__name__}")
     path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path} is a folder; give a file name inside it")
     try:
         with _atomic_write(path, mode) as f:
             yield f
     except Exception as exc:
         error = write_error(path, exc)
+        if error is None and isinstance(exc, OSError):
+            error = OutputError(f"{path} cannot be written ({exc.strerror or exc}); choose another file or folder")
         if error is None:
             raise
         raise error from exc

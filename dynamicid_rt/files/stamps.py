@@ -24,6 +24,9 @@ from ..errors import OutputError
 log = logging.getLogger(__name__)
 
 STAMP = "verified.json"
+# The stamps of single stored files (plans, runtime caches, compiled blobs), kept beside them under
+# a name no manifest scan (``*/*.json``) picks up.
+FILE_STAMP = ".verified-stamps"
 RACY_NS = 2_000_000_000  # far above any file system's timestamp granularity
 
 
@@ -42,18 +45,19 @@ def _racy(path: Path) -> bool:
     return time.time_ns() - path.stat().st_ctime_ns <= RACY_NS
 
 
-def _read_stamps(folder: Path) -> dict:
+def _read_stamps(folder: Path, stamp: str = STAMP) -> dict:
     try:
-        stamps = json.loads((folder / STAMP).read_text())
+        stamps = json.loads((folder / stamp).read_text())
     except (OSError, ValueError):
         return {}
     return stamps if isinstance(stamps, dict) else {}
 
 
-def first_mismatch(folder: Path, digests: Mapping[str, str], rehash: bool = False) -> str | None:
+def first_mismatch(folder: Path, digests: Mapping[str, str], rehash: bool = False, stamp: str = STAMP) -> str | None:
     """The first file of ``digests`` (path relative to ``folder`` -> SHA-256) whose content does
-    not match, or None. ``rehash`` hashes every file whatever its stamp says."""
-    stamps = _read_stamps(folder)
+    not match, or None. ``rehash`` hashes every file whatever its stamp says; ``stamp``: the file
+    the stamps are kept in."""
+    stamps = _read_stamps(folder, stamp)
     verified: dict[str, str] = {}
     for name, digest in digests.items():
         if not rehash and stamps.get(name) == [*_stat_key(folder / name), digest]:
@@ -61,7 +65,7 @@ def first_mismatch(folder: Path, digests: Mapping[str, str], rehash: bool = Fals
         if sha256_file(folder / name) != digest:
             return name
         verified[name] = digest
-    _write_stamps(folder, stamps, verified)
+    _write_stamps(folder, stamps, verified, stamp)
     return None
 
 
@@ -71,7 +75,7 @@ def stamp_hashed(folder: Path, digests: Mapping[str, str]) -> None:
     _write_stamps(folder, _read_stamps(folder), digests)
 
 
-def _write_stamps(folder: Path, stamps: dict, verified: Mapping[str, str]) -> None:
+def _write_stamps(folder: Path, stamps: dict, verified: Mapping[str, str], stamp: str = STAMP) -> None:
     changed = False
     for name, digest in verified.items():
         path = folder / name
@@ -79,7 +83,7 @@ def _write_stamps(folder: Path, stamps: dict, verified: Mapping[str, str]) -> No
             stamps[name] = [*_stat_key(path), digest]
             changed = True
     if changed:
-        _write_json(folder / STAMP, stamps)
+        _write_json(folder / stamp, stamps)
 
 
 def _write_json(path: Path, data: dict) -> None:

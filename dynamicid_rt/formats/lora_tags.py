@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 from typing import Iterable
 
+from ..errors import RequestError
 from ..modelfiles.lora import LoraFile, file_hashes
 
 _TAG = re.compile(r"<lora:[^:<>]+(?::[^<>]*)?>")
@@ -17,12 +18,14 @@ _TAG = re.compile(r"<lora:[^:<>]+(?::[^<>]*)?>")
 
 def strip_lora_tags(prompt: str) -> str:
     """``prompt`` without A1111's ``<lora:name:scale>`` tags (A1111 never shows them to CLIP)."""
+    _check_prompt(prompt)
     return " ".join(_TAG.sub(" ", prompt).split()) if "<lora:" in prompt else prompt
 
 
 def prompt_loras(prompt: str) -> list[tuple[str, float]]:
     """(name, scale) of each ``<lora:name:scale>`` tag of an A1111 prompt (scale 1 when missing or
     not a number, as A1111 reads it)."""
+    _check_prompt(prompt)
     out = []
     for tag in _TAG.finditer(prompt):
         name, _, rest = tag.group(0)[6:-1].partition(":")
@@ -34,9 +37,16 @@ def prompt_loras(prompt: str) -> list[tuple[str, float]]:
     return out
 
 
+def _check_prompt(prompt: object) -> None:
+    if not isinstance(prompt, str):
+        raise RequestError(f"prompt={prompt!r}: must be text")
+
+
 def lora_short_hash(path: str | Path) -> str:
-    """A1111's short hash of a LoRA file (the first 12 hex digits of the SHA-256 after the header)."""
-    return file_hashes(Path(path))[1]
+    """A1111's short hash of a LoRA file (the first 12 hex digits of the SHA-256 after the header).
+    Anything but a regular file (a folder, FIFO, device, symlink loop) is a RequestError before
+    any read, so a hostile symlink never blocks the caller."""
+    return file_hashes(path)[1]
 
 
 def with_prompt_tags(prompt: str, loras: Iterable[tuple[LoraFile, float]]) -> str:

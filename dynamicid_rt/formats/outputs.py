@@ -50,7 +50,12 @@ def check_output_path(path: str | Path, inputs: Iterable[str | Path] = (), image
     request's photos: a user's file is never a write target), an unwritable folder, an extension
     that is not an image format or differs from ``image_format``.
     """
-    path = Path(path).expanduser().absolute()
+    if not isinstance(path, (str, os.PathLike)):
+        raise OutputError(f"output {path!r} must be a file path (str or Path), not {type(path).__name__}")
+    try:
+        path = Path(path).expanduser().absolute()
+    except (ValueError, RuntimeError) as exc:  # a NUL character, an unknown ~user
+        raise OutputError(f"output {path!r} is not a valid path ({exc})") from None
     suffix = path.suffix.lower()
     if path.is_dir():
         raise OutputError(f"output {path} is a folder; give a file name such as {path / 'image.png'}")

@@ -246,14 +246,22 @@ def sampler_from_a1111(sampler: str, schedule: str | None) -> str | None:
 
 def save_png(image: "Image.Image", path: str | Path, parameters: str) -> Path:
     """Write ``image`` as PNG with its parameters, atomically."""
-    from PIL import PngImagePlugin
+    from PIL import Image, PngImagePlugin
 
+    if not isinstance(image, Image.Image):
+        raise RequestError(f"image is a {type(image).__name__}; pass a PIL image (e.g. Result.images[0])")
+    if not isinstance(parameters, str):
+        raise RequestError(f"parameters={parameters!r}: must be text (format_parameters makes it)")
+    try:
+        parameters.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise RequestError(f"parameters hold U+{ord(parameters[exc.start]):04X} at position {exc.start}, which is not text "
+                           "(a lone surrogate); give the text in UTF-8") from None
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", parameters)
-    path = Path(path)
     with atomic_write(path) as f:
         image.save(f, format="PNG", pnginfo=info)
-    return path
+    return Path(path)
 
 
 def read_parameters(path: str | Path) -> str | None:

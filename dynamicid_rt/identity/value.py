@@ -67,16 +67,11 @@ class Identity:
     model_fingerprint: str = ""
 
     def __post_init__(self) -> None:
-        """An Identity that exists can be generated with: finite (4, C) tokens, text fields."""
-        from ..request import check_text
+        """An Identity that exists can be generated with: finite (4, C) tokens, every field of its
+        type (:mod:`dynamicid_rt.identity.fields`)."""
+        from .fields import check_identity_fields
 
-        self.tokens = _checked_tokens(self.tokens)
-        if self.base_tokens is not None:
-            self.base_tokens = _checked_tokens(self.base_tokens, "base_tokens")
-        for name in ("name", "source_prompt"):
-            check_text(name, getattr(self, name))
-        if self.face_prompt is not None:
-            check_text("face_prompt", self.face_prompt)
+        check_identity_fields(self)
 
     @property
     def edited(self) -> bool:
@@ -92,10 +87,9 @@ class Identity:
         meta = {k: v for k, v in asdict(self).items() if k not in ARRAYS}
         meta["format"] = IDENTITY_FORMAT
         arrays = {k: getattr(self, k) for k in ARRAYS if getattr(self, k) is not None}
-        path = Path(path)
-        with atomic_write(path) as f:
+        with atomic_write(path) as f:  # OutputError for a folder, /proc, a full disk, a path that is none
             np.savez_compressed(f, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
-        return path
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | Path) -> "Identity":
@@ -113,18 +107,6 @@ class Identity:
             return cls(**arrays, **meta)
         except (TypeError, ValueError) as exc:  # RequestError is a ValueError: NaN tokens, a bad field
             raise ImageError(f"{path} is not a usable saved identity ({exc}); encode the photo again") from exc
-
-
-def _checked_tokens(tokens, name: str = "tokens") -> np.ndarray:
-    try:
-        array = np.asarray(tokens)
-    except ValueError as exc:  # ragged nested lists
-        raise RequestError(f"{name} is not a (4, C) array ({exc})") from None
-    if array.ndim != 2 or array.shape[0] != 4 or not np.issubdtype(array.dtype, np.floating):
-        raise RequestError(f"{name} have shape {array.shape} and dtype {array.dtype}; expected (4, C) floats (C = 768 for SD1.5)")
-    if not np.all(np.isfinite(array)):
-        raise RequestError(f"{name} hold NaN or infinite values")
-    return np.ascontiguousarray(array, dtype=np.float32)
 
 
 # -- the file -------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2
                "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
 
 
-def _tensor_span(name: str, info: object) -> tuple[int, int] | str:
+def tensor_span(name: str, info: object) -> tuple[int, int] | str:
     """(begin, end) of one header entry, or why it is malformed."""
     if not isinstance(info, dict):
         return f"has a malformed safetensors header (entry {name!r} is not an object)"
@@ -57,7 +57,7 @@ def _safetensors_problem(path: Path, size: int) -> str | None:
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        span = _tensor_span(name, info)
+        span = tensor_span(name, info)
         if isinstance(span, str):
             return span
         spans.append((span, name))
@@ -88,6 +88,29 @@ def _zip_problem(path: Path, size: int) -> str | None:
         return f"is not a checkpoint (its zip index lists {len(infos)} entries)"
     end = max((i.header_offset + i.compress_size for i in infos), default=0)
     return f"is truncated: its entries need {end} bytes, the file has {size}" if end > size else None
+
+
+def header_shapes(path: Path) -> dict[str, tuple[int, ...]] | None:
+    """{tensor name: shape} from a safetensors header (no tensor read); None when it cannot be read."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return None
+            (length,) = struct.unpack("<Q", head)
+            if length > MAX_HEADER_BYTES:
+                return None
+            header = json.loads(f.read(length))
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(header, dict):
+        return None
+    out = {}
+    for name, info in header.items():
+        shape = info.get("shape") if isinstance(info, dict) else None
+        if isinstance(shape, list) and all(isinstance(d, int) for d in shape):
+            out[name] = tuple(shape)
+    return out
 
 
 def weight_file_problem(path: str | Path) -> str | None:

@@ -17,7 +17,7 @@ from typing import Iterable, Iterator
 
 from ..errors import DynamicIDError, ModelFolderError
 from ..modelfiles.paths import ModelPaths
-from ..modelfiles.weightcheck import WEIGHT_SUFFIXES, weight_problems
+from ..modelfiles.weightcheck import WEIGHT_SUFFIXES, header_shapes, weight_problems
 
 # Bounds of config values: far above any SD1.5 / CLIP model, far below what exhausts memory.
 MAX_WIDTH = 16384  # channels, hidden sizes, head counts
@@ -114,15 +114,63 @@ def check_before_export(paths: ModelPaths, weight_files: Iterable[Path]) -> None
         return
     from .checkpoint_report import checkpoint_problems
 
-    problems = checkpoint_problems(paths)
+    problems = checkpoint_problems(paths) + shape_problems(paths)
     if not problems:
         for file in dict.fromkeys(weight_files):
-            name = nonfinite_tensor(file) if file.suffix in WEIGHT_SUFFIXES else None
+            try:
+                name = nonfinite_tensor(file) if file.suffix in WEIGHT_SUFFIXES else None
+            except DynamicIDError as exc:  # a pickle holding objects, an unreadable checkpoint
+                problems.append(f"weight file {file}: {exc}")
+                continue
             if name is not None:
                 problems.append(f"weight file {file}: tensor {name!r} holds NaN or infinite values (the file is "
                                 "corrupt: download it again)")
     if problems:
         raise ModelFolderError(f"model folder {paths.root or paths.base} is not usable: " + "; ".join(problems))
+
+
+# diffusers folders whose weights are checked against the shapes their config makes.
+_DIFFUSERS_PARTS = (("vae", "AutoencoderKL"), ("unet", "UNet2DConditionModel"))
+
+
+def shape_problems(paths: ModelPaths) -> list[str]:
+    """A diffusers part (VAE, UNet) whose ``.safetensors`` tensors do not have the shapes its config
+    makes: found from the header and a model built on the meta device, before any export."""
+    out = []
+    for part, cls_name in _DIFFUSERS_PARTS:
+        if part == "vae" and paths.vae is not None:
+            folder = paths.vae if paths.vae.is_dir() else None
+        else:
+            folder = None if paths.base_is_single_file else (paths.base if paths.base.name == part else paths.base / part)
+        if folder is None or not (folder / "config.json").is_file():
+            continue
+        weights = folder / "diffusion_pytorch_model.safetensors"
+        have = header_shapes(weights) if weights.is_file() else None
+        if not have:
+            continue
+        want = _meta_shapes(folder / "config.json", cls_name)
+        if want is None:
+            continue
+        for name, shape in want.items():
+            if name in have and have[name] != shape:
+                out.append(f"{part} weight file {weights}: tensor {name!r} has shape {list(have[name])} but its config makes "
+                           f"{list(shape)} (a {part} of another model, or the wrong config.json); use the {part} that belongs to it")
+                break
+    return out
+
+
+def _meta_shapes(config_file: Path, cls_name: str) -> dict[str, tuple[int, ...]] | None:
+    """Parameter shapes of the diffusers model ``config_file`` describes (built without memory)."""
+    import torch
+    import diffusers
+
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        with torch.device("meta"):
+            model = getattr(diffusers, cls_name).from_config(config)
+    except Exception:  # noqa: BLE001 - a config diffusers cannot build is reported where it loads
+        return None
+    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
 
 
 def nonfinite_tensor(file: Path) -> str | None:
@@ -140,11 +188,7 @@ def nonfinite_tensor(file: Path) -> str | None:
         return None
     from ..modelfiles.checkpoints import load_tensor_file
 
-    try:
-        state = load_tensor_file(file)
-    except DynamicIDError:
-        return None  # unreadable checkpoints are reported by checkpoint_problems
-    return _nonfinite_in(state)
+    return _nonfinite_in(load_tensor_file(file))  # CheckpointError for a pickle of objects or an unreadable file
 
 
 def _nonfinite_in(state: dict, prefix: str = "") -> str | None:

@@ -72,6 +72,8 @@ def canonical_sampler(name: str, schedule: str | None = None) -> str:
     (diffusers' timestep_spacing) turns ddim into ddim_trailing; "normal" (or none) leaves the
     sampler as it is.
     """
+    if not isinstance(name, str) or not (schedule is None or isinstance(schedule, str)):
+        raise RequestError(f"sampler {name!r} (schedule {schedule!r}): give the sampler's name as text, e.g. 'euler_a'")
     key = _normalise_name(name)
     sampler = key if key in SAMPLERS or key == "default" else SAMPLER_ALIASES.get(key)
     if sampler is None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import RequestError
+
 # Least-squares fit of SD1.5 latents to RGB, as used by common SD front-ends for previews.
 _LATENT_RGB = np.array(
     [
@@ -18,9 +20,13 @@ _LATENT_RGB = np.array(
 
 def latent_to_rgb(latent: np.ndarray) -> np.ndarray:
     """(4, h, w) latent → (h, w, 3) uint8 preview at latent resolution."""
-    latent = np.asarray(latent, dtype=np.float32)
+    try:
+        with np.errstate(over="ignore"):  # beyond float32: inf, shown as white by the clip below
+            latent = np.asarray(latent, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise RequestError(f"latent is not an array of numbers ({exc}); pass a (4, h, w) float array") from None
     if latent.ndim != 3 or latent.shape[0] != 4:
-        raise ValueError(f"expected a (4, h, w) latent, got shape {latent.shape}")
+        raise RequestError(f"expected a (4, h, w) latent, got shape {latent.shape}")
     rgb = np.einsum("chw,cr->hwr", latent, _LATENT_RGB)
     rgb = np.nan_to_num(rgb, nan=0.0, posinf=1.0, neginf=-1.0)
     return ((rgb + 1.0) * 127.5).clip(0, 255).astype(np.uint8)

@@ -19,7 +19,7 @@ from .. import DynamicIDError, ImageError, RequestError, __version__
 from ..messages import user_message
 from . import a1111
 from .schema import (
-    ErrorResponse, ProgressResponse, Sampler, Scheduler, ScriptsList, SDModel, Txt2ImgRequest, Txt2ImgResponse,
+    ErrorResponse, LoraModel, ProgressResponse, Sampler, Scheduler, ScriptsList, SDModel, Txt2ImgRequest, Txt2ImgResponse,
 )
 from .service import Service
 from .middleware import BasicAuth, ReplicaHeader, UploadCap, error_response
@@ -28,7 +28,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD = 32 * 1024 * 1024  # bytes of request body: four large photos as base64
 _DISCONNECT_POLL_S = 0.25
-_ERRORS = {413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}, 401: {"model": ErrorResponse}}
+_ERRORS = {413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}, 401: {"model": ErrorResponse},
+           503: {"model": ErrorResponse}}
+_STOPPING = "the server is shutting down and stopped this job; send it again once the server is back"
 
 
 def _one_line(exc: RequestValidationError) -> str:
@@ -68,9 +70,14 @@ def create_app(service: Service, auth: Sequence[tuple[str, str]] = (), max_uploa
     async def txt2img(body: Txt2ImgRequest, request: Request):
         try:
             plan = await run_in_threadpool(service.plan, body)
-        except (RequestError, ImageError) as exc:
+        except DynamicIDError as exc:  # the request's fields, its photos, faces and LoRA files
             return error_response(422, user_message(exc))
-        job = service.queue.submit(lambda job: service.run(plan, job), plan.total_steps, len(plan.requests))
+        if service.stopping.is_set():
+            return error_response(503, _STOPPING)
+        try:
+            job = service.queue.submit(lambda job: service.run(plan, job), plan.total_steps, len(plan.requests))
+        except RuntimeError:  # the queue closed between the check and the submit
+            return error_response(503, _STOPPING)
         future = asyncio.wrap_future(job.future)
         try:
             while not future.done():
@@ -79,9 +86,14 @@ def create_app(service: Service, auth: Sequence[tuple[str, str]] = (), max_uploa
                     log.info("client went away: cancelling its job")
                     service.queue.cancel(job)
                     return Response(status_code=499)  # nobody reads it; the connection is gone
+            if service.stopping.is_set():
+                log.info("txt2img: %s", _STOPPING)
+                return error_response(503, _STOPPING)
             results = future.result()
         except asyncio.CancelledError:  # Ray Serve cancels the request when its client disconnects
             service.queue.cancel(job)
+            if service.stopping.is_set():
+                return error_response(503, _STOPPING)
             raise
         except (RequestError, ImageError) as exc:  # e.g. no face in a photo: found when encoding it
             return error_response(422, user_message(exc))
@@ -98,6 +110,14 @@ def create_app(service: Service, auth: Sequence[tuple[str, str]] = (), max_uploa
     async def interrupt() -> dict:
         service.queue.interrupt()
         return {}
+
+    @app.get("/sdapi/v1/loras", response_model=list[LoraModel])
+    async def loras() -> list[dict]:
+        return await run_in_threadpool(service.loras.listing)
+
+    @app.post("/sdapi/v1/refresh-loras")
+    async def refresh_loras() -> None:
+        return None  # the folder is read anew on every request
 
     @app.get("/sdapi/v1/samplers", response_model=list[Sampler])
     async def samplers() -> list[dict]:

@@ -27,6 +27,7 @@ class Job:
         self.total_steps = max(1, total_steps)
         self.batches = batches
         self.cancel = threading.Event()  # set by interrupt or by the client going away
+        self.interrupted = False  # by A1111's interrupt: the current image is still wanted
         self.future: concurrent.futures.Future = concurrent.futures.Future()
         self.timestamp = time.strftime("%Y%m%d%H%M%S")
         self.started: float | None = None
@@ -85,6 +86,7 @@ class JobQueue:
             job = self._running
         if job is None:
             return False
+        job.interrupted = True
         job.cancel.set()
         return True
 

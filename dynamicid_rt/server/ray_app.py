@@ -32,11 +32,12 @@ MAX_ONGOING_REQUESTS = 4
 class DynamicIDReplica:
     """One pipeline and its app; built in the replica's own process."""
 
-    def __init__(self, load_kwargs: dict[str, Any], credentials: Sequence[tuple[str, str]], max_upload: int) -> None:
+    def __init__(self, load_kwargs: dict[str, Any], credentials: Sequence[tuple[str, str]], max_upload: int,
+                 lora_dir: str | None = None) -> None:
         from .. import Pipeline
         from .service import Service
 
-        self._service = Service(Pipeline.load(**load_kwargs))
+        self._service = Service(Pipeline.load(**load_kwargs), lora_dir=lora_dir)
         self._credentials, self._max_upload = list(credentials), max_upload
         self._replica = serve.get_replica_context().replica_id.unique_id
 
@@ -47,14 +48,14 @@ class DynamicIDReplica:
 
 
 def build_app(load_kwargs: dict[str, Any], credentials: Sequence[tuple[str, str]], max_upload: int, replicas: int,
-              gpus_per_replica: int, cpus_per_replica: int = 1) -> "serve.Application":
+              gpus_per_replica: int, cpus_per_replica: int = 1, lora_dir: str | None = None) -> "serve.Application":
     """The Ray Serve application: ``replicas`` copies of the app, each on its own GPU or its share
     of the CPUs (Ray sets a replica's thread count, OMP_NUM_THREADS, to its CPUs)."""
     deployment = serve.deployment(
         DynamicIDReplica, name="DynamicID", num_replicas=replicas, max_ongoing_requests=MAX_ONGOING_REQUESTS,
         ray_actor_options={"num_cpus": cpus_per_replica, "num_gpus": gpus_per_replica},
     )
-    return deployment.bind(load_kwargs, list(credentials), max_upload)
+    return deployment.bind(load_kwargs, list(credentials), max_upload, lora_dir)
 
 
 def app_builder(args: dict[str, str]) -> "serve.Application":
@@ -71,12 +72,8 @@ def app_builder(args: dict[str, str]) -> "serve.Application":
                      int(args.get("replicas", 1)), gpus)
 
 
-def _interrupt(_signum, _frame) -> None:
-    raise KeyboardInterrupt
-
-
 def run_ray(load_kwargs: dict[str, Any], host: str, port: int, credentials: Sequence[tuple[str, str]], max_upload: int,
-            replicas: int) -> int:
+            replicas: int, lora_dir: str | os.PathLike | None = None) -> int:
     """Start (or join) Ray, deploy the app on ``host:port`` and serve until interrupted."""
     if port == 0:
         raise DynamicIDError("--ray needs a fixed --port (Ray Serve's proxy does not pick a free one)")
@@ -90,11 +87,18 @@ def run_ray(load_kwargs: dict[str, Any], host: str, port: int, credentials: Sequ
         gpus = 1 if resources.get("GPU", 0) >= 1 and load_kwargs.get("device") != "cpu" else 0
         cpus = 1 if gpus else max(1, int(resources.get("CPU", 1)) // replicas)
         serve.start(http_options={"host": host, "port": port})
-        serve.run(build_app(load_kwargs, credentials, max_upload, replicas, gpus, cpus), name=APP_NAME, route_prefix="/")
+        folder = str(lora_dir) if lora_dir is not None else None
+        serve.run(build_app(load_kwargs, credentials, max_upload, replicas, gpus, cpus, folder), name=APP_NAME, route_prefix="/")
         log.info("dynamicid-rt serving on http://%s:%d with Ray Serve, %d replica(s) on %s (API docs at /docs)",
                  host, port, replicas, "GPUs" if gpus else "CPUs")
-        signal.signal(signal.SIGTERM, _interrupt)  # a service manager's stop also takes the deployment down
-        threading.Event().wait()  # until Ctrl-C
+        # A service manager's stop (SIGTERM) and Ctrl-C both take the deployment down and exit 0,
+        # as `serve` without Ray does.
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda _signum, _frame: stop.set())
+        while not stop.wait(0.5):  # a timed wait: the handlers run between the waits
+            pass
+        log.info("dynamicid-rt: stopping Ray Serve")
     finally:
         serve.shutdown()
         ray.shutdown()

@@ -3,36 +3,83 @@
 from __future__ import annotations
 
 import base64
+import collections
 import dataclasses
+import hashlib
 import io
 import logging
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 
-from .. import Cancelled, DynamicIDError, Pipeline, RequestError, Result, format_parameters, save_png
+import numpy as np
+
+from .. import Cancelled, DynamicIDError, NoFaceError, Pipeline, RequestError, Result, format_parameters, latent_to_rgb, save_png
 from .a1111 import info_json
 from .jobs import Job, JobQueue
-from .plan import Plan, make_plan
+from .loras import LoraFolder
+from .plan import Arrival, Plan, make_plan
 from .schema import ProgressResponse, ProgressState, QueueInfo, Txt2ImgRequest, Txt2ImgResponse
+from .uploads import DEFAULT_DECODE_BUDGET, DecodeBudget, decode_photo
 
 log = logging.getLogger(__name__)
 
+_FACE_CHECKS_KEPT = 256  # photos whose face was found, by content: a client resending one is not analysed again
+
 
 class Service:
-    """The pipeline, its queue and a private scratch folder (removed by :meth:`close`)."""
+    """The pipeline, its queue, the LoRA folder, the memory budget of photo decoding and a private
+    scratch folder (removed by :meth:`close`). ``stopping`` is set when the server shuts down."""
 
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self, pipeline: Pipeline, lora_dir: str | Path | None = None, decode_budget: int = DEFAULT_DECODE_BUDGET) -> None:
         self.pipeline = pipeline
         self.model = pipeline.model_info()
         self.queue = JobQueue()
+        self.loras = LoraFolder(lora_dir)
+        self.decode_budget = DecodeBudget(decode_budget)
+        self.stopping = threading.Event()
         self._scratch = Path(tempfile.mkdtemp(prefix="dynamicid-serve-"))
+        self._faces_found: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._faces_lock = threading.Lock()
+        self._arrival = Arrival(
+            load_identity=self._load_identity,
+            decode_photo=lambda text, what: decode_photo(text, what, self.decode_budget),
+            find_face=self._find_face,
+            lora_tags=self._lora_tags,
+        )
 
     # -- checks, before a job is queued ------------------------------------------------------
 
     def plan(self, body: Txt2ImgRequest) -> Plan:
-        return make_plan(body, self._load_identity)
+        return make_plan(body, self._arrival)
+
+    def _find_face(self, pixels: np.ndarray, what: str) -> None:
+        """A photo without a face is refused when it arrives, not when its job leaves the queue."""
+        key = hashlib.sha256(np.ascontiguousarray(pixels).tobytes() + repr(pixels.shape).encode()).hexdigest()
+        with self._faces_lock:
+            if key in self._faces_found:
+                self._faces_found.move_to_end(key)
+                return
+        if not self.pipeline.detect_faces(pixels):
+            raise NoFaceError(f"no face found in {what}: use a photo where one face is clearly visible (at least ~64 px)")
+        with self._faces_lock:
+            self._faces_found[key] = None
+            while len(self._faces_found) > _FACE_CHECKS_KEPT:
+                self._faces_found.popitem(last=False)
+
+    def _lora_tags(self, prompt: str) -> list[tuple[Path, float]]:
+        """The prompt's ``<lora:name:w>`` files, each read and checked against this model."""
+        pairs = self.loras.resolve(prompt)
+        if pairs:
+            self.pipeline.check_loras(pairs)
+        return pairs
+
+    def shutdown(self) -> None:
+        """The server is stopping: jobs end at their next step and their clients get a 503."""
+        self.stopping.set()
+        self.queue.close(timeout=0)
 
     def _load_identity(self, data: bytes, what: str):
         """A saved identity from its bytes, through Pipeline.load_identity: the file it reads is
@@ -65,7 +112,10 @@ class Service:
 
             try:
                 results.append(self.pipeline.generate(request.with_updates(identities=identities), progress, job.cancel))
-            except Cancelled:
+            except Cancelled as exc:
+                # A1111 returns the image of the current latent when interrupted.
+                if job.interrupted and not self.stopping.is_set() and exc.partial_result is not None:
+                    results.append(exc.partial_result())
                 log.info("job interrupted after %d of %d batches", len(results), len(plan.requests))
                 break
             done += request.steps
@@ -102,6 +152,7 @@ class Service:
         return ProgressResponse(progress=fraction, eta_relative=eta, state=state, current_image=image, queue=queue)
 
     def close(self) -> None:
+        self.stopping.set()
         self.queue.close()
         shutil.rmtree(self._scratch, ignore_errors=True)
 
