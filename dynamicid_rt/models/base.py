@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..contract import ModelDims
 from ..errors import ModelFolderError
+from ..part_files import DIFFUSERS, RULE, TRANSFORMERS, choose_weights
 from ..paths import ModelPaths
 
 if TYPE_CHECKING:
@@ -30,16 +31,7 @@ log = logging.getLogger(__name__)
 LDM_UNET_PREFIX = "model.diffusion_model."
 LDM_VAE_PREFIX = "first_stage_model."
 LDM_TEXT_PREFIX = "cond_stage_model.transformer."
-
-_WEIGHT_FILES = (
-    "diffusion_pytorch_model.safetensors",
-    "diffusion_pytorch_model.bin",
-    "model.safetensors",
-    "pytorch_model.bin",
-    "diffusion_pytorch_model.safetensors.index.json",
-    "model.safetensors.index.json",
-)
-
+LDM_EMA_PREFIX = "model_ema."  # the UNet's EMA weights, beside the trained ones in some checkpoints
 
 def bundled_sd15_config_dir() -> Path:
     """The SD1.5 diffusers configs shipped with the package (``unet/``, ``vae/``, ``text_encoder/``,
@@ -85,27 +77,32 @@ def _base_part_dir(paths: ModelPaths, part: str) -> Path:
     return base / part
 
 
-def _check_part_dir(folder: Path, what: str) -> None:
-    if not folder.is_dir():
-        raise ModelFolderError(f"{what} folder {folder} is missing (expected a diffusers/transformers model folder)")
-    if not (folder / "config.json").is_file():
+def _pretrained(cls: Any, folder: Path, what: str, dtype: "torch.dtype") -> Any:
+    """``cls.from_pretrained(folder)`` offline, reading the weights :func:`choose_weights` picks
+    (and only those) at ``dtype``, whatever the config's ``torch_dtype`` says; missing weights are
+    errors, not warnings."""
+    if not (Path(folder) / "config.json").is_file():
+        if not Path(folder).is_dir():
+            raise ModelFolderError(f"{what} folder {folder} is missing (expected a diffusers/transformers model folder)")
         raise ModelFolderError(f"{what} folder {folder} lacks config.json")
-    if not any((folder / name).is_file() for name in _WEIGHT_FILES):
-        raise ModelFolderError(
-            f"{what} folder {folder} holds no weights (expected one of {', '.join(_WEIGHT_FILES[:4])})"
-        )
-
-
-def _pretrained(cls: Any, folder: Path, what: str, **kwargs: Any) -> Any:
-    """``cls.from_pretrained(folder)`` offline; missing weights are errors, not warnings."""
-    _check_part_dir(folder, what)
+    diffusers_model = cls.__module__.startswith("diffusers")
+    choice = choose_weights(folder, DIFFUSERS if diffusers_model else TRANSFORMERS, what)
+    if choice.variant or choice.ignored:
+        log.info("%s: reading %s (%s)", what, choice.describe(), RULE)
+    # diffusers calls the dtype argument torch_dtype, transformers 5 dtype.
+    kwargs = {"torch_dtype" if diffusers_model else "dtype": dtype}
     try:
-        model, info = cls.from_pretrained(str(folder), local_files_only=True, output_loading_info=True, **kwargs)
+        model, info = cls.from_pretrained(
+            str(folder), local_files_only=True, output_loading_info=True, variant=choice.variant,
+            use_safetensors=choice.safetensors, **kwargs,
+        )
     except ModelFolderError:
         raise
     except Exception as exc:  # corrupt file, wrong config, shape mismatch...
-        raise ModelFolderError(f"cannot load the {what} from {folder} ({type(exc).__name__}: {exc})") from exc
-    _check_loading(info.get("missing_keys", ()), info.get("mismatched_keys", ()), folder, what)
+        raise ModelFolderError(
+            f"cannot load the {what} from {folder / choice.name} ({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''})"
+        ) from exc
+    _check_loading(info.get("missing_keys", ()), info.get("mismatched_keys", ()), folder / choice.name, what)
     return model
 
 
@@ -163,6 +160,12 @@ def _single_file_unet(checkpoint: Path) -> "UNet2DConditionModel":
     tensors = _read_prefixed(checkpoint, LDM_UNET_PREFIX)
     if not tensors:
         raise ModelFolderError(f"{checkpoint} holds no UNet weights (no keys starting with {LDM_UNET_PREFIX!r})")
+    if _has_prefix(checkpoint, LDM_EMA_PREFIX):
+        log.info(
+            "%s holds two UNet weight sets: using the trained weights (%s*), as diffusers' single-file loader "
+            "does, not the EMA ones (%s*); for the EMA set use a file that holds only it (SD1.5: "
+            "v1-5-pruned-emaonly.safetensors)", checkpoint.name, LDM_UNET_PREFIX, LDM_EMA_PREFIX,
+        )
     with torch.device("meta"):
         model = UNet2DConditionModel.from_config(config)
     try:
@@ -231,7 +234,7 @@ def load_base_unet(paths: ModelPaths, dtype: "torch.dtype", device: "str | torch
     else:
         from diffusers import UNet2DConditionModel
 
-        model = _pretrained(UNet2DConditionModel, _base_part_dir(paths, "unet"), "UNet", torch_dtype=dtype)
+        model = _pretrained(UNet2DConditionModel, _base_part_dir(paths, "unet"), "UNet", dtype)
     return _finish(model, dtype, device)
 
 
@@ -244,7 +247,7 @@ def load_text_encoder(paths: ModelPaths, dtype: "torch.dtype", device: "str | to
     else:
         from transformers import CLIPTextModel
 
-        model = _pretrained(CLIPTextModel, _base_part_dir(paths, "text_encoder"), "text encoder")
+        model = _pretrained(CLIPTextModel, _base_part_dir(paths, "text_encoder"), "text encoder", dtype)
     return _finish(TextEncoder(model), dtype, device)
 
 
@@ -260,11 +263,11 @@ def load_vae_decoder(paths: ModelPaths, dtype: "torch.dtype", device: "str | tor
             keys_prefix = LDM_VAE_PREFIX if _has_prefix(paths.vae, LDM_VAE_PREFIX) else ""
             vae = _single_file_vae(paths.vae, keys_prefix)
         else:
-            vae = _pretrained(AutoencoderKL, paths.vae, "VAE")
+            vae = _pretrained(AutoencoderKL, paths.vae, "VAE", dtype)
     elif paths.base_is_single_file:
         vae = _single_file_vae(paths.base, LDM_VAE_PREFIX)
     else:
-        vae = _pretrained(AutoencoderKL, _base_part_dir(paths, "vae"), "VAE")
+        vae = _pretrained(AutoencoderKL, _base_part_dir(paths, "vae"), "VAE", dtype)
     return _finish(VAEDecoder(vae), dtype, device)
 
 
@@ -279,12 +282,16 @@ def _has_prefix(checkpoint: Path, prefix: str) -> bool:
 
 
 def load_image_encoder(paths: ModelPaths, dtype: "torch.dtype", device: "str | torch.device" = "cpu") -> "ImageEncoder":
-    """The CLIP vision tower (CLIPVisionModelWithProjection folder) as the ``image_encoder`` engine."""
-    from transformers import CLIPVisionModelWithProjection
+    """The CLIP vision tower as the ``image_encoder`` engine, from a vision-only folder
+    (``CLIPVisionModelWithProjection``, h94/IP-Adapter's ``models/image_encoder``) or a full
+    ``CLIPModel`` folder (laion's, whose legacy config gives the vision tower no
+    ``projection_dim``). The projection is not loaded: the engine's output is
+    ``hidden_states[-2]``, which no projection touches, and its width is not in every config."""
+    from transformers import CLIPVisionModel
 
     from .encoders import ImageEncoder
 
-    model = _pretrained(CLIPVisionModelWithProjection, paths.image_encoder, "image encoder")
+    model = _pretrained(CLIPVisionModel, paths.image_encoder, "image encoder", dtype)
     return _finish(ImageEncoder(model), dtype, device)
 
 
@@ -322,7 +329,7 @@ def read_model_dims(paths: ModelPaths) -> ModelDims:
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelFolderError(
             f"image encoder config {vision_file} lacks hidden_size/image_size/patch_size ({exc}); "
-            "expected a CLIPVisionModelWithProjection config"
+            "expected a CLIP vision config (or a CLIPModel config with a vision_config)"
         ) from exc
     return ModelDims(
         context_dim=context,

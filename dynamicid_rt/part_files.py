@@ -1,0 +1,156 @@
+"""Which files the loader of each model part reads, by one rule, whatever else the folder holds.
+
+Real repos ship more than the runtime reads: SD1.5's ``unet/`` holds six weight files (fp32 and
+fp16, ``.safetensors`` and ``.bin``, EMA and non-EMA), laion's CLIP folder the open_clip files
+beside transformers' ones. One rule picks the weights of a part (:func:`choose_weights`): full
+precision before a variant (``fp16`` first among variants), ``.safetensors`` before ``.bin``, and
+the loader reads exactly that file (or its shards). :func:`part_files` lists those files: they are
+the sources of an engine (its cache key) and the files the checks before any work read.
+
+No torch here: this runs on every start, on the onnxruntime and OpenVINO paths too.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ModelFolderError
+
+# The weight file stems of each library: diffusers names its weights differently from transformers.
+DIFFUSERS = ("diffusion_pytorch_model",)
+TRANSFORMERS = ("model", "pytorch_model")
+_WEIGHT = re.compile(r"(?P<stem>diffusion_pytorch_model|model|pytorch_model)(?:\.(?P<variant>[A-Za-z0-9_]+))?\.(?P<ext>safetensors|bin)")
+_INDEX = re.compile(r"(?P<stem>diffusion_pytorch_model|model|pytorch_model)\.(?P<ext>safetensors|bin)\.index(?:\.(?P<variant>[A-Za-z0-9_]+))?\.json")
+DIFFUSERS_PARTS = ("unet", "vae")  # the base's parts diffusers loads; text_encoder is transformers'
+RULE = "full precision before variants (fp16 first), .safetensors before .bin"
+
+
+@dataclass(frozen=True)
+class WeightChoice:
+    """The weights a part's loader reads: ``name`` in ``folder`` (an index for sharded weights,
+    ``shards`` then lists its files), its ``variant`` (None, ``"fp16"``...), and the other weight
+    files found there, which are not read."""
+
+    folder: Path
+    name: str
+    variant: str | None
+    safetensors: bool
+    shards: tuple[str, ...] = ()
+    ignored: tuple[str, ...] = ()
+
+    @property
+    def files(self) -> list[Path]:
+        return [self.folder / self.name] + [self.folder / s for s in self.shards]
+
+    def describe(self) -> str:
+        """e.g. ``diffusion_pytorch_model.fp16.safetensors (fp16 variant; not read: ...)``."""
+        notes = [f"{self.variant} variant"] if self.variant else []
+        if self.ignored:
+            notes.append("not read: " + ", ".join(self.ignored))
+        return self.name + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def _candidates(folder: Path, stems: tuple[str, ...]) -> list[tuple[tuple, str, str | None, bool]]:
+    """(rank, name, variant, safetensors) of each weight file or index of ``stems`` in ``folder``."""
+    out = []
+    for path in folder.iterdir():
+        for pattern, is_index in ((_WEIGHT, False), (_INDEX, True)):
+            match = pattern.fullmatch(path.name)
+            if match is None or match["stem"] not in stems or not path.is_file():
+                continue
+            variant = match["variant"]
+            rank = (0 if variant is None else 1 if variant == "fp16" else 2, match["ext"] != "safetensors", is_index, path.name)
+            out.append((rank, path.name, variant, match["ext"] == "safetensors"))
+    return sorted(out)
+
+
+def _shards(index: Path) -> tuple[str, ...]:
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as exc:
+        raise ModelFolderError(f"weight index {index} is not a readable JSON object ({exc}); download it again") from exc
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise ModelFolderError(f"weight index {index} has no weight_map of file names; download it again")
+    names = tuple(sorted(set(weight_map.values())))
+    bad = [n for n in names if Path(n).name != n or not (index.parent / n).is_file()]
+    if bad:
+        raise ModelFolderError(f"weight index {index} lists shard(s) that are not beside it: {', '.join(bad[:4])}; download them")
+    return names
+
+
+def choose_weights(folder: Path, stems: tuple[str, ...], what: str) -> WeightChoice:
+    """The weights the loader of ``what`` reads in ``folder``, by :data:`RULE`; a one-line error
+    naming what is there when nothing fits."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelFolderError(f"{what} folder {folder} is missing (expected a diffusers/transformers model folder)")
+    found = _candidates(folder, stems)
+    if not found:
+        others = sorted(p.name for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".ckpt", ".pth"))
+        expected = f"{stems[0]}.safetensors or .bin" if stems == DIFFUSERS else "model.safetensors or pytorch_model.bin"
+        raise ModelFolderError(
+            f"{what} folder {folder} holds no weights the loader reads (expected {expected}, or a variant such as "
+            f"{stems[0]}.fp16.safetensors); found {', '.join(others) if others else 'no weight files'}"
+        )
+    _, name, variant, safetensors = found[0]
+    shards = _shards(folder / name) if name.endswith(".json") else ()
+    ignored = tuple(n for _, n, _, _ in found[1:])
+    return WeightChoice(folder, name, variant, safetensors, shards, ignored)
+
+
+def part_files(paths, part: str) -> list[Path]:
+    """The files the loader of one engine source reads (``EngineSpec.sources``: a ModelPaths
+    field, or ``base/<name>``): config and chosen weights of a folder part, the file itself for a
+    single-file part. Empty when an optional part is absent."""
+    root = paths.source(part)
+    if root is None:
+        return []
+    root = Path(root)
+    if root.is_file():
+        if part.startswith("base/") and paths.base_is_single_file and root == paths.base:
+            return [root, *_single_file_configs(root, part.partition("/")[2])]
+        return [root]
+    if not root.is_dir():
+        raise ModelFolderError(f"{part} needs {root}, which does not exist; check the model folder")
+    stems = DIFFUSERS if part.partition("/")[2] in DIFFUSERS_PARTS else TRANSFORMERS
+    choice = choose_weights(root, stems, part)
+    return [root / "config.json", *choice.files]
+
+
+def engine_files(paths, engine: str) -> list[Path]:
+    """The files the loader of ``engine`` reads (its contract sources), in order."""
+    from .contract import engine_spec
+
+    return list(dict.fromkeys(f for part in engine_spec(engine).sources for f in part_files(paths, part)))
+
+
+def model_files(paths) -> list[Path]:
+    """Every file the engines this model folder provides are built from, once each."""
+    from .contract import ENGINES
+
+    return list(dict.fromkeys(f for name in ENGINES if paths.provides(name) for f in engine_files(paths, name)))
+
+
+def source_problems(paths) -> list[str]:
+    """One line per engine source whose files the loader would not find (no weights it reads)."""
+    from .contract import ENGINES
+
+    out: list[str] = []
+    for part in dict.fromkeys(p for name in ENGINES if paths.provides(name) for p in ENGINES[name].sources):
+        try:
+            part_files(paths, part)
+        except ModelFolderError as exc:
+            out.append(str(exc))
+    return list(dict.fromkeys(out))
+
+
+def _single_file_configs(checkpoint: Path, name: str) -> list[Path]:
+    """The config a single-file part is converted with, where it lies beside the file."""
+    config = checkpoint.parent / name / "config.json"
+    return [config] if (checkpoint.parent / "unet" / "config.json").is_file() and config.is_file() else []
+
+
+__all__ = ["DIFFUSERS", "RULE", "TRANSFORMERS", "WeightChoice", "choose_weights", "engine_files", "model_files",
+           "part_files", "source_problems"]
