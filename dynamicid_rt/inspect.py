@@ -8,16 +8,34 @@ from .paths import ModelPaths
 from .preflight import folder_problems
 
 
-def inspect_path(path: Path) -> tuple[str, bool]:
-    """Human-readable report of a checkpoint file or a model folder, and whether it loads."""
+def inspect_path(path: Path, **overrides: str | Path | None) -> tuple[str, bool]:
+    """Human-readable report of a checkpoint file or a model folder (with parts pointed elsewhere
+    by ``overrides``, as ``generate`` takes them), and whether it loads."""
     path = Path(path)
-    if path.is_file():
+    if path.is_file() and not overrides:
         lines, ok = describe_checkpoint(path)
         return "\n".join(lines), ok
     if not path.is_dir():
         return f"{path}: no such file or folder", False
-    paths = ModelPaths.from_folder(path)
-    lines = [f"model folder {path}"]
+    return inspect_paths(ModelPaths.from_folder(path, **overrides))
+
+
+def _weights_lines(paths: ModelPaths) -> list[str]:
+    """Which weight file each engine source reads, where the folder holds a choice."""
+    from .contract import ENGINES
+    from .part_files import part_files
+
+    lines = []
+    for part in dict.fromkeys(p for name in ENGINES if paths.provides(name) for p in ENGINES[name].sources):
+        files = [f for f in part_files(paths, part) if f.name != "config.json"]
+        if files and files[0].parent.is_dir() and Path(paths.source(part) or "").is_dir():
+            lines.append(f"  reads {part + ':':17s} {', '.join(f.name for f in files)}")
+    return lines
+
+
+def inspect_paths(paths: ModelPaths) -> tuple[str, bool]:
+    """The report of a resolved model folder: its parts, the files read, and whether it loads."""
+    lines = [f"model folder {paths.root or paths.base}"]
     for name in ("base", "vae", "tokenizer", "image_encoder", "saa", "projector", "imr", "keypoint_encoder", "insightface"):
         value = getattr(paths, name)
         lines.append(f"  {name:17s} {value if value is not None else '-'}")
@@ -27,6 +45,7 @@ def inspect_path(path: Path) -> tuple[str, bool]:
         from .models.base import read_model_dims
 
         dims = read_model_dims(paths)
+        lines += _weights_lines(paths)
         lines.append(f"  sizes: context width {dims.context_dim}, CLIP width {dims.clip_width}, CLIP tokens {dims.clip_tokens}")
         for ckpt in (paths.saa, paths.projector, paths.imr, paths.keypoint_encoder):
             if ckpt is not None:

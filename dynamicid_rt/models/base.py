@@ -287,12 +287,22 @@ def load_image_encoder(paths: ModelPaths, dtype: "torch.dtype", device: "str | t
     ``CLIPModel`` folder (laion's, whose legacy config gives the vision tower no
     ``projection_dim``). The projection is not loaded: the engine's output is
     ``hidden_states[-2]``, which no projection touches, and its width is not in every config."""
-    from transformers import CLIPVisionModel
-
     from .encoders import ImageEncoder
 
-    model = _pretrained(CLIPVisionModel, paths.image_encoder, "image encoder", dtype)
+    model = _pretrained(_vision_tower_class(paths.image_encoder), paths.image_encoder, "image encoder", dtype)
     return _finish(ImageEncoder(model), dtype, device)
+
+
+def _vision_tower_class(folder: Path) -> type:
+    """The transformers class that loads the vision tower of ``folder`` with no weight left over:
+    with its projection where the config is a vision-only one that gives the projection's width,
+    without it for a full CLIPModel (whose legacy config may not give that width)."""
+    from transformers import CLIPVisionModel, CLIPVisionModelWithProjection
+
+    config = _read_json(folder / "config.json", "image encoder config")
+    if "vision_config" not in config and isinstance(config.get("projection_dim"), int):
+        return CLIPVisionModelWithProjection
+    return CLIPVisionModel
 
 
 def read_model_dims(paths: ModelPaths) -> ModelDims:
