@@ -16,6 +16,7 @@ from . import (
     AUTO, BACKEND_OPTIONS, BACKENDS, SAMPLERS, DynamicIDError, __version__, canonical_sampler, parse_lora_arg, precision_choices,
 )
 from .messages import user_message
+from .part_options import MODELS_HELP, add_part_arguments, part_overrides
 
 if TYPE_CHECKING:
     from . import BuildStatus
@@ -84,8 +85,7 @@ def _backend_options(args: argparse.Namespace) -> dict[str, bool]:
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--models", type=Path, default=os.environ.get("DYNAMICID_MODELS"),
-                   help="model folder (SPEC layout); default $DYNAMICID_MODELS, else the tiny demo bundle")
+    p.add_argument("--models", type=Path, default=os.environ.get("DYNAMICID_MODELS"), help=MODELS_HELP)
     p.add_argument("--backend", default=AUTO, choices=_backend_choices(),
                    help="one of %(choices)s; auto: the fastest installed backend for this machine, see "
                         "`dynamicid-rt doctor` (default: %(default)s)")
@@ -99,8 +99,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     for option in BACKEND_OPTIONS.values():  # each backend's switches, as the registry declares them
         p.add_argument(option.flag, dest="backend_options", action="append_const", const=option.name,
                        help=f"{_taking(option.name)} {option.help}")
-    p.add_argument("--vae", type=Path, default=None, help="a separate VAE (diffusers folder or .safetensors)")
-    p.add_argument("--tokenizer", type=Path, default=None, help="CLIP tokenizer folder (needed with a single-file base)")
+    add_part_arguments(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,10 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("inspect", help="what a checkpoint or model folder holds and whether it loads")
     i.add_argument("path", type=Path, help="a checkpoint file (.bin/.safetensors) or a model folder")
+    add_part_arguments(i)
 
     dr = sub.add_parser("doctor", help="versions, providers, GPU, and what a model folder lacks")
     dr.add_argument("--models", type=Path, default=os.environ.get("DYNAMICID_MODELS"), metavar="DIR",
                     help="also check this model folder (default: $DYNAMICID_MODELS)")
+    add_part_arguments(dr)
 
     dk = sub.add_parser("desktop", help="start the desktop app (other arguments go to Qt)")
     dk.add_argument("--models", type=Path, default=None, metavar="DIR",
@@ -274,7 +275,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     request.validate(people=len(args.face))
     _check_photos(args)
     outputs = _output_paths(args.out or Path(f"dynamicid-{seed}.png"), args.batch * args.best_of, args)
-    overrides = {k: v for k, v in (("vae", args.vae), ("tokenizer", args.tokenizer)) if v is not None}
+    overrides = part_overrides(args)
     build_bar = _BuildBar()
     try:
         pipe = Pipeline.load(args.models, backend=args.backend, device=args.device, precision=args.precision,
@@ -352,7 +353,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from .inspect import inspect_path
 
-    report, ok = inspect_path(args.path)
+    report, ok = inspect_path(args.path, **part_overrides(args))
     print(report)
     return 0 if ok else 1
 
@@ -360,7 +361,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import doctor_report
 
-    report, ok = doctor_report(args.models)
+    report, ok = doctor_report(args.models, part_overrides(args))
     print(report)
     return 0 if ok else 1
 

@@ -55,14 +55,14 @@ def run_build_plans(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from dynamicid_rt.export.cache import default_engine_dir
-    from dynamicid_rt.paths import ModelPaths
+    from dynamicid_rt.export.cli import model_paths
 
     from .build import build_plans
     from .cuda import gpu_here
     from .library import load
 
     lib = load(args.backend, f"build-engines --backend {args.backend}")  # before any export: fail fast
-    paths = ModelPaths.from_folder(args.models)
+    paths = model_paths(args)
     engine_dir = args.engine_dir or default_engine_dir(paths)
     settings = BuildSettings(workspace_gib=args.workspace, optimization_level=args.opt_level, targets=args.targets)
     plans = build_plans(

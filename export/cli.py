@@ -6,14 +6,20 @@ import logging
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from dynamicid_rt.contract import ENGINES
-from dynamicid_rt.errors import DynamicIDError, ModelFolderError
+from dynamicid_rt.errors import DynamicIDError
+from dynamicid_rt.part_options import MODELS_HELP, add_part_arguments, part_overrides
 
 from . import progress
 from .cache import PRECISIONS
 from .progress import BuildStatus
+
+if TYPE_CHECKING:
+    from dynamicid_rt.paths import ModelPaths
+
+log = logging.getLogger(__name__)
 
 
 def register(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParser:
@@ -24,10 +30,8 @@ def register(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParse
         description="Export every engine of the model folder to ONNX in the engine cache. Valid cached "
         "engines are reused; stale or corrupt ones are rebuilt.",
     )
-    parser.add_argument(
-        "--models", type=Path, default=os.environ.get("DYNAMICID_MODELS"),
-        help="model folder (SPEC §3 layout; default: $DYNAMICID_MODELS)",
-    )
+    parser.add_argument("--models", type=Path, default=os.environ.get("DYNAMICID_MODELS"), help=MODELS_HELP)
+    add_part_arguments(parser)
     parser.add_argument("--onnx-cache", dest="engine_dir", type=Path, default=None, metavar="DIR",
                         help="the ONNX cache (exported graphs; TensorRT plans go inside it) (default: the user cache)")
     parser.add_argument("--engine-dir", dest="engine_dir", type=Path, default=None, help=argparse.SUPPRESS)  # its old name
@@ -52,19 +56,15 @@ def run_build_engines(args: argparse.Namespace) -> int:
     """Handler of ``build-engines``; prints one line per engine and returns the exit status."""
     from tqdm import tqdm
 
-    from dynamicid_rt.paths import ModelPaths
-
     from .cache import build_engines, default_engine_dir, default_engines
 
-    if args.models is None:
-        raise ModelFolderError("build-engines needs the model folder: pass --models DIR or set DYNAMICID_MODELS")
     if args.backend != "onnxruntime":
         from dynamicid_rt.engines.cli import run_build_plans
 
         return run_build_plans(args)
     if args.static is not None or args.targets:
         raise DynamicIDError("--static and --targets build TensorRT plans: add --backend tensorrt or tensorrt-rtx")
-    paths = ModelPaths.from_folder(args.models)
+    paths = model_paths(args)
     names = args.engines or default_engines(paths)
     engine_dir = args.engine_dir or default_engine_dir(paths)
     with logging_beside_a_bar(), tqdm(total=len(names), unit="engine", desc="build-engines") as bar:
@@ -81,6 +81,19 @@ def run_build_engines(args: argparse.Namespace) -> int:
     for entry in entries:
         tqdm.write(f"{entry.engine:<15} {'reused' if entry.reused else 'built':<7} {entry.onnx}")
     return 0
+
+
+def model_paths(args: argparse.Namespace) -> "ModelPaths":
+    """The model folder of ``--models`` with the part options, or the tiny demo bundle as
+    ``generate`` falls back to it."""
+    from dynamicid_rt.paths import ModelPaths
+
+    if args.models is None:
+        from dynamicid_rt.tiny.bundle import default_tiny_dir, write_tiny_bundle
+
+        log.info("no --models or $DYNAMICID_MODELS: building for the tiny demo bundle (random weights)")
+        return write_tiny_bundle(default_tiny_dir()).with_overrides(**part_overrides(args))
+    return ModelPaths.from_folder(args.models, **part_overrides(args))
 
 
 @contextmanager
