@@ -13,7 +13,6 @@ and the standard library (the ONNX Runtime backend runs without torch installed)
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -79,13 +78,30 @@ class CacheEntry:
         return ModelDims(**self.manifest["dims"])
 
 
-def default_engine_dir(paths: ModelPaths) -> Path:
-    """``<user cache>/dynamicid-rt/engines/<hash of the model folder's resolved paths>``."""
+def engines_root() -> Path:
+    """``<user cache>/dynamicid-rt/engines``: the default ONNX cache of every model."""
     import platformdirs
 
-    parts = {k: (str(Path(v).resolve()) if v is not None else None) for k, v in asdict(paths).items()}
-    key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
-    return Path(platformdirs.user_cache_dir("dynamicid-rt")) / "engines" / key
+    return Path(platformdirs.user_cache_dir("dynamicid-rt")) / "engines"
+
+
+def model_key(paths: ModelPaths, root: Path | None = None) -> str:
+    """16 hex digits of the content of the files the engines are built from (the model hash): the
+    byte-identical model at another path has the same key, a changed weight file another. Each
+    file's fingerprint is remembered by path and stat in ``root``, so a warm start reads none."""
+    root = engines_root() if root is None else root
+    remembered = RememberedDigests(root / SOURCES)
+    digest = hashlib.sha256()
+    for name in default_engines(paths):
+        digest.update(f"{name}\0{source_fingerprint(paths, name, remembered)}\0".encode())
+    remembered.save()
+    return digest.hexdigest()[:16]
+
+
+def default_engine_dir(paths: ModelPaths) -> Path:
+    """``<user cache>/dynamicid-rt/engines/<model key>`` (:func:`model_key`, by content, not path)."""
+    root = engines_root()
+    return root / model_key(paths, root)
 
 
 def default_engines(paths: ModelPaths) -> list[str]:
