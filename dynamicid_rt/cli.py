@@ -180,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     if register_build_engines is not None:
         register_build_engines(sub)
     from .server.command import register as register_serve  # argparse only; FastAPI loads when it runs
+    from .models_command import register as register_models  # argparse only; huggingface_hub loads when it runs
+
+    register_models(sub)
 
     register_serve(sub, _add_model_args)
     return parser

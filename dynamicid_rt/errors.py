@@ -39,3 +39,8 @@ class NumericalError(DynamicIDError):
 
 class Cancelled(DynamicIDError):
     """Generation was cancelled between two steps."""
+
+
+class DownloadError(DynamicIDError):
+    """Getting the models from the Hugging Face Hub failed: a gated or missing repo, no disk space,
+    offline with files missing (the message names what and what to do)."""

@@ -52,18 +52,20 @@ class WeightChoice:
         return self.name + (f" ({'; '.join(notes)})" if notes else "")
 
 
-def _candidates(folder: Path, stems: tuple[str, ...]) -> list[tuple[tuple, str, str | None, bool]]:
-    """(rank, name, variant, safetensors) of each weight file or index of ``stems`` in ``folder``."""
+def rank_weight_names(names: list[str], stems: tuple[str, ...], prefer: str | None = None) -> list[tuple[str, str | None, bool]]:
+    """``(name, variant, safetensors)`` of the weight files and indexes of ``stems`` among
+    ``names``, best first by :data:`RULE`; ``prefer``: a variant ranked before full precision
+    (``models pull --fp16``). Used on a folder (what to read) and on a repo listing (what to fetch)."""
     out = []
-    for path in folder.iterdir():
+    for name in names:
         for pattern, is_index in ((_WEIGHT, False), (_INDEX, True)):
-            match = pattern.fullmatch(path.name)
-            if match is None or match["stem"] not in stems or not path.is_file():
+            match = pattern.fullmatch(name)
+            if match is None or match["stem"] not in stems:
                 continue
             variant = match["variant"]
-            rank = (0 if variant is None else 1 if variant == "fp16" else 2, match["ext"] != "safetensors", is_index, path.name)
-            out.append((rank, path.name, variant, match["ext"] == "safetensors"))
-    return sorted(out)
+            order = 0 if variant == prefer else 1 if variant is None else 2 if variant == "fp16" else 3
+            out.append(((order, match["ext"] != "safetensors", is_index, name), name, variant, match["ext"] == "safetensors"))
+    return [(name, variant, safe) for _, name, variant, safe in sorted(out)]
 
 
 def _shards(index: Path) -> tuple[str, ...]:
@@ -86,7 +88,7 @@ def choose_weights(folder: Path, stems: tuple[str, ...], what: str) -> WeightCho
     folder = Path(folder)
     if not folder.is_dir():
         raise ModelFolderError(f"{what} folder {folder} is missing (expected a diffusers/transformers model folder)")
-    found = _candidates(folder, stems)
+    found = rank_weight_names([p.name for p in folder.iterdir() if p.is_file()], stems)
     if not found:
         others = sorted(p.name for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".ckpt", ".pth"))
         expected = f"{stems[0]}.safetensors or .bin" if stems == DIFFUSERS else "model.safetensors or pytorch_model.bin"
@@ -94,9 +96,9 @@ def choose_weights(folder: Path, stems: tuple[str, ...], what: str) -> WeightCho
             f"{what} folder {folder} holds no weights the loader reads (expected {expected}, or a variant such as "
             f"{stems[0]}.fp16.safetensors); found {', '.join(others) if others else 'no weight files'}"
         )
-    _, name, variant, safetensors = found[0]
+    name, variant, safetensors = found[0]
     shards = _shards(folder / name) if name.endswith(".json") else ()
-    ignored = tuple(n for _, n, _, _ in found[1:])
+    ignored = tuple(n for n, _, _ in found[1:])
     return WeightChoice(folder, name, variant, safetensors, shards, ignored)
 
 

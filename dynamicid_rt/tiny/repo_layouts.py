@@ -22,16 +22,13 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..hub_sources import DYNAMICID_REPO, IP_ADAPTER_REPO, LAION_CLIP_REPO, SD15_REPO, TAESD_REPO
+
 if TYPE_CHECKING:
     import torch
 
     from ..paths import ModelPaths
 
-SD15_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-LAION_CLIP_REPO = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
-IP_ADAPTER_REPO = "h94/IP-Adapter"
-DYNAMICID_REPO = "meteorite2023/DynamicID"
-TAESD_REPO = "madebyollin/taesd"
 
 _NAMES = {"diffusers": ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"),
           "transformers": ("model.safetensors", "pytorch_model.bin")}
