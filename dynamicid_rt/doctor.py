@@ -107,6 +107,11 @@ def doctor_report(models: Path | None, overrides: dict[str, Path] | None = None)
         try:
             folder = ModelPaths.from_folder(models, **overrides)
             problems = folder_problems(folder)
+            if not problems:  # the loaders generate uses, as inspect runs them
+                from .checkpoint_report import checkpoint_problems
+                from .load_check import load_problems
+
+                problems = checkpoint_problems(folder) or load_problems(folder)
         except DynamicIDError as exc:
             problems = [str(exc)]
         lines.append(f"model folder {models}: " + ("complete" if not problems else "INCOMPLETE"))

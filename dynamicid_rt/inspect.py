@@ -33,6 +33,20 @@ def _weights_lines(paths: ModelPaths) -> list[str]:
     return lines
 
 
+def engine_load_lines(paths: ModelPaths, lines: list[str]) -> list[str]:
+    """Every engine built by generate's own loaders (:mod:`.load_check`): a line in ``lines``,
+    and the problems."""
+    from .load_check import load_problems, torch_available
+
+    if not torch_available():
+        lines.append("  engines: not loaded here (no torch); the folder checks above passed")
+        return []
+    problems = load_problems(paths)
+    if not problems:
+        lines.append("  engines: every engine loads with generate's loaders")
+    return problems
+
+
 def inspect_paths(paths: ModelPaths) -> tuple[str, bool]:
     """The report of a resolved model folder: its parts, the files read, and whether it loads."""
     lines = [f"model folder {paths.root or paths.base}"]
@@ -52,6 +66,9 @@ def inspect_paths(paths: ModelPaths) -> tuple[str, bool]:
                 sub, sub_ok = describe_checkpoint(ckpt)
                 lines += ["  " + s for s in sub]
                 ok &= sub_ok
+        if ok:
+            problems = engine_load_lines(paths, lines)
+            ok = not problems
     lines += [f"  PROBLEM: {p}" for p in problems]
     face_note = paths.face_analysis_problem()
     if face_note:

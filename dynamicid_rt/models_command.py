@@ -85,6 +85,7 @@ def _describe(plan, folder: Path) -> None:
 def run_pull(args: argparse.Namespace) -> int:
     from . import pull
     from .checkpoint_report import checkpoint_problems
+    from .load_check import load_problems
     from .paths import ModelPaths
     from .preflight import folder_problems
 
@@ -111,7 +112,7 @@ def run_pull(args: argparse.Namespace) -> int:
         (folder / "base").mkdir(exist_ok=True)
         pull.link(single_file.resolve(), folder / "base" / single_file.name)
     paths = ModelPaths.from_folder(folder)
-    problems = folder_problems(paths) or checkpoint_problems(paths)  # what `inspect` checks
+    problems = folder_problems(paths) or checkpoint_problems(paths) or load_problems(paths)  # what `inspect` checks
     if problems:
         raise DownloadError(f"the model folder {folder} is not usable: " + "; ".join(problems))
     print(f"ready: {folder} (dynamicid-rt generate --models {folder} --face PHOTO --prompt TEXT)")

@@ -260,3 +260,34 @@ def test_single_file_ema_set_is_named(tiny, tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="dynamicid_rt.models.base"), pytest.raises(ModelFolderError):
         _single_file_unet(checkpoint)  # no real UNet: only the line before the conversion matters
     assert "EMA" in caplog.text and "emaonly" in caplog.text
+
+
+def test_inspect_doctor_and_generate_agree_on_a_part_that_does_not_load(tiny, tmp_path):
+    """A config that passes every folder check but does not fit its weights: inspect and doctor
+    run generate's loaders, so all three refuse it (no "usable" here and refused there)."""
+    from dynamicid_rt.doctor import doctor_report
+
+    encoder = tmp_path / "image_encoder"
+    shutil.copytree(tiny.image_encoder, encoder)
+    config = json.loads((encoder / "config.json").read_text())
+    config["intermediate_size"] = config["intermediate_size"] * 2
+    (encoder / "config.json").write_text(json.dumps(config))
+    report, ok = inspect_path(tiny.root, image_encoder=encoder)
+    assert not ok and "image_encoder:" in report and "do not fit" in report
+    doctor, doctor_ok = doctor_report(tiny.root, {"image_encoder": encoder})
+    assert not doctor_ok and "image_encoder:" in doctor
+    pipe = Pipeline.load(tiny.root, backend="torch", device="cpu", cache_dir=tmp_path / "cache", image_encoder=encoder)
+    try:
+        with pytest.raises(ModelFolderError, match="do not fit"):
+            pipe.encode_identity(tiny.root / "samples" / "person_a.png")
+    finally:
+        pipe.close()
+
+
+def test_cli_inspect_takes_the_part_options(tiny, repo_dir, capsys):
+    from dynamicid_rt.cli import main
+
+    code = main(["inspect", str(tiny.root), "--image-encoder", str(repo_dir / "laion"), "--base", str(repo_dir / "sd15-fp16")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "diffusion_pytorch_model.fp16.safetensors" in out and "usable: yes" in out

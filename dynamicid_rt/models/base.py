@@ -99,8 +99,14 @@ def _pretrained(cls: Any, folder: Path, what: str, dtype: "torch.dtype") -> Any:
     except ModelFolderError:
         raise
     except Exception as exc:  # corrupt file, wrong config, shape mismatch...
+        text = str(exc).strip()
+        if "mismatched_sizes" in text or "size mismatch" in text:
+            raise ModelFolderError(
+                f"the {what} weights {folder / choice.name} do not fit {folder / 'config.json'} (tensor sizes differ): "
+                "the config and the weights come from different models; take both from the same repo"
+            ) from exc
         raise ModelFolderError(
-            f"cannot load the {what} from {folder / choice.name} ({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''})"
+            f"cannot load the {what} from {folder / choice.name} ({type(exc).__name__}: {text.splitlines()[0] if text else ''})"
         ) from exc
     _check_loading(info.get("missing_keys", ()), info.get("mismatched_keys", ()), folder / choice.name, what)
     return model
