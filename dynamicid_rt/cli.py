@@ -178,7 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     except ImportError:  # the exporter's extras are not installed
         register_build_engines = None
     if register_build_engines is not None:
+        from .export.cache_command import register as register_cache
+
         register_build_engines(sub)
+        register_cache(sub)
     from .server.command import register as register_serve  # argparse only; FastAPI loads when it runs
     from .models_command import register as register_models  # argparse only; huggingface_hub loads when it runs
 

@@ -120,6 +120,13 @@ def doctor_report(models: Path | None, overrides: dict[str, Path] | None = None)
         face_note = None if problems or folder is None else folder.face_analysis_problem()
         if face_note:
             lines.append(f"  note: {face_note}")
+    try:
+        from .export.cache import engines_root
+        from .export.cache_command import total_line
+
+        lines.append(total_line(engines_root()))
+    except (ImportError, OSError) as exc:  # the exporter is not installed, the cache unreadable
+        lines.append(f"engine caches: not read ({exc})")
     from .engines.report import tensorrt_report  # imports TensorRT only when it is installed
 
     lines += tensorrt_report(models)

@@ -88,7 +88,7 @@ def choose_weights(folder: Path, stems: tuple[str, ...], what: str) -> WeightCho
     folder = Path(folder)
     if not folder.is_dir():
         raise ModelFolderError(f"{what} folder {folder} is missing (expected a diffusers/transformers model folder)")
-    found = rank_weight_names([p.name for p in folder.iterdir() if p.is_file()], stems)
+    found = rank_weight_names([p.name for p in folder.iterdir() if p.is_file() or p.is_symlink()], stems)
     if not found:
         others = sorted(p.name for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".ckpt", ".pth"))
         expected = f"{stems[0]}.safetensors or .bin" if stems == DIFFUSERS else "model.safetensors or pytorch_model.bin"
@@ -97,6 +97,8 @@ def choose_weights(folder: Path, stems: tuple[str, ...], what: str) -> WeightCho
             f"{stems[0]}.fp16.safetensors); found {', '.join(others) if others else 'no weight files'}"
         )
     name, variant, safetensors = found[0]
+    if not (folder / name).is_file():
+        raise ModelFolderError(f"{folder / name} is a broken symlink or a symlink loop; point it at the real file")
     shards = _shards(folder / name) if name.endswith(".json") else ()
     ignored = tuple(n for n, _, _ in found[1:])
     return WeightChoice(folder, name, variant, safetensors, shards, ignored)

@@ -31,6 +31,7 @@ from .recipes import (
     BUILD_TOLERANCE, CUDA_MODEL_FILE, EXPORTER_VERSION, MODEL_FILE, OPSET, cuda_graph, export_into, graph_precision,
     source_files, source_fingerprint,
 )
+from .cache_admin import mark_used, remember_model
 from .progress import BuildProgress, BuildStatus, BuildTracker
 from .store import MANIFEST, build_folder, build_lock, check_files, read_manifest, remove_abandoned_builds
 
@@ -233,6 +234,7 @@ def build_engines(
     out = []
     try:
         engine_dir.mkdir(parents=True, exist_ok=True)
+        remember_model(engine_dir, str(paths.root or paths.base))
         remove_abandoned_builds(engine_dir)
         for name in names:
             tracker.report(name, "checking")
@@ -259,6 +261,7 @@ def _ensure_entry(
     folder = entry_dir(engine_dir, name, precision)
     manifest, why = (None, "--force") if force else check_entry(folder, expected, verify)
     if manifest is not None:
+        mark_used(folder)
         return CacheEntry(name, precision, folder, manifest, reused=True)
     if folder.exists() or force:
         log.info("rebuilding %s (%s) in %s: %s", name, precision, folder, why)
