@@ -17,6 +17,7 @@ from . import (
 )
 from .messages import user_message
 from .part_options import MODELS_HELP, add_part_arguments, part_overrides
+from .step_progress import step_progress
 
 if TYPE_CHECKING:
     from . import BuildStatus
@@ -262,8 +263,6 @@ class _BuildBar:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from . import Pipeline, Request, format_parameters, save_image
 
     id_scale = _id_scale(args.id_scale, len(args.face))  # checked before any model loads
@@ -305,10 +304,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         identities.append(ident)
     request = request.with_updates(identities=identities)
     request.validate()
-    with tqdm(total=None, desc="denoising", unit="step", disable=None) as bar:
-        def progress(info):
-            bar.total = info.total
-            bar.update(info.step - bar.n)
+    with step_progress() as progress:
         result = pipe.generate(request, progress=progress)
     for k, image in enumerate(result.images):
         path = outputs[0] if len(result.images) == 1 else outputs[k + 1]
@@ -339,8 +335,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise DynamicIDError(f"demo portraits missing: {', '.join(missing)}; use `generate --face PHOTO` with real photos")
     kind = "FULL-SIZE RANDOM WEIGHTS" if args.full_size else "TINY RANDOM WEIGHTS"
     print(f"dynamicid-rt demo: {kind} - the image will be noise. This checks that every stage runs.")
-    print("For real images put the DynamicID, SD1.5, CLIP ViT-H/14 and buffalo_l weights in a model folder")
-    print("(layout in README.md) and run: dynamicid-rt generate --models DIR --face PHOTO --prompt ...")
+    print("For real images: dynamicid-rt models pull --dir DIR (about 8 GB: SD1.5, CLIP ViT-H/14, DynamicID, buffalo_l),")
+    print("then: dynamicid-rt generate --models DIR --face PHOTO --prompt ...")
     pipe = Pipeline.load(paths, backend=args.backend)
     people = [
         pipe.encode_identity(faces[0]),
@@ -349,7 +345,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     size = 256 if args.full_size else 512  # full size on a CPU: a short look at the real speed
     steps = args.steps or (4 if args.full_size else 25)
     request = Request(prompt=DEMO_PROMPT, identities=people, steps=steps, seed=42, width=size, height=size)
-    result = pipe.generate(request)
+    with step_progress() as progress:
+        result = pipe.generate(request, progress=progress)
     save_png(result.images[0], args.out, format_parameters(result, 0))
     print(f"wrote {args.out} ({result.timings['total']:.1f} s on {result.backend}: "
           + ", ".join(f"{k} {v:.1f} s" for k, v in result.timings.items() if k != "total") + ")")
