@@ -16,7 +16,7 @@ SD_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 INSIGHTFACE_PACK = "buffalo_l"
 
 
-def _checkpoint_file(folder: Path, stem: str) -> Path:
+def checkpoint_file(folder: Path, stem: str) -> Path:
     """``<stem>.safetensors`` or ``<stem>.bin`` in ``folder``: one rule for both present, the
     ``.safetensors`` (no pickle), said in the log; the ``.bin`` name where neither is."""
     safe, pickle = folder / f"{stem}.safetensors", folder / f"{stem}.bin"
@@ -75,13 +75,13 @@ class ModelPaths:
             if len(singles) == 1:
                 base = singles[0]
         dyn = root / "dynamicid"
-        imr = _checkpoint_file(dyn, "IMR")
-        kpe = _checkpoint_file(dyn, "key_point_encoder")
+        imr = checkpoint_file(dyn, "IMR")
+        kpe = checkpoint_file(dyn, "key_point_encoder")
         paths = cls(
             root=root,
             base=base,
             image_encoder=root / "image_encoder",
-            saa=_checkpoint_file(dyn, "SAA"),
+            saa=checkpoint_file(dyn, "SAA"),
             insightface=root / "insightface" / INSIGHTFACE_PACK,
             imr=imr if imr.exists() else None,
             keypoint_encoder=kpe if kpe.exists() else None,

@@ -132,6 +132,10 @@ class Pipeline:
             )
         elif isinstance(models, ModelPaths):
             paths = models
+        elif str(models).startswith("hf:"):  # `--models hf:[BASE_REPO]`: the release sources in the HF cache
+            from .pull import paths_from_hub
+
+            paths = paths_from_hub(str(models))
         else:
             paths = ModelPaths.from_folder(models)
             is_tiny = (Path(models) / "tiny_bundle.json").is_file()

@@ -16,11 +16,14 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import DownloadError
-from .hub_sources import SelectionError, Source, select_files, shard_names
+from .hub_sources import SD15_REPO, SelectionError, Source, select_files, shard_names
 from .paths import INSIGHTFACE_PACK
+
+if TYPE_CHECKING:
+    from .paths import ModelPaths
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +167,30 @@ def link_model_folder(folder: Path, plan: PullPlan, snapshots: dict[str, Path], 
     link(insightface_dir, folder / "insightface" / INSIGHTFACE_PACK)
 
 
+HUB_SPEC = "hf:"
+
+
+def paths_from_hub(spec: str, insightface_root: str | Path = INSIGHTFACE_ROOT) -> "ModelPaths":
+    """``--models hf:[BASE_REPO]``: the release sources (the base replaced where given) resolved
+    in the HF cache, fetched first where missing (never with HF_HUB_OFFLINE=1: then one line names
+    what is missing); the parts point into the cache, no folder is made."""
+    from .hub_sources import default_sources
+    from .paths import ModelPaths, checkpoint_file
+
+    sources = default_sources(spec.removeprefix(HUB_SPEC) or SD15_REPO)
+    plan = plan_from_cache(sources, insightface_root=insightface_root) if offline() else plan_pull(sources, insightface_root=insightface_root)
+    if plan.fetch_bytes:
+        check_disk(plan)
+        log.info("fetching %.2f GB of models into %s", plan.fetch_bytes / 1e9, hub_cache_dir())
+    snapshots = fetch(plan)
+    part = {s.part: snapshots[s.repo_id] / s.subfolder if s.subfolder else snapshots[s.repo_id] for s in sources}
+    dyn = part["dynamicid"]
+    imr, kpe = checkpoint_file(dyn, "IMR"), checkpoint_file(dyn, "key_point_encoder")
+    return ModelPaths(root=None, base=part["base"], image_encoder=part["image_encoder"], saa=checkpoint_file(dyn, "SAA"),
+                      insightface=fetch_insightface(insightface_root), imr=imr if imr.is_file() else None,
+                      keypoint_encoder=kpe if kpe.is_file() else None)
+
+
 def _insightface_dir(root: str | Path) -> Path:
     return Path(os.path.expanduser(str(root))) / "models" / INSIGHTFACE_PACK
 
@@ -275,4 +302,4 @@ def link(target: Path, link_path: Path) -> None:
 
 
 __all__ = ["PullPlan", "blob_matches", "check_disk", "fetch", "fetch_insightface", "hub_cache_dir", "link",
-           "link_model_folder", "offline", "plan_from_cache", "plan_pull"]
+           "link_model_folder", "offline", "paths_from_hub", "plan_from_cache", "plan_pull"]

@@ -93,6 +93,10 @@ def model_paths(args: argparse.Namespace) -> "ModelPaths":
 
         log.info("no --models or $DYNAMICID_MODELS: building for the tiny demo bundle (random weights)")
         return write_tiny_bundle(default_tiny_dir()).with_overrides(**part_overrides(args))
+    if str(args.models).startswith("hf:"):
+        from dynamicid_rt.pull import paths_from_hub
+
+        return paths_from_hub(str(args.models)).with_overrides(**part_overrides(args))
     return ModelPaths.from_folder(args.models, **part_overrides(args))
 
 

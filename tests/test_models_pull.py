@@ -171,3 +171,23 @@ def test_not_enough_disk_is_refused_before_the_first_byte(hub, tmp_path, monkeyp
     with pytest.raises(DownloadError, match="not enough disk space"):
         models_command.run_pull(args)
     assert _gets(hub) == before and not any((home / "hub").rglob("blobs/*"))
+
+
+def test_models_hub_spec_resolves_from_the_cache_offline(hub, tmp_path):
+    """``--models hf:``: the parts point into the HF cache, offline once pulled; missing: one line."""
+    home = tmp_path / "hf"
+    assert _pull(hub, home, "--dir", str(tmp_path / "models")).returncode == 0
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE"))}
+    env |= {"HF_HOME": str(home), "HF_HUB_OFFLINE": "1", "HOME": str(tmp_path / "home"), "TQDM_DISABLE": "1"}
+    shutil.copytree(hub["insightface"], tmp_path / "home" / ".insightface")
+    script = ("from dynamicid_rt.pull import paths_from_hub; p = paths_from_hub('hf:'); "
+              "print(p.base.resolve()); print(p.problems())")
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    base, problems = result.stdout.splitlines()[-2:]
+    assert problems == "[]" and str((home / "hub").resolve()) in base
+    env["HF_HOME"] = str(tmp_path / "empty")
+    missing = subprocess.run([sys.executable, "-m", "dynamicid_rt", "build-engines", "--models", "hf:"], env=env,
+                             capture_output=True, text=True, timeout=120)
+    errors = [line for line in missing.stderr.splitlines() if line.startswith("ERROR")]
+    assert missing.returncode == 1 and len(errors) == 1 and SD15_REPO in errors[0], missing.stderr
