@@ -5,7 +5,6 @@ import argparse
 import contextlib
 import logging
 from pathlib import Path
-from typing import Iterator
 
 from .errors import DownloadError
 from .hub_sources import IP_ADAPTER_REPO, LAION_CLIP_REPO, SD15_REPO, default_sources
@@ -50,25 +49,36 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     pull.set_defaults(handler=run_pull)
 
 
-@contextlib.contextmanager
-def _bars(total: int) -> Iterator[type]:
-    """One tqdm bar per file (huggingface_hub's, given this class) and one overall."""
-    from tqdm.auto import tqdm
+class _Bars:
+    """One tqdm bar per file (huggingface_hub's, made from ``file_class``) and one overall."""
 
-    from .export.cli import logging_beside_a_bar
+    def __init__(self) -> None:
+        self.overall = None
+        self.logging = contextlib.ExitStack()
+        bars = self
 
-    overall = tqdm(total=total, unit="B", unit_scale=True, desc="all files", position=0, disable=None)
+        from tqdm.auto import tqdm
 
-    class FileBar(tqdm):
-        def update(self, n: float | None = 1) -> bool | None:
-            overall.update(n or 0)
-            return super().update(n)
+        class FileBar(tqdm):
+            def update(self, n: float | None = 1) -> bool | None:
+                if bars.overall is not None:
+                    bars.overall.update(n or 0)
+                return super().update(n)
 
-    with logging_beside_a_bar():
-        try:
-            yield FileBar
-        finally:
-            overall.close()
+        self.file_class = FileBar
+
+    def start(self, total: int) -> None:
+        from tqdm.auto import tqdm
+
+        from .export.cli import logging_beside_a_bar
+
+        self.logging.enter_context(logging_beside_a_bar())
+        self.overall = tqdm(total=total, unit="B", unit_scale=True, desc="all files", position=0, disable=None)
+
+    def close(self) -> None:
+        if self.overall is not None:
+            self.overall.close()
+        self.logging.close()
 
 
 def _describe(plan, folder: Path) -> None:
@@ -94,20 +104,15 @@ def run_pull(args: argparse.Namespace) -> int:
     if single_file is not None and not single_file.is_file():
         raise DownloadError(f"--base {args.base}: no such file (give a hub repo id or an existing .safetensors file)")
     sources = default_sources(None if single_file else args.base, args.image_encoder, args.taesd)
-    if pull.offline():
-        plan = pull.plan_from_cache(sources, args.fp16, args.insightface_root)
-    else:
-        plan = pull.plan_pull(sources, args.fp16, args.token, args.insightface_root)
-    _describe(plan, folder)
-    pull.check_disk(plan)
+    bars = _Bars()
     try:
-        with _bars(plan.fetch_bytes) as bar_class:
-            snapshots = pull.fetch(plan, args.token, bar_class)
+        pull.pull_models(folder, sources, args.fp16, args.token, args.insightface_root, bars.file_class,
+                         on_plan=lambda plan: (_describe(plan, folder), bars.start(plan.fetch_bytes)))
     except KeyboardInterrupt:
-        log.error("interrupted: the partial files stay in the HF cache; run the same command again to resume")
+        log.error("interrupted: every finished file stays in the HF cache; run the same command again to resume")
         raise
-    insightface = pull.fetch_insightface(args.insightface_root)
-    pull.link_model_folder(folder, plan, snapshots, insightface)
+    finally:
+        bars.close()
     if single_file is not None:
         (folder / "base").mkdir(exist_ok=True)
         pull.link(single_file.resolve(), folder / "base" / single_file.name)

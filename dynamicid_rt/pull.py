@@ -16,7 +16,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import DownloadError
 from .hub_sources import SD15_REPO, SelectionError, Source, select_files, shard_names
@@ -170,6 +170,26 @@ def link_model_folder(folder: Path, plan: PullPlan, snapshots: dict[str, Path], 
 HUB_SPEC = "hf:"
 
 
+def pull_models(folder: Path, sources: list[Source] | None = None, fp16: bool = False, token: str | bool | None = None,
+                insightface_root: str | Path = INSIGHTFACE_ROOT, tqdm_class: Any = None,
+                on_plan: "Callable[[PullPlan], None] | None" = None) -> "ModelPaths":
+    """The whole pull, as ``models pull`` and the desktop run it: the plan (from the cache when
+    offline), ``on_plan`` told before the first byte, the disk check, the fetch, insightface's
+    pack, the folder of links. Ctrl-C, or a ``tqdm_class`` whose update raises, leaves every
+    finished file for the next run."""
+    from .hub_sources import default_sources
+    from .paths import ModelPaths
+
+    sources = sources if sources is not None else default_sources()
+    plan = plan_from_cache(sources, fp16, insightface_root) if offline() else plan_pull(sources, fp16, token, insightface_root)
+    if on_plan is not None:
+        on_plan(plan)
+    check_disk(plan)
+    snapshots = fetch(plan, token, tqdm_class)
+    link_model_folder(Path(folder), plan, snapshots, fetch_insightface(insightface_root))
+    return ModelPaths.from_folder(folder)
+
+
 def paths_from_hub(spec: str, insightface_root: str | Path = INSIGHTFACE_ROOT) -> "ModelPaths":
     """``--models hf:[BASE_REPO]``: the release sources (the base replaced where given) resolved
     in the HF cache, fetched first where missing (never with HF_HUB_OFFLINE=1: then one line names
@@ -302,4 +322,4 @@ def link(target: Path, link_path: Path) -> None:
 
 
 __all__ = ["PullPlan", "blob_matches", "check_disk", "fetch", "fetch_insightface", "hub_cache_dir", "link",
-           "link_model_folder", "offline", "paths_from_hub", "plan_from_cache", "plan_pull"]
+           "link_model_folder", "offline", "paths_from_hub", "plan_from_cache", "plan_pull", "pull_models"]

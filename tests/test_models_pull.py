@@ -3,6 +3,8 @@ serving the tiny bundle laid out as the real repos (SPEC §3's table)."""
 from __future__ import annotations
 
 import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before Qt is imported (the desktop offer's test)
 import re
 import shutil
 import subprocess
@@ -191,3 +193,32 @@ def test_models_hub_spec_resolves_from_the_cache_offline(hub, tmp_path):
                              capture_output=True, text=True, timeout=120)
     errors = [line for line in missing.stderr.splitlines() if line.startswith("ERROR")]
     assert missing.returncode == 1 and len(errors) == 1 and SD15_REPO in errors[0], missing.stderr
+
+
+def _in_process_hub(monkeypatch, hub, home: Path) -> None:
+    """huggingface_hub's settings, read at its import, pointed at the test hub for this process."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", hub["endpoint"])
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub["endpoint"] + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+
+def test_desktop_offer_downloads_in_its_thread_and_cancels(hub, tmp_path, monkeypatch, qtbot):
+    pytest.importorskip("PySide6")
+    from dynamicid_rt.desktop.models_download import DownloadOffer
+
+    _in_process_hub(monkeypatch, hub, tmp_path / "hf")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    shutil.copytree(hub["insightface"], tmp_path / "home" / ".insightface")
+    offer = DownloadOffer(tmp_path / "models")
+    qtbot.addWidget(offer)
+    assert offer.button.text().startswith("Download the DynamicID models (")
+    with qtbot.waitSignal(offer.message, timeout=120_000) as cancelled:
+        offer.start()
+        offer.worker.cancel.set()  # cancel at once: the first chunk stops it
+    assert "cancelled" in cancelled.args[0] and offer.button.isEnabled()
+    with qtbot.waitSignal(offer.ready, timeout=120_000) as ready:  # the next try finishes the job
+        offer.button.click()
+    assert ready.args[0] == tmp_path / "models" and ModelPaths.from_folder(tmp_path / "models").problems() == []
