@@ -22,11 +22,10 @@ def inspect_path(path: Path, **overrides: str | Path | None) -> tuple[str, bool]
 
 def _weights_lines(paths: ModelPaths) -> list[str]:
     """Which weight file each engine source reads, where the folder holds a choice."""
-    from .contract import ENGINES
-    from .part_files import part_files
+    from .part_files import model_parts, part_files
 
     lines = []
-    for part in dict.fromkeys(p for name in ENGINES if paths.provides(name) for p in ENGINES[name].sources):
+    for part in model_parts(paths):
         files = [f for f in part_files(paths, part) if f.name != "config.json"]
         if files and files[0].parent.is_dir() and Path(paths.source(part) or "").is_dir():
             lines.append(f"  reads {part + ':':17s} {', '.join(f.name for f in files)}")

@@ -130,19 +130,24 @@ def engine_files(paths, engine: str) -> list[Path]:
     return list(dict.fromkeys(f for part in engine_spec(engine).sources for f in part_files(paths, part)))
 
 
-def model_files(paths) -> list[Path]:
-    """Every file the engines this model folder provides are built from, once each."""
+def model_parts(paths) -> list[str]:
+    """The engine sources this model folder has (a bare ``unet/`` base has only its UNet)."""
     from .contract import ENGINES
 
-    return list(dict.fromkeys(f for name in ENGINES if paths.provides(name) for f in engine_files(paths, name)))
+    bare_unet = paths.base.name == "unet" and (paths.base / "config.json").is_file()
+    parts = dict.fromkeys(p for name in ENGINES if paths.provides(name) for p in ENGINES[name].sources)
+    return [p for p in parts if not (bare_unet and p.startswith("base/") and p != "base/unet" and paths.source(p) == paths.base)]
+
+
+def model_files(paths) -> list[Path]:
+    """Every file the engines this model folder provides are built from, once each."""
+    return list(dict.fromkeys(f for part in model_parts(paths) for f in part_files(paths, part)))
 
 
 def source_problems(paths) -> list[str]:
     """One line per engine source whose files the loader would not find (no weights it reads)."""
-    from .contract import ENGINES
-
     out: list[str] = []
-    for part in dict.fromkeys(p for name in ENGINES if paths.provides(name) for p in ENGINES[name].sources):
+    for part in model_parts(paths):
         try:
             part_files(paths, part)
         except ModelFolderError as exc:
@@ -157,4 +162,4 @@ def _single_file_configs(checkpoint: Path, name: str) -> list[Path]:
 
 
 __all__ = ["DIFFUSERS", "RULE", "TRANSFORMERS", "WeightChoice", "choose_weights", "engine_files", "model_files",
-           "part_files", "source_problems"]
+           "model_parts", "part_files", "rank_weight_names", "source_problems"]
