@@ -83,15 +83,3 @@ def test_doctor_shows_the_total(cache):
     report, _ = doctor_report(None)
     assert "engine caches: 3 items" in report
 
-
-def test_step_progress_off_a_terminal_logs_the_time_left(caplog):
-    from types import SimpleNamespace
-
-    from dynamicid_rt.step_progress import step_progress
-
-    with caplog.at_level(logging.INFO, logger="dynamicid_rt.cli"), step_progress() as progress:
-        for step in range(1, 21):
-            progress(SimpleNamespace(step=step, total=20, elapsed=step * 3.0))
-    lines = [r.getMessage() for r in caplog.records]
-    assert len(lines) == 10 and lines[0] == "denoising: step 2/20, 6.0 s, 54 s left"
-    assert lines[-1] == "denoising: step 20/20, 60.0 s, 0 s left"
