@@ -39,7 +39,19 @@ def repo_dir(tiny, tmp_path_factory) -> Path:
     repos.write_laion_clip_repo(tiny, root / "laion-fp16-config", config_dtype="float16")
     repos.write_ip_adapter_repo(tiny, root / "ip-adapter")
     repos.write_dynamicid_repo(tiny, root / "dynamicid")
+    _write_sharded_base(tiny, root / "sharded")
     return root
+
+
+def _write_sharded_base(tiny: ModelPaths, dest: Path) -> None:
+    """A base whose UNet and text encoder are sharded (an index and its shards), as large fine-tunes ship."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    shutil.copytree(tiny.base, dest, ignore=shutil.ignore_patterns("unet", "text_encoder"))
+    UNet2DConditionModel.from_pretrained(str(tiny.base / "unet")).save_pretrained(dest / "unet", max_shard_size="300KB")
+    CLIPTextModel.from_pretrained(str(tiny.base / "text_encoder")).save_pretrained(dest / "text_encoder", max_shard_size="300KB")
+    assert len(list((dest / "unet").glob("*-of-*.safetensors"))) > 1
 
 
 def _image(paths: ModelPaths, samples: Path, tmp_path: Path, precision: str = "fp32") -> np.ndarray:
@@ -67,12 +79,13 @@ def _layouts(tiny: ModelPaths, root: Path) -> dict[str, ModelPaths]:
         "DynamicID repo": tiny.with_overrides(saa=root / "dynamicid" / "SAA.bin", imr=root / "dynamicid" / "IMR.bin",
                                               keypoint_encoder=root / "dynamicid" / "key_point_encoder.bin"),
         "vae folder override from the repo": tiny.with_overrides(vae=root / "sd15" / "vae"),
+        "sharded base": tiny.with_overrides(base=root / "sharded"),
     }
 
 
 LAYOUTS = ["sd15 repo as base", "fp16-only base (upcast)", "laion full CLIPModel, legacy config",
            "laion, fp16 config over fp32 weights", "h94 vision-only, fp16 config", "DynamicID repo",
-           "vae folder override from the repo"]
+           "vae folder override from the repo", "sharded base"]
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -95,6 +108,12 @@ def test_real_layout_engines_compute_as_our_layout(layout, tiny, repo_dir):
             want = load_engine_module(tiny, name)(*feed)
         if layout.startswith("fp16-only"):  # the fp32 weights rounded, then upcast: close, not equal
             torch.testing.assert_close(got, want, rtol=0.05, atol=0.05, msg=name)
+        elif layout == "sharded base":  # equal weights, but sharded loading leaves other memory layouts: 1e-6 apart
+            from dynamicid_rt.models.base import load_base_unet
+
+            ours, theirs = load_base_unet(tiny, torch.float32).state_dict(), load_base_unet(paths, torch.float32).state_dict()
+            assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=name)
         else:
             torch.testing.assert_close(got, want, rtol=0, atol=0, msg=name)
 
