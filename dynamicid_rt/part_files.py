@@ -155,11 +155,21 @@ def source_problems(paths) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def configs_beside(checkpoint: Path) -> Path | None:
+    """The diffusers-layout folder of configs beside a single-file checkpoint (it holds
+    ``unet/config.json``): beside the path given, or beside the file a link points to."""
+    for folder in dict.fromkeys((Path(checkpoint).parent, Path(checkpoint).resolve().parent)):
+        if (folder / "unet" / "config.json").is_file():
+            return folder
+    return None
+
+
 def _single_file_configs(checkpoint: Path, name: str) -> list[Path]:
     """The config a single-file part is converted with, where it lies beside the file."""
-    config = checkpoint.parent / name / "config.json"
-    return [config] if (checkpoint.parent / "unet" / "config.json").is_file() and config.is_file() else []
+    folder = configs_beside(checkpoint)
+    config = folder / name / "config.json" if folder is not None else None
+    return [config] if config is not None and config.is_file() else []
 
 
-__all__ = ["DIFFUSERS", "RULE", "TRANSFORMERS", "WeightChoice", "choose_weights", "engine_files", "model_files",
+__all__ = ["DIFFUSERS", "RULE", "TRANSFORMERS", "WeightChoice", "choose_weights", "configs_beside", "engine_files", "model_files",
            "model_parts", "part_files", "rank_weight_names", "source_problems"]

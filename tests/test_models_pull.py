@@ -222,3 +222,33 @@ def test_desktop_offer_downloads_in_its_thread_and_cancels(hub, tmp_path, monkey
     with qtbot.waitSignal(offer.ready, timeout=120_000) as ready:  # the next try finishes the job
         offer.button.click()
     assert ready.args[0] == tmp_path / "models" and ModelPaths.from_folder(tmp_path / "models").problems() == []
+
+
+def test_single_file_base_fetches_only_the_tokenizer(hub, tiny_bundle, tmp_path):
+    """``--base FILE.safetensors``: the file is linked into base/, SD1.5's tokenizer beside it is
+    the only part of SD1.5's repo fetched, and the folder passes inspect's checks (the configs
+    beside the real file are found through the link)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from safetensors.torch import save_file
+    from test_tiny_bundle import _unet_to_ldm, _vae_to_ldm
+    from transformers import CLIPTextModel
+
+    tiny = ModelPaths.from_folder(tiny_bundle)
+    unet = UNet2DConditionModel.from_pretrained(str(tiny.base / "unet"))
+    state = _unet_to_ldm(unet.state_dict(), layers=1, levels=4)
+    state |= _vae_to_ldm(AutoencoderKL.from_pretrained(str(tiny.base / "vae")).state_dict(), levels=4)
+    state |= {"cond_stage_model.transformer." + (k if k.startswith("text_model.") else "text_model." + k): v
+              for k, v in CLIPTextModel.from_pretrained(str(tiny.base / "text_encoder")).state_dict().items()}
+    checkpoint = tmp_path / "my-finetune.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(checkpoint))
+    for part in ("unet", "vae", "text_encoder"):  # its configs beside it (tiny widths)
+        (tmp_path / part).mkdir()
+        shutil.copy(tiny.base / part / "config.json", tmp_path / part / "config.json")
+    home, folder = tmp_path / "hf", tmp_path / "models"
+    result = _pull(hub, home, "--dir", str(folder), "--base", str(checkpoint))
+    sd15 = _snapshot_names(home, SD15_REPO)
+    assert sd15 and all(n.startswith("tokenizer/") for n in sd15), sd15
+    paths = ModelPaths.from_folder(folder)
+    assert paths.base_is_single_file and paths.base.resolve() == checkpoint and paths.tokenizer == folder / "base" / "tokenizer"
+    # Its configs lie beside the file the link points to: they are found, and the folder passes.
+    assert result.returncode == 0 and "ready" in result.stdout, result.stderr

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..contract import ModelDims
 from ..errors import ModelFolderError
-from ..part_files import DIFFUSERS, RULE, TRANSFORMERS, choose_weights
+from ..part_files import DIFFUSERS, RULE, TRANSFORMERS, choose_weights, configs_beside
 from ..paths import ModelPaths
 
 if TYPE_CHECKING:
@@ -41,11 +41,10 @@ def bundled_sd15_config_dir() -> Path:
 
 def single_file_config_dir(checkpoint: Path) -> Path:
     """Where the configs of a single-file checkpoint come from: a diffusers-layout folder of
-    configs beside the file (its folder holds ``unet/config.json``), else the bundled SD1.5 ones."""
-    beside = checkpoint.parent
-    if (beside / "unet" / "config.json").is_file():
-        return beside
-    return bundled_sd15_config_dir()
+    configs beside the file, or beside the file a link points to (``models pull --base FILE``
+    links it), else the bundled SD1.5 ones."""
+    beside = configs_beside(checkpoint)
+    return beside if beside is not None else bundled_sd15_config_dir()
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
