@@ -11,6 +11,8 @@ from PySide6.QtWidgets import QHBoxLayout, QProgressBar, QPushButton, QWidget
 
 from dynamicid_rt import Cancelled, DynamicIDError
 
+STARTED = ".pull-started"  # in the model folder until a pull completes: the next launch offers to resume
+
 # SD1.5 fp32 parts, laion's CLIP, the DynamicID files and buffalo_l at release; the plan gives the
 # exact figure (what is still to fetch) once the hub has answered.
 ESTIMATED_GB = 11
@@ -83,7 +85,9 @@ class DownloadOffer(QWidget):
     def __init__(self, folder: Path | None = None, parent=None) -> None:
         super().__init__(parent)
         self.folder = folder or default_folder()
-        self.button = QPushButton(f"Download the DynamicID models ({ESTIMATED_GB} GB)")
+        resume = (self.folder / STARTED).is_file()  # a download cut short at an earlier launch
+        self.button = QPushButton("Resume downloading the DynamicID models" if resume
+                                  else f"Download the DynamicID models ({ESTIMATED_GB} GB)")
         self.button.setToolTip(f"into the Hugging Face cache, linked from {self.folder}; resumed on the next launch if cut")
         self.bar = QProgressBar()
         self.bar.setVisible(False)
@@ -100,6 +104,12 @@ class DownloadOffer(QWidget):
 
     def start(self) -> None:
         if self.thread is not None:
+            return
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            (self.folder / STARTED).touch()
+        except OSError as exc:
+            self.message.emit(f"cannot write the model folder {self.folder} ({exc.strerror}); choose a folder instead")
             return
         self.thread, self.worker = QThread(self), PullWorker(self.folder)
         self.worker.moveToThread(self.thread)
@@ -130,9 +140,11 @@ class DownloadOffer(QWidget):
 
     def _finished(self, folder: Path) -> None:
         self._stop()
+        (self.folder / STARTED).unlink(missing_ok=True)
         self.button.setVisible(False)
         self.ready.emit(folder)
 
     def _failed(self, text: str) -> None:
         self._stop()
+        self.button.setText("Resume downloading the DynamicID models")
         self.message.emit(text)

@@ -219,9 +219,13 @@ def test_desktop_offer_downloads_in_its_thread_and_cancels(hub, tmp_path, monkey
         offer.start()
         offer.worker.cancel.set()  # cancel at once: the first chunk stops it
     assert "cancelled" in cancelled.args[0] and offer.button.isEnabled()
+    next_launch = DownloadOffer(tmp_path / "models")  # a new launch offers to resume
+    qtbot.addWidget(next_launch)
+    assert next_launch.button.text().startswith("Resume")
     with qtbot.waitSignal(offer.ready, timeout=120_000) as ready:  # the next try finishes the job
         offer.button.click()
     assert ready.args[0] == tmp_path / "models" and ModelPaths.from_folder(tmp_path / "models").problems() == []
+    assert DownloadOffer(tmp_path / "models").button.text().startswith("Download")
 
 
 def test_single_file_base_fetches_only_the_tokenizer(hub, tiny_bundle, tmp_path):
