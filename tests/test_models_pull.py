@@ -157,7 +157,7 @@ def test_not_enough_disk_is_refused_before_the_first_byte(hub, tmp_path, monkeyp
 
     from huggingface_hub import constants
 
-    from dynamicid_rt import models_command, pull
+    from dynamicid_rt import hub_fetch, models_command
     from dynamicid_rt.errors import DownloadError
 
     home = tmp_path / "hf"
@@ -166,7 +166,7 @@ def test_not_enough_disk_is_refused_before_the_first_byte(hub, tmp_path, monkeyp
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     usage = collections.namedtuple("usage", "total used free")
-    monkeypatch.setattr(pull.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 10**6, 10**6))
+    monkeypatch.setattr(hub_fetch.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 10**6, 10**6))
     before = _gets(hub)
     args = argparse.Namespace(dir=tmp_path / "models", base=SD15_REPO, image_encoder=LAION_CLIP_REPO, fp16=False,
                               taesd=False, token=None, insightface_root=str(tmp_path / "no-insightface"))
