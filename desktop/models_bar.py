@@ -11,6 +11,7 @@ from PySide6.QtWidgets import (
 
 from dynamicid_rt import AUTO, BACKENDS as REGISTRY
 
+from .models_download import DownloadOffer
 from .settings import BACKENDS
 from .views import Banner, ElidedLabel
 from .worker import ModelSpec
@@ -82,6 +83,11 @@ class ModelsBar(QWidget):
         row.addWidget(self.backend_combo)
         row.addWidget(self.choose_button)
         row.addWidget(self.demo_button)
+        self.download_offer = DownloadOffer()  # first launch without models: offered beside the folder choice
+        self.download_offer.setVisible(spec.folder is None)
+        self.download_offer.ready.connect(lambda folder: self.chosen.emit(ModelSpec(folder, self.backend_combo.currentText())))
+        self.download_offer.message.connect(self.banner.show_message)
+        row.addWidget(self.download_offer)
         column = QVBoxLayout(self)
         column.setContentsMargins(0, 0, 0, 0)
         column.addLayout(row)

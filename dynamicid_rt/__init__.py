@@ -63,6 +63,9 @@ _LAZY = {
     "face_thumbnail": "dynamicid_rt.identity.photos",
     "latent_to_rgb": "dynamicid_rt.sampling.preview",
     # How a first run's ONNX export goes (Pipeline.load(build_progress=...)).
+    # Real models from the Hugging Face Hub (`dynamicid-rt models pull`).
+    "pull_models": "dynamicid_rt.hub.pull",
+    "default_models_dir": "dynamicid_rt.hub.pull",
     "BuildStatus": "dynamicid_rt.export.progress",
     "BuildProgress": "dynamicid_rt.export.progress",
 }
@@ -71,6 +74,7 @@ if TYPE_CHECKING:
     from .backends import AUTO, BACKEND_OPTIONS, BACKENDS, precision_choices
     from .backends.probes import cpu_fastest_path
     from .export.progress import BuildProgress, BuildStatus
+    from .hub.pull import default_models_dir, pull_models
     from .identity.value import Identity
     from .request import IdentityMatch
     from .modelfiles.lora import LoraRef, parse_lora_arg

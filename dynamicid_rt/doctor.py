@@ -75,7 +75,10 @@ def _cpu_line() -> str:
     return f"CPU: {probes.cpu_model()}; fastest path: {probes.cpu_fastest_path(capabilities)}"
 
 
-def doctor_report(models: Path | None) -> tuple[str, bool]:
+def doctor_report(models: Path | None, overrides: dict[str, Path] | None = None) -> tuple[str, bool]:
+    """The report and whether all is well; ``overrides`` point single parts elsewhere, as
+    ``generate``'s part options do, and the folder is checked as ``generate`` would open it."""
+    overrides = overrides or {}
     lines = [f"python {sys.version.split()[0]} on {platform.platform()}"]
     for dist in ("dynamicid-rt", "numpy", "torch", "diffusers", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu",
                  "openvino", "nncf", "insightface", "tensorrt", "tensorrt-rtx-cu13-bindings", "tensorrt-rtx-cu12-bindings",
@@ -100,17 +103,30 @@ def doctor_report(models: Path | None) -> tuple[str, bool]:
     if models is None:
         lines.append("model folder: none given (--models or $DYNAMICID_MODELS); `dynamicid-rt demo` uses a tiny test bundle")
     else:
+        folder = None
         try:
-            folder = ModelPaths.from_folder(models)
+            folder = ModelPaths.from_folder(models, **overrides)
             problems = folder_problems(folder)
+            if not problems:  # the loaders generate uses, as inspect runs them
+                from .models.checkpoint_report import checkpoint_problems
+                from .models.load_check import load_problems
+
+                problems = checkpoint_problems(folder) or load_problems(folder)
         except DynamicIDError as exc:
             problems = [str(exc)]
         lines.append(f"model folder {models}: " + ("complete" if not problems else "INCOMPLETE"))
         lines += [f"  - {p}" for p in problems]
         ok = ok and not problems
-        face_note = None if problems else ModelPaths.from_folder(models).face_analysis_problem()
+        face_note = None if problems or folder is None else folder.face_analysis_problem()
         if face_note:
             lines.append(f"  note: {face_note}")
+    try:
+        from .export.cache import engines_root
+        from .export.cache_command import total_line
+
+        lines.append(total_line(engines_root()))
+    except (ImportError, OSError) as exc:  # the exporter is not installed, the cache unreadable
+        lines.append(f"engine caches: not read ({exc})")
     from .engines.report import tensorrt_report  # imports TensorRT only when it is installed
 
     lines += tensorrt_report(models)

@@ -43,3 +43,8 @@ class Cancelled(DynamicIDError):
     only computed when called."""
 
     partial_result = None
+
+
+class DownloadError(DynamicIDError):
+    """Getting the models from the Hugging Face Hub failed: a gated or missing repo, no disk space,
+    offline with files missing (the message names what and what to do)."""

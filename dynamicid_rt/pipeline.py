@@ -10,7 +10,6 @@ import logging
 import secrets
 import threading
 import time
-import warnings
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -38,6 +37,7 @@ from .identity.photos import load_photo
 from .models.preflight import check_folder
 from .request import Box, Person, ProgressInfo, Request, Result, default_boxes
 from .modelfiles.model_hash import ModelInfo
+from .sampling.live_preview import PREVIEW_BUDGET, PREVIEW_INTERVAL, DenoisedEstimate, LivePreview
 from .sampling.noise import image_seeds, initial_noise, step_noise_source
 from .sampling.names import sampler_for_scheduler_class
 from .sampling.samplers import run_schedule
@@ -115,6 +115,10 @@ class Pipeline:
             )
         elif isinstance(models, ModelPaths):
             paths = models
+        elif str(models).startswith("hf:"):  # `--models hf:[BASE_REPO]`: the release sources in the HF cache
+            from .hub.pull import paths_from_hub
+
+            paths = paths_from_hub(str(models))
         else:
             paths = ModelPaths.from_folder(models)
             is_tiny = (Path(models) / "tiny_bundle.json").is_file()

@@ -13,7 +13,6 @@ and the standard library (the ONNX Runtime backend runs without torch installed)
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -32,6 +31,7 @@ from .recipes import (
     BUILD_TOLERANCE, CUDA_MODEL_FILE, EXPORTER_VERSION, MODEL_FILE, OPSET, cuda_graph, export_into, graph_precision,
     source_files, source_fingerprint,
 )
+from .cache_admin import mark_used, remember_model
 from .progress import BuildProgress, BuildStatus, BuildTracker
 from .store import MANIFEST, build_folder, build_lock, check_files, read_manifest, remove_abandoned_builds
 
@@ -79,13 +79,30 @@ class CacheEntry:
         return ModelDims(**self.manifest["dims"])
 
 
-def default_engine_dir(paths: ModelPaths) -> Path:
-    """``<user cache>/dynamicid-rt/engines/<hash of the model folder's resolved paths>``."""
+def engines_root() -> Path:
+    """``<user cache>/dynamicid-rt/engines``: the default ONNX cache of every model."""
     import platformdirs
 
-    parts = {k: (str(Path(v).resolve()) if v is not None else None) for k, v in asdict(paths).items()}
-    key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
-    return Path(platformdirs.user_cache_dir("dynamicid-rt")) / "engines" / key
+    return Path(platformdirs.user_cache_dir("dynamicid-rt")) / "engines"
+
+
+def model_key(paths: ModelPaths, root: Path | None = None) -> str:
+    """16 hex digits of the content of the files the engines are built from (the model hash): the
+    byte-identical model at another path has the same key, a changed weight file another. Each
+    file's fingerprint is remembered by path and stat in ``root``, so a warm start reads none."""
+    root = engines_root() if root is None else root
+    remembered = RememberedDigests(root / SOURCES)
+    digest = hashlib.sha256()
+    for name in default_engines(paths):
+        digest.update(f"{name}\0{source_fingerprint(paths, name, remembered)}\0".encode())
+    remembered.save()
+    return digest.hexdigest()[:16]
+
+
+def default_engine_dir(paths: ModelPaths) -> Path:
+    """``<user cache>/dynamicid-rt/engines/<model key>`` (:func:`model_key`, by content, not path)."""
+    root = engines_root()
+    return root / model_key(paths, root)
 
 
 def default_engines(paths: ModelPaths) -> list[str]:
@@ -230,6 +247,7 @@ def build_engines(
     out = []
     try:
         engine_dir.mkdir(parents=True, exist_ok=True)
+        remember_model(engine_dir, str(paths.root or paths.base))
         remove_abandoned_builds(engine_dir)
         for name in names:
             tracker.report(name, "checking")
@@ -256,6 +274,7 @@ def _ensure_entry(
     folder = entry_dir(engine_dir, name, precision)
     manifest, why = (None, "--force") if force else check_entry(folder, expected, verify)
     if manifest is not None:
+        mark_used(folder)
         return CacheEntry(name, precision, folder, manifest, reused=True)
     if folder.exists() or force:
         log.info("rebuilding %s (%s) in %s: %s", name, precision, folder, why)

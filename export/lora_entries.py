@@ -27,6 +27,7 @@ from dynamicid_rt.files.atomic import disk_error
 from dynamicid_rt.modelfiles.lora import LoraFile, cache_key
 from dynamicid_rt.modelfiles.paths import ModelPaths
 
+from .cache_admin import evict_beyond_budget, mark_used
 from .cache import CacheEntry, build_engines, check_entry, contract_record, default_engine_dir, expected_manifest
 from .recipes import CUDA_MODEL_FILE, MODEL_FILE, cuda_graph
 from .store import build_folder, build_lock
@@ -76,6 +77,7 @@ def _ensure(
     expected = _expected(paths, engine, precision, key)
     manifest, why = check_entry(folder, expected)
     if manifest is not None:
+        mark_used(folder)
         return CacheEntry(engine, precision, folder, manifest, reused=True)
     log.info("building %s (%s) with %d LoRA(s) in %s: %s", engine, precision, len(key), folder, why)
     started = time.perf_counter()
@@ -88,6 +90,7 @@ def _ensure(
 
     manifest = build_folder(engine_dir, folder.name, fill)
     log.info("built %s (%s) with LoRAs in %.1f s", engine, precision, time.perf_counter() - started)
+    evict_beyond_budget(engine_dir)  # the oldest LoRA entries and derived copies, never this one (just used)
     return CacheEntry(engine, precision, folder, manifest, reused=False)
 
 

@@ -11,8 +11,9 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-from dynamicid_rt.contract import ENGINES, ModelDims, engine_spec
-from dynamicid_rt.errors import DynamicIDError, ModelFolderError
+from dynamicid_rt.contract import ENGINES, ModelDims
+from dynamicid_rt.errors import DynamicIDError
+from dynamicid_rt.modelfiles.part_files import engine_files
 from dynamicid_rt.modelfiles.paths import ModelPaths
 from dynamicid_rt.files.stamps import RememberedDigests
 
@@ -33,20 +34,9 @@ _FULL_HASH_LIMIT = 256 << 20
 
 
 def source_files(paths: ModelPaths, engine: str) -> list[Path]:
-    """The weight and config files an engine is built from (its ``EngineSpec.sources``)."""
-    roots = [paths.source(part) for part in engine_spec(engine).sources]
-    files: list[Path] = []
-    for root in roots:
-        if root is None:
-            continue
-        root = Path(root)
-        if root.is_dir():
-            files += sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
-        elif root.is_file():
-            files.append(root)
-        else:
-            raise ModelFolderError(f"{engine} needs {root}, which does not exist; check the model folder")
-    return files
+    """The files an engine is built from: exactly those its loader reads (the config and the
+    chosen weights of each of its ``EngineSpec.sources``), not every file of their folders."""
+    return engine_files(paths, engine)
 
 
 def _file_fingerprint(path: Path) -> str:

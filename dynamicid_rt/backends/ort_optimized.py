@@ -68,6 +68,9 @@ def cpu_session(entry: "CacheEntry", new_options: OptionsMaker, make: SessionMak
     def fill(tmp: Path) -> dict:
         options = new_options()
         options.optimized_model_filepath = str(tmp / OPTIMIZED)
+        # ONNX Runtime warns, on every save, that the graph holds optimizations for this CPU: that is
+        # why the copy is keyed by CPU (optimized_key); errors still show.
+        options.log_severity_level = 3
         options.add_session_config_entry("session.optimized_model_external_initializers_file_name", f"{OPTIMIZED}.data")
         options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
         made.append(make(entry.onnx, options))

@@ -18,6 +18,9 @@ from dynamicid_rt import (
     AUTO, BACKEND_OPTIONS, BACKENDS, SAMPLERS, DynamicIDError, __version__, canonical_sampler, parse_lora_arg, precision_choices,
 )
 from dynamicid_rt.messages import user_message
+from dynamicid_rt.modelfiles.part_options import MODELS_HELP, add_part_arguments, part_overrides
+
+from .step_progress import step_progress
 
 if TYPE_CHECKING:
     from dynamicid_rt import BuildStatus
@@ -93,8 +96,7 @@ def _backend_options(args: argparse.Namespace) -> dict[str, bool]:
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--models", type=Path, default=os.environ.get("DYNAMICID_MODELS"),
-                   help="model folder (SPEC layout); default $DYNAMICID_MODELS, else the tiny demo bundle")
+    p.add_argument("--models", type=Path, default=os.environ.get("DYNAMICID_MODELS"), help=MODELS_HELP)
     p.add_argument("--backend", default=AUTO, choices=_backend_choices(),
                    help="one of %(choices)s; auto: the fastest installed backend for this machine, see "
                         "`dynamicid-rt doctor` (default: %(default)s)")
@@ -108,8 +110,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     for option in BACKEND_OPTIONS.values():  # each backend's switches, as the registry declares them
         p.add_argument(option.flag, dest="backend_options", action="append_const", const=option.name,
                        help=f"{_taking(option.name)} {option.help}")
-    p.add_argument("--vae", type=Path, default=None, help="a separate VAE (diffusers folder or .safetensors)")
-    p.add_argument("--tokenizer", type=Path, default=None, help="CLIP tokenizer folder (needed with a single-file base)")
+    add_part_arguments(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,10 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("inspect", help="what a checkpoint or model folder holds and whether it loads")
     i.add_argument("path", type=Path, help="a checkpoint file (.bin/.safetensors) or a model folder")
+    add_part_arguments(i)
 
     dr = sub.add_parser("doctor", help="versions, providers, GPU, and what a model folder lacks")
     dr.add_argument("--models", type=Path, default=os.environ.get("DYNAMICID_MODELS"), metavar="DIR",
                     help="also check this model folder (default: $DYNAMICID_MODELS)")
+    add_part_arguments(dr)
 
     dk = sub.add_parser("desktop", help="start the desktop app (other arguments go to Qt)")
     dk.add_argument("--models", type=Path, default=None, metavar="DIR",
@@ -189,8 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
     except ImportError:  # the exporter's extras are not installed
         register_build_engines = None
     if register_build_engines is not None:
+        from ..export.cache_command import register as register_cache
+
         register_build_engines(sub)
+        register_cache(sub)
     from dynamicid_rt.server.command import register as register_serve  # argparse only; FastAPI loads when it runs
+
+    from .models import register as register_models  # argparse only; huggingface_hub loads when it runs
+
+    register_models(sub)
 
     register_serve(sub, _add_model_args)
     return parser
@@ -227,7 +237,7 @@ def _check_photos(args: argparse.Namespace) -> None:
             raise DynamicIDError(f"photo {path} {kind}; give the path of an image file (PNG, JPEG or WebP)")
         if not os.access(path, os.R_OK):
             raise DynamicIDError(f"photo {path} cannot be read (permission denied); check its permissions")
-    from . import load_photo
+    from .. import load_photo
 
     for photo in [*args.face, *(p for p in args.target_landmarks if p)]:
         load_photo(photo)  # an empty, truncated or non-image file is refused now, not after the export
@@ -272,8 +282,6 @@ class _BuildBar:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from dynamicid_rt import Pipeline, Request, format_parameters, save_image
 
     id_scale = _id_scale(args.id_scale, len(args.face))  # checked before any model loads
@@ -291,13 +299,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     request.validate(people=len(args.face))
     _check_photos(args)
     if request.loras and args.models is not None:
-        from . import check_loras
+        from .. import check_loras
 
         check_loras(args.models, request.loras)  # every layer against the model, before it loads or exports
     outputs = _output_paths(args.out or Path(f"dynamicid-{seed}.png"), args.batch * args.best_of, args)
-    overrides = {k: v for k, v in (("vae", args.vae), ("tokenizer", args.tokenizer)) if v is not None}
+    overrides = part_overrides(args)
     if args.models is not None:  # a decoder the folder lacks, before models load (the tiny bundle has them all)
-        from . import ModelPaths
+        from dynamicid_rt import ModelPaths
 
         ModelPaths.from_folder(args.models, **overrides).decoder_engine(args.decoder)
     build_bar = _BuildBar()
@@ -323,10 +331,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         identities.append(ident)
     request = request.with_updates(identities=identities)
     request.validate()
-    with tqdm(total=None, desc="denoising", unit="step", disable=None) as bar:
-        def progress(info):
-            bar.total = info.total
-            bar.update(info.step - bar.n)
+    with step_progress() as progress:
         result = pipe.generate(request, progress=progress)
     for k, image in enumerate(result.images):
         path = outputs[0] if len(result.images) == 1 else outputs[k + 1]
@@ -357,8 +362,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise DynamicIDError(f"demo portraits missing: {', '.join(missing)}; use `generate --face PHOTO` with real photos")
     kind = "FULL-SIZE RANDOM WEIGHTS" if args.full_size else "TINY RANDOM WEIGHTS"
     print(f"dynamicid-rt demo: {kind} - the image will be noise. This checks that every stage runs.")
-    print("For real images put the DynamicID, SD1.5, CLIP ViT-H/14 and buffalo_l weights in a model folder")
-    print("(layout in README.md) and run: dynamicid-rt generate --models DIR --face PHOTO --prompt ...")
+    print("For real images: dynamicid-rt models pull --dir DIR (about 8 GB: SD1.5, CLIP ViT-H/14, DynamicID, buffalo_l),")
+    print("then: dynamicid-rt generate --models DIR --face PHOTO --prompt ...")
     pipe = Pipeline.load(paths, backend=args.backend)
     people = [
         pipe.encode_identity(faces[0]),
@@ -367,7 +372,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     size = 256 if args.full_size else 512  # full size on a CPU: a short look at the real speed
     steps = args.steps or (4 if args.full_size else 25)
     request = Request(prompt=DEMO_PROMPT, identities=people, steps=steps, seed=42, width=size, height=size)
-    result = pipe.generate(request)
+    with step_progress() as progress:
+        result = pipe.generate(request, progress=progress)
     save_png(result.images[0], args.out, format_parameters(result, 0))
     print(f"wrote {args.out} ({result.timings['total']:.1f} s on {result.backend}: "
           + ", ".join(f"{k} {v:.1f} s" for k, v in result.timings.items() if k != "total") + ")")
@@ -377,7 +383,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from dynamicid_rt.models.inspect import inspect_path
 
-    report, ok = inspect_path(args.path)
+    report, ok = inspect_path(args.path, **part_overrides(args))
     print(report)
     return 0 if ok else 1
 
@@ -385,7 +391,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from dynamicid_rt.doctor import doctor_report
 
-    report, ok = doctor_report(args.models)
+    report, ok = doctor_report(args.models, part_overrides(args))
     print(report)
     return 0 if ok else 1
 

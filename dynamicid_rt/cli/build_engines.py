@@ -9,11 +9,15 @@ from pathlib import Path
 from typing import Iterator
 
 from dynamicid_rt.contract import ENGINES
-from dynamicid_rt.errors import DynamicIDError, ModelFolderError
+from dynamicid_rt.errors import DynamicIDError
+from dynamicid_rt.modelfiles.part_options import MODELS_HELP, add_part_arguments
 
 from ..export import progress
 from ..export.cache import PRECISIONS
 from ..export.progress import BuildStatus
+from .model_folder import model_paths
+
+log = logging.getLogger(__name__)
 
 
 def register(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParser:
@@ -24,10 +28,8 @@ def register(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParse
         description="Export every engine of the model folder to ONNX in the engine cache. Valid cached "
         "engines are reused; stale or corrupt ones are rebuilt.",
     )
-    parser.add_argument(
-        "--models", type=Path, default=os.environ.get("DYNAMICID_MODELS"),
-        help="model folder (SPEC §3 layout; default: $DYNAMICID_MODELS)",
-    )
+    parser.add_argument("--models", type=Path, default=os.environ.get("DYNAMICID_MODELS"), help=MODELS_HELP)
+    add_part_arguments(parser)
     parser.add_argument("--onnx-cache", dest="engine_dir", type=Path, default=None, metavar="DIR",
                         help="the ONNX cache (exported graphs; TensorRT plans go inside it) (default: the user cache)")
     parser.add_argument("--engine-dir", dest="engine_dir", type=Path, default=None, help=argparse.SUPPRESS)  # its old name
@@ -41,7 +43,7 @@ def register(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParse
     )
     parser.add_argument("--force", action="store_true", help="rebuild even valid engines")
     parser.add_argument("--verify", action="store_true", help="re-hash every cached file, even untouched ones")
-    from dynamicid_rt.engines.cli import add_tensorrt_arguments  # light: imports no TensorRT
+    from dynamicid_rt.cli.build_plans import add_tensorrt_arguments  # light: imports no TensorRT
 
     add_tensorrt_arguments(parser)
     parser.set_defaults(handler=run_build_engines)
@@ -52,19 +54,15 @@ def run_build_engines(args: argparse.Namespace) -> int:
     """Handler of ``build-engines``; prints one line per engine and returns the exit status."""
     from tqdm import tqdm
 
-    from dynamicid_rt.modelfiles.paths import ModelPaths
+    from dynamicid_rt.export.cache import build_engines, default_engine_dir, default_engines
 
-    from ..export.cache import build_engines, default_engine_dir, default_engines
-
-    if args.models is None:
-        raise ModelFolderError("build-engines needs the model folder: pass --models DIR or set DYNAMICID_MODELS")
     if args.backend != "onnxruntime":
-        from dynamicid_rt.engines.cli import run_build_plans
+        from dynamicid_rt.cli.build_plans import run_build_plans
 
         return run_build_plans(args)
     if args.static is not None or args.targets:
         raise DynamicIDError("--static and --targets build TensorRT plans: add --backend tensorrt or tensorrt-rtx")
-    paths = ModelPaths.from_folder(args.models)
+    paths = model_paths(args)
     names = args.engines or default_engines(paths)
     engine_dir = args.engine_dir or default_engine_dir(paths)
     with logging_beside_a_bar(), tqdm(total=len(names), unit="engine", desc="build-engines") as bar:

@@ -6,7 +6,6 @@ analysis and hands the faces in (:meth:`dynamicid_rt.Pipeline.check_identities`)
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 import numpy as np

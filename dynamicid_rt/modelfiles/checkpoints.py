@@ -53,7 +53,37 @@ def load_tensor_file(path: str | Path) -> dict:
         raise CheckpointError(_unreadable(path, exc)) from exc
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, expected a dict of tensors")
-    return dict(obj)
+    return unwrap_state(dict(obj), path)
+
+
+# Where training scripts put the weights: Lightning and most trainers under "state_dict", others
+# under "model" / "module"; DataParallel / DDP prefix every key with "module.".
+_WRAPPERS = ("state_dict", "model_state_dict", "model", "module")
+_PARALLEL_PREFIX = "module."
+
+
+def unwrap_state(state: dict, path: Path) -> dict:
+    """The weights of a training checkpoint's wrapper (``{"state_dict": {...}, "epoch": ...}``)
+    and without DataParallel's ``module.`` key prefix, each said in one log line."""
+    for wrapper in _WRAPPERS:
+        inner = state.get(wrapper)
+        if isinstance(inner, Mapping) and not any(hasattr(v, "shape") for v in state.values()):
+            log.info("%s: reading the weights under %r (a training checkpoint's wrapper)", path.name, wrapper)
+            state = dict(inner)
+            break
+    keys = [k for k in state if isinstance(k, str)]
+    if keys and len(keys) == len(state) and all(k.startswith(_PARALLEL_PREFIX) for k in keys):
+        log.info("%s: dropping the %r prefix of every key (saved from DataParallel)", path.name, _PARALLEL_PREFIX)
+        state = {k[len(_PARALLEL_PREFIX):]: v for k, v in state.items()}
+    return {k: (_strip_parallel(v) if isinstance(v, Mapping) else v) for k, v in state.items()}
+
+
+def _strip_parallel(section: Mapping) -> dict:
+    """A section (``SAA_module``...) whose keys all carry DataParallel's prefix, without it."""
+    keys = list(section)
+    if keys and all(isinstance(k, str) and k.startswith(_PARALLEL_PREFIX) for k in keys):
+        return {k[len(_PARALLEL_PREFIX):]: v for k, v in section.items()}
+    return dict(section)
 
 
 def _unreadable(path: Path, exc: Exception) -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -9,15 +10,35 @@ from pathlib import Path
 from ..contract import ENGINES, VAE_SCALE, decoder_engines
 from ..errors import ModelFolderError, RequestError
 
+log = logging.getLogger(__name__)
+
 SD_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 INSIGHTFACE_PACK = "buffalo_l"
 
 
-def _first_existing(folder: Path, names: tuple[str, ...]) -> Path:
-    for name in names:
-        if (folder / name).exists():
-            return folder / name
-    return folder / names[0]
+def checkpoint_file(folder: Path, stem: str) -> Path:
+    """``<stem>.safetensors`` or ``<stem>.bin`` in ``folder``: one rule for both present, the
+    ``.safetensors`` (no pickle), said in the log; the ``.bin`` name where neither is."""
+    safe, pickle = folder / f"{stem}.safetensors", folder / f"{stem}.bin"
+    if safe.exists() and pickle.exists():
+        log.info("%s: reading %s, not %s beside it (.safetensors before .bin)", folder, safe.name, pickle.name)
+    return safe if safe.exists() else pickle
+
+
+def _holds_weights(folder: Path) -> bool:
+    from .part_files import DIFFUSERS, choose_weights
+
+    try:
+        choose_weights(folder, DIFFUSERS, "unet")
+    except ModelFolderError:
+        return False
+    return True
+
+
+def tokenizer_beside(checkpoint: Path) -> Path | None:
+    """The tokenizer folder beside a single-file base (``tokenizer/`` with its files), if any."""
+    folder = checkpoint.parent / "tokenizer"
+    return folder if (folder / "tokenizer.json").is_file() or (folder / "vocab.json").is_file() else None
 
 
 @dataclass(frozen=True)
@@ -49,19 +70,21 @@ class ModelPaths:
         root = Path(root).expanduser()
         _check_readable_folder(root)
         base = root / "base"
-        if base.is_dir() and not (base / "unet").is_dir():
+        # A single file with its configs beside it (unet/config.json and no UNet weights) is a
+        # single-file base, not a diffusers folder.
+        if base.is_dir() and not _holds_weights(base / "unet"):
             singles = sorted(base.glob("*.safetensors"))
             if len(singles) == 1:
                 base = singles[0]
         dyn = root / "dynamicid"
-        imr = _first_existing(dyn, ("IMR.bin", "IMR.safetensors"))
-        kpe = _first_existing(dyn, ("key_point_encoder.bin", "key_point_encoder.safetensors"))
+        imr = checkpoint_file(dyn, "IMR")
+        kpe = checkpoint_file(dyn, "key_point_encoder")
         taesd = root / "taesd"
         paths = cls(
             root=root,
             base=base,
             image_encoder=root / "image_encoder",
-            saa=_first_existing(dyn, ("SAA.bin", "SAA.safetensors")),
+            saa=checkpoint_file(dyn, "SAA"),
             insightface=root / "insightface" / INSIGHTFACE_PACK,
             imr=imr if imr.exists() else None,
             keypoint_encoder=kpe if kpe.exists() else None,
@@ -76,7 +99,10 @@ class ModelPaths:
         if unknown:  # checked before the values: Path() of a wrong type would raise first
             raise ModelFolderError(f"unknown model part(s): {', '.join(sorted(unknown))}; the parts are {', '.join(parts)}")
         given = {k: (Path(v).expanduser() if v is not None else None) for k, v in overrides.items()}
-        return replace(self, **given)
+        paths = replace(self, **given)
+        if paths.base_is_single_file and "tokenizer" not in given and paths.tokenizer is None:
+            paths = replace(paths, tokenizer=tokenizer_beside(paths.base))
+        return paths
 
     @property
     def base_is_single_file(self) -> bool:
@@ -129,7 +155,8 @@ class ModelPaths:
             if not self.base.is_file():
                 out.append(f"base checkpoint {self.base} is missing")
             if self.tokenizer is None:
-                out.append("a single-file base needs a tokenizer folder (--tokenizer DIR with tokenizer.json, or vocab.json and merges.txt)")
+                out.append("a single-file base needs a tokenizer folder (--tokenizer DIR with tokenizer.json, or vocab.json "
+                           f"and merges.txt; or a tokenizer/ folder beside {self.base.name})")
         elif self.base.name == "unet" and (self.base / "config.json").is_file():
             pass  # a bare unet/ folder is enough for load_unet
         else:
@@ -158,6 +185,10 @@ class ModelPaths:
                 out.append(f"{name} checkpoint {path} is missing")
         if (self.imr is None) != (self.keypoint_encoder is None):
             out.append("IMR and key_point_encoder come together: one of them is missing (expression editing is off)")
+        if not out:  # the weights each loader would read, chosen as the loader chooses them
+            from .part_files import source_problems
+
+            out += source_problems(self)
         return out
 
     def face_analysis_problem(self) -> str | None:

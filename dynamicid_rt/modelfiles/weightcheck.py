@@ -134,14 +134,10 @@ def weight_file_problem(path: str | Path) -> str | None:
 
 
 def weight_files(paths: ModelPaths) -> list[Path]:
-    """Every weight file the model folder's parts hold."""
-    found: list[Path] = []
-    for part in (paths.base, paths.vae, paths.image_encoder, paths.saa, paths.projector, paths.imr, paths.keypoint_encoder):
-        if part is None or not part.exists():
-            continue
-        candidates = part.rglob("*") if part.is_dir() else [part]
-        found += sorted(p for p in candidates if p.is_file() and p.suffix in WEIGHT_SUFFIXES and p not in found)
-    return found
+    """Every weight file the loaders read (not the variants and extras real repos carry beside them)."""
+    from .part_files import model_files
+
+    return [p for p in model_files(paths) if p.suffix in WEIGHT_SUFFIXES]
 
 
 def broken_links(paths: ModelPaths) -> list[Path]:

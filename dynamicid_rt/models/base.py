@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..contract import ModelDims
 from ..errors import ModelFolderError
+from ..modelfiles.part_files import DIFFUSERS, RULE, TRANSFORMERS, choose_weights, configs_beside
 from ..modelfiles.paths import ModelPaths
 
 if TYPE_CHECKING:
@@ -30,16 +31,7 @@ log = logging.getLogger(__name__)
 LDM_UNET_PREFIX = "model.diffusion_model."
 LDM_VAE_PREFIX = "first_stage_model."
 LDM_TEXT_PREFIX = "cond_stage_model.transformer."
-
-_WEIGHT_FILES = (
-    "diffusion_pytorch_model.safetensors",
-    "diffusion_pytorch_model.bin",
-    "model.safetensors",
-    "pytorch_model.bin",
-    "diffusion_pytorch_model.safetensors.index.json",
-    "model.safetensors.index.json",
-)
-
+LDM_EMA_PREFIX = "model_ema."  # the UNet's EMA weights, beside the trained ones in some checkpoints
 
 def bundled_sd15_config_dir() -> Path:
     """The SD1.5 diffusers configs shipped with the package (``unet/``, ``vae/``, ``text_encoder/``,
@@ -49,11 +41,10 @@ def bundled_sd15_config_dir() -> Path:
 
 def single_file_config_dir(checkpoint: Path) -> Path:
     """Where the configs of a single-file checkpoint come from: a diffusers-layout folder of
-    configs beside the file (its folder holds ``unet/config.json``), else the bundled SD1.5 ones."""
-    beside = checkpoint.parent
-    if (beside / "unet" / "config.json").is_file():
-        return beside
-    return bundled_sd15_config_dir()
+    configs beside the file, or beside the file a link points to (``models pull --base FILE``
+    links it), else the bundled SD1.5 ones."""
+    beside = configs_beside(checkpoint)
+    return beside if beside is not None else bundled_sd15_config_dir()
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -85,27 +76,38 @@ def _base_part_dir(paths: ModelPaths, part: str) -> Path:
     return base / part
 
 
-def _check_part_dir(folder: Path, what: str) -> None:
-    if not folder.is_dir():
-        raise ModelFolderError(f"{what} folder {folder} is missing (expected a diffusers/transformers model folder)")
-    if not (folder / "config.json").is_file():
+def _pretrained(cls: Any, folder: Path, what: str, dtype: "torch.dtype") -> Any:
+    """``cls.from_pretrained(folder)`` offline, reading the weights :func:`choose_weights` picks
+    (and only those) at ``dtype``, whatever the config's ``torch_dtype`` says; missing weights are
+    errors, not warnings."""
+    if not (Path(folder) / "config.json").is_file():
+        if not Path(folder).is_dir():
+            raise ModelFolderError(f"{what} folder {folder} is missing (expected a diffusers/transformers model folder)")
         raise ModelFolderError(f"{what} folder {folder} lacks config.json")
-    if not any((folder / name).is_file() for name in _WEIGHT_FILES):
-        raise ModelFolderError(
-            f"{what} folder {folder} holds no weights (expected one of {', '.join(_WEIGHT_FILES[:4])})"
-        )
-
-
-def _pretrained(cls: Any, folder: Path, what: str, **kwargs: Any) -> Any:
-    """``cls.from_pretrained(folder)`` offline; missing weights are errors, not warnings."""
-    _check_part_dir(folder, what)
+    diffusers_model = cls.__module__.startswith("diffusers")
+    choice = choose_weights(folder, DIFFUSERS if diffusers_model else TRANSFORMERS, what)
+    if choice.variant or choice.ignored:
+        log.info("%s: reading %s (%s)", what, choice.describe(), RULE)
+    # diffusers calls the dtype argument torch_dtype, transformers 5 dtype.
+    kwargs = {"torch_dtype" if diffusers_model else "dtype": dtype}
     try:
-        model, info = cls.from_pretrained(str(folder), local_files_only=True, output_loading_info=True, **kwargs)
+        model, info = cls.from_pretrained(
+            str(folder), local_files_only=True, output_loading_info=True, variant=choice.variant,
+            use_safetensors=choice.safetensors, **kwargs,
+        )
     except ModelFolderError:
         raise
     except Exception as exc:  # corrupt file, wrong config, shape mismatch...
-        raise ModelFolderError(f"cannot load the {what} from {folder} ({type(exc).__name__}: {exc})") from exc
-    _check_loading(info.get("missing_keys", ()), info.get("mismatched_keys", ()), folder, what)
+        text = str(exc).strip()
+        if "mismatched_sizes" in text or "size mismatch" in text:
+            raise ModelFolderError(
+                f"the {what} weights {folder / choice.name} do not fit {folder / 'config.json'} (tensor sizes differ): "
+                "the config and the weights come from different models; take both from the same repo"
+            ) from exc
+        raise ModelFolderError(
+            f"cannot load the {what} from {folder / choice.name} ({type(exc).__name__}: {text.splitlines()[0] if text else ''})"
+        ) from exc
+    _check_loading(info.get("missing_keys", ()), info.get("mismatched_keys", ()), folder / choice.name, what)
     return model
 
 
@@ -163,6 +165,12 @@ def _single_file_unet(checkpoint: Path) -> "UNet2DConditionModel":
     tensors = _read_prefixed(checkpoint, LDM_UNET_PREFIX)
     if not tensors:
         raise ModelFolderError(f"{checkpoint} holds no UNet weights (no keys starting with {LDM_UNET_PREFIX!r})")
+    if _has_prefix(checkpoint, LDM_EMA_PREFIX):
+        log.info(
+            "%s holds two UNet weight sets: using the trained weights (%s*), as diffusers' single-file loader "
+            "does, not the EMA ones (%s*); for the EMA set use a file that holds only it (SD1.5: "
+            "v1-5-pruned-emaonly.safetensors)", checkpoint.name, LDM_UNET_PREFIX, LDM_EMA_PREFIX,
+        )
     with torch.device("meta"):
         model = UNet2DConditionModel.from_config(config)
     try:
@@ -231,7 +239,7 @@ def load_base_unet(paths: ModelPaths, dtype: "torch.dtype", device: "str | torch
     else:
         from diffusers import UNet2DConditionModel
 
-        model = _pretrained(UNet2DConditionModel, _base_part_dir(paths, "unet"), "UNet", torch_dtype=dtype)
+        model = _pretrained(UNet2DConditionModel, _base_part_dir(paths, "unet"), "UNet", dtype)
     return _finish(model, dtype, device)
 
 
@@ -244,7 +252,7 @@ def load_text_encoder(paths: ModelPaths, dtype: "torch.dtype", device: "str | to
     else:
         from transformers import CLIPTextModel
 
-        model = _pretrained(CLIPTextModel, _base_part_dir(paths, "text_encoder"), "text encoder")
+        model = _pretrained(CLIPTextModel, _base_part_dir(paths, "text_encoder"), "text encoder", dtype)
     return _finish(TextEncoder(model), dtype, device)
 
 
@@ -260,11 +268,11 @@ def load_vae_decoder(paths: ModelPaths, dtype: "torch.dtype", device: "str | tor
             keys_prefix = LDM_VAE_PREFIX if _has_prefix(paths.vae, LDM_VAE_PREFIX) else ""
             vae = _single_file_vae(paths.vae, keys_prefix)
         else:
-            vae = _pretrained(AutoencoderKL, paths.vae, "VAE")
+            vae = _pretrained(AutoencoderKL, paths.vae, "VAE", dtype)
     elif paths.base_is_single_file:
         vae = _single_file_vae(paths.base, LDM_VAE_PREFIX)
     else:
-        vae = _pretrained(AutoencoderKL, _base_part_dir(paths, "vae"), "VAE")
+        vae = _pretrained(AutoencoderKL, _base_part_dir(paths, "vae"), "VAE", dtype)
     return _finish(VAEDecoder(vae), dtype, device)
 
 
@@ -279,13 +287,27 @@ def _has_prefix(checkpoint: Path, prefix: str) -> bool:
 
 
 def load_image_encoder(paths: ModelPaths, dtype: "torch.dtype", device: "str | torch.device" = "cpu") -> "ImageEncoder":
-    """The CLIP vision tower (CLIPVisionModelWithProjection folder) as the ``image_encoder`` engine."""
-    from transformers import CLIPVisionModelWithProjection
-
+    """The CLIP vision tower as the ``image_encoder`` engine, from a vision-only folder
+    (``CLIPVisionModelWithProjection``, h94/IP-Adapter's ``models/image_encoder``) or a full
+    ``CLIPModel`` folder (laion's, whose legacy config gives the vision tower no
+    ``projection_dim``). The projection is not loaded: the engine's output is
+    ``hidden_states[-2]``, which no projection touches, and its width is not in every config."""
     from .encoders import ImageEncoder
 
-    model = _pretrained(CLIPVisionModelWithProjection, paths.image_encoder, "image encoder")
+    model = _pretrained(_vision_tower_class(paths.image_encoder), paths.image_encoder, "image encoder", dtype)
     return _finish(ImageEncoder(model), dtype, device)
+
+
+def _vision_tower_class(folder: Path) -> type:
+    """The transformers class that loads the vision tower of ``folder`` with no weight left over:
+    with its projection where the config is a vision-only one that gives the projection's width,
+    without it for a full CLIPModel (whose legacy config may not give that width)."""
+    from transformers import CLIPVisionModel, CLIPVisionModelWithProjection
+
+    config = _read_json(folder / "config.json", "image encoder config")
+    if "vision_config" not in config and isinstance(config.get("projection_dim"), int):
+        return CLIPVisionModelWithProjection
+    return CLIPVisionModel
 
 
 def read_model_dims(paths: ModelPaths) -> ModelDims:
@@ -322,7 +344,7 @@ def read_model_dims(paths: ModelPaths) -> ModelDims:
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelFolderError(
             f"image encoder config {vision_file} lacks hidden_size/image_size/patch_size ({exc}); "
-            "expected a CLIPVisionModelWithProjection config"
+            "expected a CLIP vision config (or a CLIPModel config with a vision_config)"
         ) from exc
     return ModelDims(
         context_dim=context,

@@ -64,7 +64,7 @@ def describe_checkpoint(path: Path) -> tuple[list[str], bool]:
             keys = sorted(raw)
             lines.append(f"  unknown checkpoint: {len(keys)} keys, e.g. {', '.join(keys[:6])}")
             return lines, False
-    except (DynamicIDError, KeyError, StopIteration, IndexError) as exc:
+    except (DynamicIDError, KeyError, StopIteration, IndexError, AttributeError, TypeError, ValueError) as exc:
         lines.append(f"  loads: NO ({exc})")
         return lines, False
     return lines, True

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import DynamicIDError
+from ..modelfiles.part_options import part_overrides
 from .credentials import parse_auth
 
 log = logging.getLogger("dynamicid_rt")
@@ -57,7 +58,7 @@ def check_serve_args(args: argparse.Namespace) -> tuple[str, list[tuple[str, str
 
 def load_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """``Pipeline.load`` arguments of the model options, as plain values (Ray ships them to replicas)."""
-    overrides = {k: str(v) for k, v in (("vae", args.vae), ("tokenizer", args.tokenizer)) if v is not None}
+    overrides = {k: str(v) for k, v in part_overrides(args).items()}
     return dict(models=str(args.models) if args.models else None, backend=args.backend, device=args.device,
                 precision=args.precision, onnx_cache=str(args.onnx_cache) if args.onnx_cache else None,
                 backend_options=dict.fromkeys(args.backend_options or (), True), **overrides)  # the switch flags given

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import Cancelled, DynamicIDError, NoFaceError, Pipeline, RequestError, Result, format_parameters, latent_to_rgb, save_png
+from .. import Cancelled, DynamicIDError, NoFaceError, Pipeline, RequestError, Result, format_parameters, save_png
 from .a1111 import info_json
 from .jobs import Job, JobQueue
 from .loras import LoraFolder

@@ -5,9 +5,9 @@ import argparse
 
 from dynamicid_rt.errors import DynamicIDError
 
-from .builder import DEFAULT_OPTIMIZATION_LEVEL, BuildSettings
-from .library import LIBRARIES
-from .profiles import StaticSize
+from ..engines.builder import DEFAULT_OPTIMIZATION_LEVEL, BuildSettings
+from ..engines.library import LIBRARIES
+from ..engines.profiles import StaticSize
 
 PLAN_BACKENDS = tuple(dict.fromkeys(lib.backend for lib in LIBRARIES))
 
@@ -55,14 +55,14 @@ def run_build_plans(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from dynamicid_rt.export.cache import default_engine_dir
-    from dynamicid_rt.modelfiles.paths import ModelPaths
+    from .model_folder import model_paths
 
-    from .build import build_plans
-    from .cuda import gpu_here
-    from .library import load
+    from ..engines.build import build_plans
+    from ..engines.cuda import gpu_here
+    from ..engines.library import load
 
     lib = load(args.backend, f"build-engines --backend {args.backend}")  # before any export: fail fast
-    paths = ModelPaths.from_folder(args.models)
+    paths = model_paths(args)
     engine_dir = args.engine_dir or default_engine_dir(paths)
     settings = BuildSettings(workspace_gib=args.workspace, optimization_level=args.opt_level, targets=args.targets)
     plans = build_plans(
