@@ -114,8 +114,7 @@ def plan_pull(sources: list[Source], fp16: bool = False, token: str | bool | Non
             cached = isinstance(try_to_load_from_cache(source.repo_id, name, revision=revision), str) or isinstance(
                 try_to_load_from_cache(source.repo_id, name, revision="main"), str)
             plan.files.append(PlannedFile(source, name, int(meta.size or 0), meta.etag or "", cached))
-    plan.insightface_cached = (_insightface_dir(insightface_root) / "det_10g.onnx").is_file() or any(
-        _insightface_dir(insightface_root).glob("*.onnx"))
+    plan.insightface_cached = any(_insightface_dir(insightface_root).glob("*.onnx"))
     return plan
 
 

@@ -13,7 +13,9 @@ def inspect_path(path: Path, **overrides: str | Path | None) -> tuple[str, bool]
     """Human-readable report of a checkpoint file or a model folder (with parts pointed elsewhere
     by ``overrides``, as ``generate`` takes them), and whether it loads."""
     path = Path(path)
-    if path.is_file() and not overrides:
+    if path.is_file():
+        if overrides:
+            return f"{path} is a file: the part options (--base, --vae...) apply to a model folder", False
         lines, ok = describe_checkpoint(path)
         return "\n".join(lines), ok
     if not path.is_dir():
