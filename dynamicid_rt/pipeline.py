@@ -118,7 +118,7 @@ class Pipeline:
         cache = Path(cache_dir) if cache_dir is not None else _user_cache_dir()
         engine = create_backend(
             backend, paths, device=device, precision=precision, engine_dir=Path(onnx_cache) if onnx_cache else None,
-            build_progress=build_progress, **backend_options,
+            build_progress=build_progress, **(backend_options or {}),
         )
         return cls(paths, engine, cache, is_tiny=is_tiny)
 

@@ -244,7 +244,7 @@ def test_module_imports_no_torch():
 
 # --- what a diffusers user gets by swapping the scheduler of the real SD1.5 config ----------------
 
-SD15_FILE = Path(samplers.__file__).parent / "data" / "sd15" / "scheduler" / "scheduler_config.json"
+SD15_FILE = Path(samplers.__file__).parents[1] / "data" / "sd15" / "scheduler" / "scheduler_config.json"
 
 
 def swapped_scheduler(name: str, config_file: Path):
