@@ -168,3 +168,43 @@ def test_zero_strength_returns_the_picture(tiny_pipeline):
     assert not calls  # int(5 x 0.1) = 0 steps: the encoded picture, decoded
     assert np.array_equal(result.latents, tiny_pipeline.backend.run("vae_encoder", {
         "image": (photo.astype(np.float32) / 127.5 - 1.0).transpose(2, 0, 1)[None]})["latent"])
+
+
+def test_cli_inpaints_a_photo_and_writes_a1111_parameters(tiny_bundle, samples, tmp_path):
+    from PIL import Image
+
+    from dynamicid_rt import parse_parameters, read_parameters
+    from dynamicid_rt.cli import main
+
+    photo, mask = _photo(3), np.zeros((SIZE, SIZE), np.uint8)
+    mask[:, 128:] = 255
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    out = tmp_path / "out.png"
+    code = main(["generate", "--models", str(tiny_bundle), "--backend", "torch", "--face", str(samples / "person_a.png"),
+                 "--prompt", "a person by the door", "--init-image", str(tmp_path / "photo.png"), "--strength", "0.6",
+                 "--mask", str(tmp_path / "mask.png"), "--mask-blur", "0", "--steps", "5", "--seed", "2",
+                 "--sampler", "euler", "--out", str(out)])
+    assert code == 0
+    image = np.asarray(Image.open(out).convert("RGB"))
+    assert image.shape == photo.shape and np.array_equal(image[:, :128], photo[:, :128])
+    fields = parse_parameters(read_parameters(out))
+    assert fields["strength"] == 0.6 and fields["mask_blur"] == 0 and (fields["width"], fields["height"]) == (SIZE, SIZE)
+    # The person's box defaults to the mask's region (the right half).
+    assert fields["boxes"] == [(0.0, 0.5, 1.0, 1.0)]
+
+
+def test_cli_refuses_a_mask_without_a_picture_and_never_overwrites_the_photo(tiny_bundle, tmp_path, caplog):
+    from PIL import Image
+
+    from dynamicid_rt.cli import main
+
+    Image.fromarray(_photo()).save(tmp_path / "photo.png")
+    Image.fromarray(np.full((SIZE, SIZE), 255, np.uint8)).save(tmp_path / "mask.png")
+    assert main(["generate", "--models", str(tiny_bundle), "--prompt", "x", "--mask", str(tmp_path / "mask.png")]) != 0
+    assert "give the picture with --init-image" in caplog.text
+    before = (tmp_path / "photo.png").read_bytes()
+    assert main(["generate", "--models", str(tiny_bundle), "--prompt", "x", "--init-image", str(tmp_path / "photo.png"),
+                 "--out", str(tmp_path / "photo.png")]) != 0
+    assert (tmp_path / "photo.png").read_bytes() == before
+    assert "photo.png" in caplog.text.splitlines()[-1]
