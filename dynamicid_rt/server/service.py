@@ -14,6 +14,7 @@ from pathlib import Path
 from .. import Cancelled, DynamicIDError, Pipeline, RequestError, Result, format_parameters, latent_to_rgb, save_png
 from .a1111 import info_json
 from .jobs import Job, JobQueue
+from .img2img import Img2ImgRequest, make_img2img_plan
 from .plan import Plan, make_plan
 from .schema import ProgressResponse, ProgressState, QueueInfo, Txt2ImgRequest, Txt2ImgResponse
 
@@ -33,6 +34,9 @@ class Service:
 
     def plan(self, body: Txt2ImgRequest) -> Plan:
         return make_plan(body, self._load_identity)
+
+    def plan_img2img(self, body: Img2ImgRequest) -> Plan:
+        return make_img2img_plan(body, self._load_identity)
 
     def _load_identity(self, data: bytes, what: str):
         """A saved identity from its bytes, through Pipeline.load_identity: the file it reads is
