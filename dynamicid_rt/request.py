@@ -11,7 +11,7 @@ import numpy as np
 from .errors import RequestError
 from .modelfiles.lora import check_lora_refs
 from .modelfiles.model_hash import ModelInfo
-from .sampling.masks import boxes_from_mask, mask_alpha
+from .sampling.masks import boxes_from_mask, latent_mask, mask_alpha
 from .sampling.start_image import SIZE_RANGE as START_SIZE_RANGE, check_start_image, image_array
 from .sampling.names import canonical_sampler
 
@@ -124,6 +124,11 @@ class Request:
     def mask_alpha(self) -> np.ndarray | None:
         """The mask, blurred by ``mask_blur``, as (height, width) alpha in [0, 1] (1 = repaint)."""
         return None if self.mask is None else mask_alpha(image_array(self.mask, "mask", "L"), self.mask_blur)
+
+    def mask_cells(self) -> np.ndarray | None:
+        """The latent cells the sampler repaints, (1, 1, height/8, width/8) of 0 and 1 (None: no mask)."""
+        alpha = self.mask_alpha()
+        return None if alpha is None else latent_mask(alpha)
 
     def id_scales(self) -> list[float]:
         """Each identity's strength (SPEC §1.5 σ): a single number applies to everyone."""

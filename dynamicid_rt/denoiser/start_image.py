@@ -10,7 +10,6 @@ import numpy as np
 from ..backends.base import Backend
 from ..errors import NumericalError
 from ..request import Request
-from ..sampling.masks import latent_mask
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -25,12 +24,12 @@ class StartImage:
     pixels: np.ndarray  # (H, W, 3) uint8, the init image as given
     latent: np.ndarray  # (1, 4, H/8, W/8) float32, scaled as the UNet takes latents
     alpha: np.ndarray | None  # (H, W) float in [0, 1], the blurred mask (1 = repaint); None: img2img
+    cells: np.ndarray | None  # (1, 1, H/8, W/8): the latent cells the sampler repaints
     strength: float
 
     def sampler_inputs(self) -> dict[str, object]:
         """The keywords :func:`~dynamicid_rt.sampling.samplers.run_schedule` takes for this start."""
-        cells = None if self.alpha is None else latent_mask(self.alpha)
-        return {"init_latent": self.latent, "strength": self.strength, "mask": cells}
+        return {"init_latent": self.latent, "strength": self.strength, "mask": self.cells}
 
     def composite(self, image: "Image.Image") -> "Image.Image":
         """``image`` over the init image through the mask: pixels the mask leaves at 0 are the
@@ -58,4 +57,4 @@ def encode_start_image(backend: Backend, request: Request) -> StartImage | None:
         latent = backend.run_fp32(ENGINE, inputs)["latent"]  # a reduced-precision VAE can overflow
         if not np.all(np.isfinite(latent)):
             raise NumericalError("the VAE encoder produced NaN/inf values; try fp32 precision or check the model files")
-    return StartImage(pixels, latent.astype(np.float32), request.mask_alpha(), float(request.strength))
+    return StartImage(pixels, latent.astype(np.float32), request.mask_alpha(), request.mask_cells(), float(request.strength))
