@@ -208,3 +208,21 @@ def test_cli_refuses_a_mask_without_a_picture_and_never_overwrites_the_photo(tin
                  "--out", str(tmp_path / "photo.png")]) != 0
     assert (tmp_path / "photo.png").read_bytes() == before
     assert "photo.png" in caplog.text.splitlines()[-1]
+
+
+def test_a_nine_channel_inpainting_unet_is_refused_in_one_line_at_load(tiny_bundle, tmp_path):
+    import json
+    import shutil
+
+    from dynamicid_rt import Pipeline
+    from dynamicid_rt.errors import ModelFolderError
+
+    root = tmp_path / "inpainting"
+    shutil.copytree(tiny_bundle, root)
+    config_file = root / "base" / "unet" / "config.json"
+    config = json.loads(config_file.read_text())
+    config["in_channels"] = 9  # what runwayml's SD1.5 inpainting UNet declares
+    config_file.write_text(json.dumps(config))
+    with pytest.raises(ModelFolderError, match="9 input channels: an SD1.5 inpainting checkpoint") as caught:
+        Pipeline.load(root, backend="torch", cache_dir=tmp_path / "cache")
+    assert "\n" not in str(caught.value)
