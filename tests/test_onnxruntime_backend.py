@@ -122,7 +122,7 @@ def test_runs_without_torch_on_prebuilt_engines(tiny, engine_dir):
         backend = OnnxRuntimeBackend(ModelPaths.from_folder({str(tiny.root)!r}), device="cpu", engine_dir={str(engine_dir)!r})
         shapes = {{}}
         for engine in ENGINES:
-            point = {{"h": 32, "w": 32}} if engine in ("unet", "vae_decoder") else {{}}
+            point = {{"h": 32, "w": 32}} if ENGINES[engine].sized else {{}}
             out = backend.run(engine, ENGINES[engine].sample_inputs(backend.dims, **point))
             shapes[engine] = {{k: list(v.shape) for k, v in out.items()}}
         inputs = ENGINES["unet"].sample_inputs(backend.dims, h=32, w=32)
@@ -140,6 +140,7 @@ def test_runs_without_torch_on_prebuilt_engines(tiny, engine_dir):
     assert report["shapes"]["unet"]["noise_pred"] == [2, 4, 32, 32]
     assert report["shapes"]["imr"]["edited_tokens"] == [1, 4, c]
     assert report["shapes"]["vae_decoder"]["image"] == [1, 3, 256, 256]
+    assert report["shapes"]["vae_encoder"]["latent"] == [1, 4, 32, 32]
 
 
 def test_missing_engine_is_built_on_load(tiny, engine_dir, tmp_path):
