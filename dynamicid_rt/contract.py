@@ -266,6 +266,17 @@ TAESD_DECODER = EngineSpec(
     decoder="taesd",
     previews=True,
 )
+VAE_ENCODER = EngineSpec(
+    "vae_encoder",
+    inputs=(TensorSpec("image", ("B", 3, "8*h", "8*w")),),
+    outputs=(TensorSpec("latent", ("B", "latent_c", "h", "w")),),
+    axes=(Axis("B", 1, 1, 4), Axis("h", 32, 64, 128), Axis("w", 32, 64, 128)),
+    loader="dynamicid_rt.models.base:load_vae_encoder",
+    sources=("base/vae",),
+    fp32_in_fp16=True,  # the same VAE, the same fp16 overflow as the decoder
+    bf16=True,
+    one_image_per_call=True,
+)
 
 # v2: ``id_scale`` per person (N) and the imr output named ``edited_tokens`` (v1: (1) and ``id_tokens``).
 CONTRACT_VERSION = 2
@@ -273,7 +284,7 @@ CONTRACT_VERSION = 2
 CONTRACT_CHANGES = {2: "per-person id_scale, imr output edited_tokens"}
 
 ENGINES: dict[str, EngineSpec] = {
-    e.name: e for e in (TEXT_ENCODER, IMAGE_ENCODER, FACE_PROJECTOR, IMR, UNET, VAE_DECODER, TAESD_DECODER)
+    e.name: e for e in (TEXT_ENCODER, IMAGE_ENCODER, FACE_PROJECTOR, IMR, UNET, VAE_DECODER, TAESD_DECODER, VAE_ENCODER)
 }
 
 # The engines user LoRAs change, in the order LoRA cache keys are listed.

@@ -42,6 +42,7 @@ from .sampling.noise import image_seeds, initial_noise, step_noise_source
 from .sampling.names import sampler_for_scheduler_class
 from .sampling.samplers import run_schedule
 from .sampling.schedules import SchedulerConfig, sampling_schedule
+from .denoiser.start_image import ENGINE as VAE_ENCODER, encode_start_image
 from .denoiser.unet_feed import identity_inputs, unet_feed
 
 log = logging.getLogger(__name__)
@@ -300,6 +301,7 @@ class Pipeline:
             # Host-side noise: the same seed gives the same image start on every backend and device.
             noise = initial_noise(seeds, (4, lh, lw))
 
+        start = encode_start_image(self.backend, request)  # img2img / inpainting: the picture's latent
         # Loaded while the text encoder runs, where the backend can.
         self.backend.prepare([UNET.name, *([preview_engine] if preview_engine else [])])
         t = time.perf_counter()
@@ -312,7 +314,7 @@ class Pipeline:
         # Sampling and decoding run without them: a backend may free their plans for the peak ahead
         # (the VAE decode's, measured at full size: OpenVINO fp32's text encoder held 0.9 GB of it;
         # importing its plan again at the next request takes 0.2 s).
-        self.backend.release([*IDENTITY_ENGINES, TEXT_ENCODER.name])
+        self.backend.release([*IDENTITY_ENGINES, TEXT_ENCODER.name, VAE_ENCODER])
         # CFG over batch chunks that fit the UNet profile, each chunk size bound once for all steps.
         denoise = GuidedUNet(
             self.backend, states, identity, batch, request.guidance,
@@ -343,7 +345,8 @@ class Pipeline:
 
         if cancel is not None and cancel.is_set():
             raise Cancelled("cancelled before the first step")
-        latents = run_schedule(schedule, estimate, noise, noise_source=step_noise_source(seeds), callback=on_step, gamma=request.tcd_gamma)
+        latents = run_schedule(schedule, estimate, noise, noise_source=step_noise_source(seeds), callback=on_step,
+                               gamma=request.tcd_gamma, **(start.sampler_inputs() if start else {}))
         timings["denoise"] = time.perf_counter() - t_sample
         if preview.frames:
             timings["previews"] = preview.spent  # within "denoise"
@@ -356,6 +359,8 @@ class Pipeline:
 
         t = time.perf_counter()
         images = [self._decode(latents[i : i + 1], decoder) for i in range(batch)]
+        if start is not None:
+            images = [start.composite(image) for image in images]  # unmasked pixels stay the photo's own
         timings["decode"] = time.perf_counter() - t
         self.backend.generation_done()
         timings["total"] = time.perf_counter() - t_start

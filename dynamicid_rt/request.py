@@ -12,6 +12,8 @@ from .contract import decoder_engines
 from .errors import RequestError
 from .modelfiles.lora import check_lora_refs
 from .modelfiles.model_hash import ModelInfo
+from .sampling.masks import boxes_from_mask, latent_mask, mask_alpha
+from .sampling.start_image import SIZE_RANGE as START_SIZE_RANGE, check_start_image, image_array
 from .sampling.names import canonical_sampler
 
 if TYPE_CHECKING:
@@ -20,7 +22,7 @@ if TYPE_CHECKING:
 
 Box = tuple[float, float, float, float]  # (y0, x0, y1, x1) in [0, 1] of the image
 MAX_IDENTITIES = 4
-SIZE_RANGE = (256, 1024)
+SIZE_RANGE = START_SIZE_RANGE  # the sides the UNet's profiles take
 # Bounds of the numeric settings: wide enough for any use, narrow enough that nothing overflows
 # (guidance 1e300 made NaN at step 2, -1e300 an image of noise).
 NUMBER_RANGES = {"guidance": (0.0, 100.0), "boost": (0.0, 100.0), "mix": (0.0, 1.0)}
@@ -97,6 +99,14 @@ class Request:
     loras: Sequence[tuple[str | Path, float]] = ()
     tcd_gamma: float = 0.3  # the tcd sampler's stochasticity (diffusers' eta), from 0 to 1
     decoder: str = "vae"  # final images: "vae" (the full VAE) or "taesd" (the tiny autoencoder, fast)
+    # img2img: start from this picture (a PIL image or (H, W, 3) uint8 array of width x height),
+    # running the last int(steps x strength) steps (A1111's "Denoising strength").
+    init_image: "Image.Image | np.ndarray | None" = None
+    strength: float = 0.75
+    # Inpainting: repaint only where this mask (the init image's size) is white; the rest of the
+    # picture stays as it was, bit for bit. ``mask_blur``: A1111's "Mask blur", in pixels.
+    mask: "Image.Image | np.ndarray | None" = None
+    mask_blur: int = 4
 
     # How far this Request is checked: "" not since a field was assigned, "fields", or "validated".
     _checked: ClassVar[str] = ""
@@ -104,8 +114,23 @@ class Request:
 
     def resolved_boxes(self) -> list[Box]:
         if self.boxes is None:
+            if self.identities and self.mask is not None:
+                return boxes_from_mask(self.mask_alpha(), len(self.identities))  # type: ignore[arg-type]
             return default_boxes(len(self.identities)) if self.identities else []
         return [tuple(float(v) for v in b) for b in self.boxes]  # type: ignore[misc]
+
+    def init_pixels(self) -> np.ndarray | None:
+        """The init image as (height, width, 3) uint8, or None for a txt2img request."""
+        return None if self.init_image is None else image_array(self.init_image, "init_image", "RGB")
+
+    def mask_alpha(self) -> np.ndarray | None:
+        """The mask, blurred by ``mask_blur``, as (height, width) alpha in [0, 1] (1 = repaint)."""
+        return None if self.mask is None else mask_alpha(image_array(self.mask, "mask", "L"), self.mask_blur)
+
+    def mask_cells(self) -> np.ndarray | None:
+        """The latent cells the sampler repaints, (1, 1, height/8, width/8) of 0 and 1 (None: no mask)."""
+        alpha = self.mask_alpha()
+        return None if alpha is None else latent_mask(alpha)
 
     def id_scales(self) -> list[float]:
         """Each identity's strength (SPEC §1.5 σ): a single number applies to everyone."""
@@ -194,6 +219,7 @@ class Request:
             raise RequestError(f"tcd_gamma={self.tcd_gamma!r}: must be a number from 0 to 1 (0.3 is the usual value)")
         if not isinstance(self.decoder, str) or self.decoder not in decoder_engines():
             raise RequestError(f"decoder={self.decoder!r}: use one of {', '.join(decoder_engines())}")
+        self._validate_start_image()
         self._sampler_name = sampler_name
         if not self._checked:
             self._checked = "fields"
@@ -211,10 +237,16 @@ class Request:
             raise RequestError(
                 f"id_scale has {len(self.id_scale)} value(s) for {n} identities: give one number for everyone or one per identity"
             )
+        if n and self.mask is not None and self.boxes is None:
+            self.resolved_boxes()  # the mask's regions must give each person a box
         if self.best_of > 1 and n == 0:
             raise RequestError("best_of ranks results by each person's likeness: add at least one face, or set best_of=1")
         if self.best_of > 1 and (self.batch != 1 or self.initial_latents is not None):
             raise RequestError("best_of draws one image per seed: use batch=1 and no initial_latents with it")
+
+    def _validate_start_image(self) -> None:
+        """img2img and inpainting: strength and blur in range, image and mask of the request's size."""
+        check_start_image(self.init_image, self.strength, self.mask, self.mask_blur, self.width, self.height)
 
     def _validate_texts(self) -> None:
         """Text the tokenizer and the PNG parameters can take: UTF-8 encodable (no lone surrogate,

@@ -75,7 +75,7 @@ def build_plans(
     export_progress: BuildProgress | None = None,
 ) -> list[PlanEntry]:
     """The plans of ``engines`` (default: all the model folder provides) at ``precision``: the dynamic
-    plan of each and, with ``static``, a static plan of each size-dependent engine (unet, vae_decoder).
+    plan of each and, with ``static``, a static plan of each size-dependent engine (unet, vae_decoder, vae_encoder).
     ``gpu``: the GPU plans are built on (None: none here; only libraries that build without one).
     ``progress`` follows the plans; ``export_progress`` the ONNX export before them."""
     from dynamicid_rt.export.cache import build_engines, default_engine_dir, default_engines

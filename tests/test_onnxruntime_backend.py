@@ -140,6 +140,7 @@ def test_runs_without_torch_on_prebuilt_engines(tiny, engine_dir):
     assert report["shapes"]["unet"]["noise_pred"] == [2, 4, 32, 32]
     assert report["shapes"]["imr"]["edited_tokens"] == [1, 4, c]
     assert report["shapes"]["vae_decoder"]["image"] == [1, 3, 256, 256]
+    assert report["shapes"]["vae_encoder"]["latent"] == [1, 4, 32, 32]
 
 
 def test_missing_engine_is_built_on_load(tiny, engine_dir, tmp_path):

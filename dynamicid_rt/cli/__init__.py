@@ -132,8 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--box", action="append", default=[], type=_box, metavar="Y0,X0,Y1,X1", help="per person region (fractions)")
     g.add_argument("--prompt", required=True, help="what the image shows (CLIP's 77-token limit; longer is cut with a warning)")
     g.add_argument("--negative-prompt", default="", metavar="TEXT", help="what to steer away from (default: none)")
-    g.add_argument("--size", type=_size, default=(512, 512), metavar="WxH",
-                   help="image size, multiples of 64 from 256 to 1024 (default: 512x512)")
+    g.add_argument("--size", type=_size, default=None, metavar="WxH",
+                   help="image size, multiples of 64 from 256 to 1024 (default: 512x512, or the --init-image's size)")
+    g.add_argument("--init-image", type=Path, default=None, metavar="PHOTO",
+                   help="img2img: start from this picture (its size, unless --size)")
+    g.add_argument("--strength", type=float, default=0.75, metavar="S",
+                   help="with --init-image: how much to change, 0-1; runs int(steps x S) steps (default: %(default)s)")
+    g.add_argument("--mask", type=Path, default=None, metavar="PNG",
+                   help="with --init-image: repaint only where this mask is white; the rest stays bit-exact")
+    g.add_argument("--mask-blur", type=int, default=4, metavar="PX", help="with --mask: its blur in pixels (default: %(default)s)")
     g.add_argument("--steps", type=int, default=50, help="sampler steps, 1-1000 (default: %(default)s)")
     g.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale; 1 turns it off (default: %(default)s)")
     g.add_argument("--sampler", type=_sampler, default="default", choices=("default", *SAMPLERS), metavar="NAME",
@@ -226,10 +233,29 @@ def _id_scale(values: list[float], count: int) -> float | list[float]:
     return values
 
 
+def _input_photos(args: argparse.Namespace) -> list:
+    """Every picture the command reads (outputs never replace one)."""
+    pictures = [getattr(args, "init_image", None), getattr(args, "mask", None)]
+    return [*args.face, *(p for p in args.target_landmarks if p), *(p for p in pictures if p)]
+
+
+def _start_images(args: argparse.Namespace) -> dict:
+    """--init-image and --mask as Request fields (read without any model)."""
+    from dynamicid_rt import load_photo
+
+    if args.mask is not None and args.init_image is None:
+        raise DynamicIDError("--mask repaints part of a picture: give the picture with --init-image too")
+    start = {}
+    if args.init_image is not None:
+        start["init_image"] = load_photo(args.init_image)
+    if args.mask is not None:
+        start["mask"] = load_photo(args.mask)
+    return start
+
+
 def _check_photos(args: argparse.Namespace) -> None:
-    """Every --face and --target-landmarks photo is a readable image file (decoded once), before any
-    model loads or any engine is exported."""
-    for photo in [*args.face, *(p for p in args.target_landmarks if p)]:
+    """Every --face, --target-landmarks, --init-image and --mask picture is a readable file, before any model loads."""
+    for photo in _input_photos(args):
         path = Path(photo).expanduser()
         if not path.is_file():
             kind = ("is a folder" if path.is_dir() else "is not a regular file (a FIFO, device or socket)" if path.exists()
@@ -247,7 +273,7 @@ def _output_paths(out: Path, count: int, args: argparse.Namespace) -> list[Path]
     """``out``, then ``out-0``, ``out-1``... for several images; each checked against the inputs."""
     from dynamicid_rt import check_output_path
 
-    inputs = [*args.face, *(p for p in args.target_landmarks if p)]
+    inputs = _input_photos(args)
     names = [out] + ([out.with_name(f"{out.stem}-{k}{out.suffix}") for k in range(count)] if count > 1 else [])
     return [check_output_path(name, inputs) for name in names]
 
@@ -285,7 +311,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from dynamicid_rt import Pipeline, Request, format_parameters, save_image
 
     id_scale = _id_scale(args.id_scale, len(args.face))  # checked before any model loads
-    width, height = args.size
+    _check_photos(args)
+    start = _start_images(args)
+    width, height = args.size or (start["init_image"].shape[1::-1] if "init_image" in start else (512, 512))
     # A seed drawn here names the default output, so the output path is checked before any work.
     seed = args.seed if args.seed is not None else secrets.randbelow(2**32)
     request = Request(
@@ -295,11 +323,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         boost=args.boost, boost_steps=args.boost_steps, mix=args.mix,
         check_identities=args.check_identities, best_of=args.best_of,
         loras=[(ref.path, ref.scale) for ref in args.lora], tcd_gamma=args.tcd_gamma, decoder=args.decoder,
+        strength=args.strength, mask_blur=args.mask_blur, **start,
     )
     request.validate(people=len(args.face))
-    _check_photos(args)
     if request.loras and args.models is not None:
-        from .. import check_loras
+        from dynamicid_rt import check_loras
 
         check_loras(args.models, request.loras)  # every layer against the model, before it loads or exports
     outputs = _output_paths(args.out or Path(f"dynamicid-{seed}.png"), args.batch * args.best_of, args)

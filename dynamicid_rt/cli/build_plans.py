@@ -34,7 +34,7 @@ def add_tensorrt_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--static", type=_static, default=None, metavar="WxH",
-        help="tensorrt(-rtx): also build static-shape plans of unet and vae_decoder for this size (faster, CUDA graphs)",
+        help="tensorrt(-rtx): also build static-shape plans of the size-dependent engines (unet, the VAE) for this size (faster, CUDA graphs)",
     )
     parser.add_argument(
         "--workspace", type=float, default=None, metavar="GIB",

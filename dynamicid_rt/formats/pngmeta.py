@@ -66,6 +66,10 @@ def format_parameters(result: "Result", index: int = 0, *, lora_hashes: Mapping[
     if result.model is not None:
         fields += [("Model hash", result.model.hash), ("Model", result.model.name)]
     fields.append(("VAE", vae))
+    if getattr(req, "init_image", None) is not None:  # img2img and inpainting, as A1111 writes them
+        fields.append(("Denoising strength", req.strength))
+        if req.mask is not None:
+            fields.append(("Mask blur", req.mask_blur))
     if lora_hashes is None:  # the LoRAs the pipeline merged (a result-like object may have none)
         lora_hashes = getattr(result, "lora_hashes", None)
     if lora_hashes:
@@ -228,6 +232,8 @@ _FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "Face prompts": ("face_prompts", _texts),
     "People": ("people", _texts),
     "Lora hashes": ("lora_hashes", parse_lora_hashes),
+    "Denoising strength": ("strength", _float),
+    "Mask blur": ("mask_blur", _int),
 }
 
 

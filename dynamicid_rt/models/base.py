@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from .encoders import ImageEncoder, TextEncoder, VAEDecoder
+    from .encoders import ImageEncoder, TextEncoder, VAEDecoder, VAEEncoder
 
 log = logging.getLogger(__name__)
 
@@ -256,24 +256,33 @@ def load_text_encoder(paths: ModelPaths, dtype: "torch.dtype", device: "str | to
     return _finish(TextEncoder(model), dtype, device)
 
 
-def load_vae_decoder(paths: ModelPaths, dtype: "torch.dtype", device: "str | torch.device" = "cpu") -> "VAEDecoder":
-    """The VAE decoder engine; ``paths.vae`` (a diffusers VAE folder or a single-file VAE
-    ``.safetensors``) overrides the base's own VAE."""
+def _load_vae(paths: ModelPaths, dtype: "torch.dtype") -> "AutoencoderKL":
+    """The SD VAE; ``paths.vae`` (a diffusers VAE folder or a single-file VAE ``.safetensors``)
+    overrides the base's own."""
     from diffusers import AutoencoderKL
-
-    from .encoders import VAEDecoder
 
     if paths.vae is not None:
         if paths.vae.suffix == ".safetensors":
             keys_prefix = LDM_VAE_PREFIX if _has_prefix(paths.vae, LDM_VAE_PREFIX) else ""
-            vae = _single_file_vae(paths.vae, keys_prefix)
-        else:
-            vae = _pretrained(AutoencoderKL, paths.vae, "VAE", dtype)
-    elif paths.base_is_single_file:
-        vae = _single_file_vae(paths.base, LDM_VAE_PREFIX)
-    else:
-        vae = _pretrained(AutoencoderKL, _base_part_dir(paths, "vae"), "VAE", dtype)
-    return _finish(VAEDecoder(vae), dtype, device)
+            return _single_file_vae(paths.vae, keys_prefix)
+        return _pretrained(AutoencoderKL, paths.vae, "VAE", dtype)
+    if paths.base_is_single_file:
+        return _single_file_vae(paths.base, LDM_VAE_PREFIX)
+    return _pretrained(AutoencoderKL, _base_part_dir(paths, "vae"), "VAE", dtype)
+
+
+def load_vae_decoder(paths: ModelPaths, dtype: "torch.dtype", device: "str | torch.device" = "cpu") -> "VAEDecoder":
+    """The VAE decoder engine (of the base's VAE, or ``paths.vae``)."""
+    from .encoders import VAEDecoder
+
+    return _finish(VAEDecoder(_load_vae(paths, dtype)), dtype, device)
+
+
+def load_vae_encoder(paths: ModelPaths, dtype: "torch.dtype", device: "str | torch.device" = "cpu") -> "VAEEncoder":
+    """The VAE encoder engine (img2img, inpainting), of the same VAE as the decoder."""
+    from .encoders import VAEEncoder
+
+    return _finish(VAEEncoder(_load_vae(paths, dtype)), dtype, device)
 
 
 def _has_prefix(checkpoint: Path, prefix: str) -> bool:

@@ -52,3 +52,17 @@ class VAEDecoder(nn.Module):
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
         image = self.vae.decode(latent, return_dict=False)[0]
         return image.clamp(-1.0, 1.0)
+
+
+class VAEEncoder(nn.Module):
+    """``image`` (B,3,8h,8w) in [-1, 1] -> ``latent`` (B,4,h,w): the posterior mean times the latent
+    scale (the VAE config's ``scaling_factor``, 0.18215 for SD1.5), as the UNet takes latents."""
+
+    def __init__(self, vae: nn.Module) -> None:
+        super().__init__()
+        self.vae = vae
+        self.scale = float(getattr(vae.config, "scaling_factor", None) or 0.18215)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        # The mean, not a sample: the same photo gives the same latent on every backend.
+        return self.vae.encode(image, return_dict=False)[0].mean * self.scale

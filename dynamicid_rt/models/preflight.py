@@ -26,6 +26,7 @@ MAX_INT = 1 << 20  # anything else (vocabularies, timesteps)
 _WIDTH_WORDS = ("channels", "dim", "hidden_size", "intermediate_size", "heads", "size")
 _DEPTH_WORDS = ("layers", "blocks", "depth")
 _CONFIG_PARTS = ("unet", "vae", "text_encoder")
+INPAINTING_UNET_CHANNELS = 9  # latent 4 + mask 1 + masked-image latent 4 (runwayml's inpainting UNet)
 
 
 def folder_problems(paths: ModelPaths) -> list[str]:
@@ -77,6 +78,10 @@ def config_problems(paths: ModelPaths) -> list[str]:
         return [str(exc)]
     except (TypeError, ValueError, ZeroDivisionError) as exc:  # e.g. patch_size 0
         return [f"the model's configs give no usable sizes ({type(exc).__name__}: {exc}); restore the config files"]
+    if dims.latent_channels == INPAINTING_UNET_CHANNELS:
+        return [f"the UNet takes {INPAINTING_UNET_CHANNELS} input channels: an SD1.5 inpainting checkpoint, which "
+                "dynamicid-rt does not run (the SAA weights are trained on 4-channel SD1.5); use the base SD1.5 "
+                "model and inpaint with its --mask / Request(mask=...)"]
     bounds = {"context_dim": MAX_WIDTH, "clip_width": MAX_WIDTH, "clip_image_size": 4096, "clip_tokens": 1 << 16,
               "text_len": 4096, "latent_channels": 64}
     return [f"the model's configs give {name}={getattr(dims, name)!r}, outside 1..{hi}; restore the config files"

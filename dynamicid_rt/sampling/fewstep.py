@@ -21,7 +21,8 @@ from .schedules import Schedule
 
 Eps = Callable[[np.ndarray, float, int], np.ndarray]
 """``eps(x, t, step) -> float64 epsilon`` (the checked denoiser of :mod:`dynamicid_rt.sampling.samplers`)."""
-Report = Callable[[int, int, np.ndarray], None]
+Report = Callable[[int, int, np.ndarray], np.ndarray]
+"""``end_step(step, total, x) -> x`` after each step (inpainting may re-impose its known region)."""
 NoiseSource = Callable[[tuple[int, ...]], np.ndarray]
 
 SIGMA_DATA = 0.5  # LCM's boundary-condition constant (diffusers hard-codes it too)
@@ -37,11 +38,11 @@ def _x0(x: np.ndarray, eps: np.ndarray, a_t: float) -> np.ndarray:
     return (x - math.sqrt(1.0 - a_t) * eps) / math.sqrt(a_t)
 
 
-def sample_lcm(eps: Eps, noise: np.ndarray, schedule: Schedule, noise_source: NoiseSource, report: Report) -> np.ndarray:
+def sample_lcm(eps: Eps, x: np.ndarray, schedule: Schedule, noise_source: NoiseSource, report: Report) -> np.ndarray:
     """LCM multistep sampling (LCMScheduler): denoise to the consistency estimate, re-noise to the next t."""
     ac, final, ts = schedule.alphas_cumprod, schedule.final_alpha, schedule.timesteps
     timestep_scaling = schedule.config.timestep_scaling
-    x = np.asarray(noise, dtype=np.float64)
+    x = np.asarray(x, dtype=np.float64)
     for i, t in enumerate(ts):
         e = eps(x, t, i)
         c_skip, c_out = boundary_scalings(t, timestep_scaling)
@@ -53,13 +54,13 @@ def sample_lcm(eps: Eps, noise: np.ndarray, schedule: Schedule, noise_source: No
             x = math.sqrt(a_prev) * denoised + math.sqrt(1.0 - a_prev) * z
         else:
             x = denoised
-        report(i, len(ts), x)
+        x = report(i, len(ts), x)
     return x.astype(np.float32)
 
 
 def sample_tcd(
     eps: Eps,
-    noise: np.ndarray,
+    x: np.ndarray,
     schedule: Schedule,
     gamma: float,
     noise_source: NoiseSource,
@@ -70,7 +71,7 @@ def sample_tcd(
     if not (isinstance(gamma, (int, float, np.floating)) and 0.0 <= gamma <= 1.0):
         raise RequestError(f"gamma={gamma!r}: TCD's stochasticity must lie in [0, 1] (0.3 is the usual value)")
     ac, final, ts = schedule.alphas_cumprod, schedule.final_alpha, schedule.timesteps
-    x = np.asarray(noise, dtype=np.float64)
+    x = np.asarray(x, dtype=np.float64)
     for i, t in enumerate(ts):
         e = eps(x, t, i)
         t_prev = int(ts[i + 1]) if i < len(ts) - 1 else 0
@@ -84,5 +85,5 @@ def sample_tcd(
             x = math.sqrt(a_prev / a_s) * noised + math.sqrt(1.0 - a_prev / a_s) * z
         else:
             x = noised
-        report(i, len(ts), x)
+        x = report(i, len(ts), x)
     return x.astype(np.float32)

@@ -28,6 +28,7 @@ import numpy as np
 
 from ..errors import RequestError
 from .fewstep import sample_lcm, sample_tcd
+from .img2img import KeepKnown, img2img_schedule, keep_known, noised
 from .names import SAMPLER_ALIASES, SAMPLERS, canonical_sampler, sampler_for_scheduler_class
 from .schedules import (
     Schedule,
@@ -67,6 +68,7 @@ __all__ = [
     "sample_pndm",
     "sample_tcd",
     "sampler_for_scheduler_class",
+    "start_sample",
     "sampling_schedule",
     "sigma_to_t",
     "timesteps",
@@ -93,11 +95,31 @@ def _report(callback: Callback | None, step: int, total: int, x: np.ndarray) -> 
         callback(step, total, x.astype(np.float32))
 
 
-def sample_ddim(denoise: Denoiser, noise: np.ndarray, schedule: Schedule, callback: Callback | None = None) -> np.ndarray:
+def _end_step(keep: KeepKnown | None, callback: Callback | None, step: int, total: int, x: np.ndarray) -> np.ndarray:
+    """After each step: inpainting's known region re-imposed (``keep``), then the callback."""
+    if keep is not None:
+        x = keep(step, x)
+    _report(callback, step, total, x)
+    return x
+
+
+def start_sample(schedule: Schedule, noise: np.ndarray, init_latent: np.ndarray | None = None) -> np.ndarray:
+    """The sample a sampler steps from, in its own space (float64): unit ``noise`` scaled to the
+    schedule's initial σ (txt2img), or ``init_latent`` noised with it to the schedule's first step
+    (img2img, :mod:`dynamicid_rt.sampling.img2img`)."""
+    if init_latent is not None:
+        return noised(schedule, 0, init_latent, noise)
+    x = np.asarray(noise, dtype=np.float64)
+    return x * _init_sigma(schedule) if schedule.sampler in ("euler", "euler_a") else x
+
+
+def sample_ddim(
+    denoise: Denoiser, x: np.ndarray, schedule: Schedule, callback: Callback | None = None, keep: KeepKnown | None = None
+) -> np.ndarray:
     """DDIM, eta 0 (DDIMScheduler); with a trailing schedule, Hyper-SD's ``ddim_trailing``."""
     ac, final, stride = schedule.alphas_cumprod, schedule.final_alpha, schedule.stride
     ts = schedule.timesteps
-    x = np.asarray(noise, dtype=np.float64)
+    x = np.asarray(x, dtype=np.float64)
     for i, t in enumerate(ts):
         eps = _call(denoise, x, t, i)
         a_t = ac[int(t)]
@@ -105,7 +127,7 @@ def sample_ddim(denoise: Denoiser, noise: np.ndarray, schedule: Schedule, callba
         a_prev = ac[prev] if prev >= 0 else final
         x0 = (x - math.sqrt(1.0 - a_t) * eps) / math.sqrt(a_t)
         x = math.sqrt(a_prev) * x0 + math.sqrt(1.0 - a_prev) * eps
-        _report(callback, i, len(ts), x)
+        x = _end_step(keep, callback, i, len(ts), x)
     return x.astype(np.float32)
 
 
@@ -115,27 +137,30 @@ def _init_sigma(schedule: Schedule) -> float:
     return math.sqrt(sigma_max**2 + 1.0) if schedule.config.timestep_spacing == "leading" else sigma_max
 
 
-def sample_euler(denoise: Denoiser, noise: np.ndarray, schedule: Schedule, callback: Callback | None = None) -> np.ndarray:
+def sample_euler(
+    denoise: Denoiser, x: np.ndarray, schedule: Schedule, callback: Callback | None = None, keep: KeepKnown | None = None
+) -> np.ndarray:
     """Euler (EulerDiscreteScheduler, no churn)."""
     ts, sig = schedule.timesteps, schedule.sigmas
-    x = np.asarray(noise, dtype=np.float64) * _init_sigma(schedule)
+    x = np.asarray(x, dtype=np.float64)
     for i, t in enumerate(ts):
         eps = _call(denoise, x / math.sqrt(sig[i] ** 2 + 1.0), t, i)
         x = x + eps * (sig[i + 1] - sig[i])
-        _report(callback, i, len(ts), x)
+        x = _end_step(keep, callback, i, len(ts), x)
     return x.astype(np.float32)
 
 
 def sample_euler_ancestral(
     denoise: Denoiser,
-    noise: np.ndarray,
+    x: np.ndarray,
     schedule: Schedule,
     noise_source: NoiseSource,
     callback: Callback | None = None,
+    keep: KeepKnown | None = None,
 ) -> np.ndarray:
     """Euler ancestral (EulerAncestralDiscreteScheduler); draws fresh noise at every step."""
     ts, sig = schedule.timesteps, schedule.sigmas
-    x = np.asarray(noise, dtype=np.float64) * _init_sigma(schedule)
+    x = np.asarray(x, dtype=np.float64)
     for i, t in enumerate(ts):
         s, s_next = sig[i], sig[i + 1]
         eps = _call(denoise, x / math.sqrt(s**2 + 1.0), t, i)
@@ -144,15 +169,17 @@ def sample_euler_ancestral(
         # Drawn at the last step too (σ_up = 0 there) so the noise stream matches diffusers'.
         z = np.asarray(noise_source(x.shape), dtype=np.float64)
         x = x + eps * (s_down - s) + z * s_up
-        _report(callback, i, len(ts), x)
+        x = _end_step(keep, callback, i, len(ts), x)
     return x.astype(np.float32)
 
 
-def sample_dpmpp_2m(denoise: Denoiser, noise: np.ndarray, schedule: Schedule, callback: Callback | None = None) -> np.ndarray:
+def sample_dpmpp_2m(
+    denoise: Denoiser, x: np.ndarray, schedule: Schedule, callback: Callback | None = None, keep: KeepKnown | None = None
+) -> np.ndarray:
     """DPM-Solver++(2M) (DPMSolverMultistepScheduler, order 2, final σ 0; Karras σ for ``dpmpp_2m_karras``)."""
     ts, sig = schedule.timesteps, schedule.sigmas
     # Work on VP samples x = α(x0 + σ·eps) with α = 1/sqrt(σ²+1); λ = -log σ.
-    x = np.asarray(noise, dtype=np.float64)
+    x = np.asarray(x, dtype=np.float64)
     x0_prev = None
     for i, t in enumerate(ts):
         s, s_next = sig[i], sig[i + 1]
@@ -173,11 +200,13 @@ def sample_dpmpp_2m(denoise: Denoiser, noise: np.ndarray, schedule: Schedule, ca
             else:
                 x = x_first + a_next * ((ratio - 1.0) / h + 1.0) * d1
         x0_prev = x0
-        _report(callback, i, len(ts), x)
+        x = _end_step(keep, callback, i, len(ts), x)
     return x.astype(np.float32)
 
 
-def sample_pndm(denoise: Denoiser, noise: np.ndarray, schedule: Schedule, callback: Callback | None = None) -> np.ndarray:
+def sample_pndm(
+    denoise: Denoiser, x: np.ndarray, schedule: Schedule, callback: Callback | None = None, keep: KeepKnown | None = None
+) -> np.ndarray:
     """PLMS (PNDMScheduler with skip_prk_steps): steps+1 model calls."""
     ac, final, stride = schedule.alphas_cumprod, schedule.final_alpha, schedule.stride
     ts = schedule.timesteps
@@ -188,7 +217,7 @@ def sample_pndm(denoise: Denoiser, noise: np.ndarray, schedule: Schedule, callba
         denom = a_t * math.sqrt(1.0 - a_prev) + math.sqrt(a_t * (1.0 - a_t) * a_prev)
         return math.sqrt(a_prev / a_t) * x - (a_prev - a_t) * eps / denom
 
-    x = np.asarray(noise, dtype=np.float64)
+    x = np.asarray(x, dtype=np.float64)
     history: list[np.ndarray] = []  # last eps predictions, newest last
     x_start = x
     for i, t_float in enumerate(ts):
@@ -209,7 +238,7 @@ def sample_pndm(denoise: Denoiser, noise: np.ndarray, schedule: Schedule, callba
             else:
                 combined = (55.0 * e[0] - 59.0 * e[1] + 37.0 * e[2] - 9.0 * e[3]) / 24.0
             x = move(x, t, t - stride, combined)
-        _report(callback, i, len(ts), x)
+        x = _end_step(keep, callback, i, len(ts), x)
     return x.astype(np.float32)
 
 
@@ -242,16 +271,23 @@ def run_schedule(
     noise_source: NoiseSource | None = None,
     callback: Callback | None = None,
     gamma: float = 0.3,
+    init_latent: np.ndarray | None = None,
+    strength: float = 1.0,
+    mask: np.ndarray | None = None,
 ) -> np.ndarray:
     """Run ``schedule.sampler`` over ``schedule`` from unit Gaussian ``noise`` (B,4,h,w); returns the
     final latent, float32.
 
-    The sampler scales ``noise`` by the scheduler's initial σ itself. Euler a, LCM and TCD draw
+    The sampler starts from ``noise`` scaled to the schedule's initial σ (:func:`start_sample`).
+    With ``init_latent`` (img2img, the encoded image (1 or B,4,h,w)) it runs the last
+    ``int(steps × strength)`` steps from ``init_latent`` noised with ``noise`` to the first of them,
+    and with ``mask`` too ((1 or B,1,h,w), 1 = repaint) it re-imposes the rest from ``init_latent``
+    after every step (inpainting, :mod:`dynamicid_rt.sampling.img2img`). Euler a, LCM and TCD draw
     their step noise from ``noise_source(shape)`` when given (the pipeline passes one stream per image,
     :func:`dynamicid_rt.sampling.noise.step_noise_source`; tests replay another implementation's noise),
     else from ``rng.standard_normal`` (a fresh unseeded generator when ``rng`` is None).
-    ``callback(step, total, latent)`` runs after every model call, ``total`` being
-    :func:`num_model_calls`; an exception raised from it stops sampling and propagates. ``gamma``
+    ``callback(step, total, latent)`` runs after every model call, ``total`` being the calls this run
+    makes; an exception raised from it stops sampling and propagates. ``gamma``
     is TCD's stochasticity (diffusers' ``eta``), unused by the other samplers.
     """
     if rng is not None and noise_source is not None:
@@ -259,21 +295,31 @@ def run_schedule(
     noise = np.asarray(noise)
     if noise.ndim != 4 or not np.issubdtype(noise.dtype, np.floating):
         raise RequestError(f"noise must be a float (B,4,h,w) array, got {noise.dtype} {noise.shape}")
+    if mask is not None and init_latent is None:
+        raise RequestError("a mask needs the image it repaints: pass init_latent too")
+    keep = None
+    if init_latent is not None:
+        schedule = img2img_schedule(schedule, strength)
+        if mask is not None:
+            keep = keep_known(schedule, init_latent, noise, mask)
+        if len(schedule.timesteps) == 0:  # strength too low for one step: the image as it is
+            return np.broadcast_to(np.asarray(init_latent, np.float32), noise.shape).copy()
+    x = start_sample(schedule, noise, init_latent)
     name = schedule.sampler
     if name in ("ddim", "ddim_trailing"):
-        return sample_ddim(denoise, noise, schedule, callback)
+        return sample_ddim(denoise, x, schedule, callback, keep)
     if name == "euler":
-        return sample_euler(denoise, noise, schedule, callback)
+        return sample_euler(denoise, x, schedule, callback, keep)
     if noise_source is None:
         generator = rng if rng is not None else np.random.default_rng()
         noise_source = generator.standard_normal
     if name == "euler_a":
-        return sample_euler_ancestral(denoise, noise, schedule, noise_source, callback)
+        return sample_euler_ancestral(denoise, x, schedule, noise_source, callback, keep)
     if name in ("lcm", "tcd"):
-        eps, report = partial(_call, denoise), partial(_report, callback)
+        eps, end_step = partial(_call, denoise), partial(_end_step, keep, callback)
         if name == "lcm":
-            return sample_lcm(eps, noise, schedule, noise_source, report)
-        return sample_tcd(eps, noise, schedule, gamma, noise_source, report)
+            return sample_lcm(eps, x, schedule, noise_source, end_step)
+        return sample_tcd(eps, x, schedule, gamma, noise_source, end_step)
     if name in ("dpmpp_2m", "dpmpp_2m_karras"):
-        return sample_dpmpp_2m(denoise, noise, schedule, callback)
-    return sample_pndm(denoise, noise, schedule, callback)
+        return sample_dpmpp_2m(denoise, x, schedule, callback, keep)
+    return sample_pndm(denoise, x, schedule, callback, keep)

@@ -69,7 +69,7 @@ def info_json(plan: Plan, results: Sequence[Result], model: ModelInfo) -> str:
         "sd_vae_hash": None,
         "seed_resize_from_w": -1,
         "seed_resize_from_h": -1,
-        "denoising_strength": None,
+        "denoising_strength": first.strength if first.init_image is not None else None,
         "extra_generation_params": {"DynamicID identities": len(plan.people)},
         "index_of_first_image": 0,
         "infotexts": infotexts,

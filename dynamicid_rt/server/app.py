@@ -21,6 +21,7 @@ from . import a1111
 from .schema import (
     ErrorResponse, LoraModel, ProgressResponse, Sampler, Scheduler, ScriptsList, SDModel, Txt2ImgRequest, Txt2ImgResponse,
 )
+from .img2img import Img2ImgRequest
 from .service import Service
 from .middleware import BasicAuth, ReplicaHeader, UploadCap, error_response
 
@@ -68,8 +69,15 @@ def create_app(service: Service, auth: Sequence[tuple[str, str]] = (), max_uploa
 
     @app.post("/sdapi/v1/txt2img", response_model=Txt2ImgResponse, responses=_ERRORS)
     async def txt2img(body: Txt2ImgRequest, request: Request):
+        return await generate(service.plan, body, request)
+
+    @app.post("/sdapi/v1/img2img", response_model=Txt2ImgResponse, responses=_ERRORS)
+    async def img2img(body: Img2ImgRequest, request: Request):
+        return await generate(service.plan_img2img, body, request)
+
+    async def generate(make_plan, body: Txt2ImgRequest, request: Request):
         try:
-            plan = await run_in_threadpool(service.plan, body)
+            plan = await run_in_threadpool(make_plan, body)
         except DynamicIDError as exc:  # the request's fields, its photos, faces and LoRA files
             return error_response(422, user_message(exc))
         if service.stopping.is_set():
@@ -98,7 +106,7 @@ def create_app(service: Service, auth: Sequence[tuple[str, str]] = (), max_uploa
         except (RequestError, ImageError) as exc:  # e.g. no face in a photo: found when encoding it
             return error_response(422, user_message(exc))
         except DynamicIDError as exc:
-            log.error("txt2img failed: %s", user_message(exc))
+            log.error("%s failed: %s", request.url.path.rpartition("/")[2], user_message(exc))
             return error_response(500, user_message(exc))
         return await run_in_threadpool(service.response, plan, results)
 
@@ -137,6 +145,6 @@ def create_app(service: Service, auth: Sequence[tuple[str, str]] = (), max_uploa
 
     @app.get("/sdapi/v1/scripts", response_model=ScriptsList)
     async def scripts() -> dict:
-        return {"txt2img": ["dynamicid"], "img2img": []}
+        return {"txt2img": ["dynamicid"], "img2img": ["dynamicid"]}
 
     return app

@@ -19,6 +19,7 @@ import numpy as np
 from .. import Cancelled, DynamicIDError, NoFaceError, Pipeline, RequestError, Result, format_parameters, save_png
 from .a1111 import info_json
 from .jobs import Job, JobQueue
+from .img2img import Img2ImgRequest, make_img2img_plan
 from .loras import LoraFolder
 from .plan import Arrival, Plan, make_plan
 from .schema import ProgressResponse, ProgressState, QueueInfo, Txt2ImgRequest, Txt2ImgResponse
@@ -80,6 +81,9 @@ class Service:
         """The server is stopping: jobs end at their next step and their clients get a 503."""
         self.stopping.set()
         self.queue.close(timeout=0)
+
+    def plan_img2img(self, body: Img2ImgRequest) -> Plan:
+        return make_img2img_plan(body, self._arrival)
 
     def _load_identity(self, data: bytes, what: str):
         """A saved identity from its bytes, through Pipeline.load_identity: the file it reads is
