@@ -23,7 +23,7 @@ DIFFUSERS = ("diffusion_pytorch_model",)
 TRANSFORMERS = ("model", "pytorch_model")
 _WEIGHT = re.compile(r"(?P<stem>diffusion_pytorch_model|model|pytorch_model)(?:\.(?P<variant>[A-Za-z0-9_]+))?\.(?P<ext>safetensors|bin)")
 _INDEX = re.compile(r"(?P<stem>diffusion_pytorch_model|model|pytorch_model)\.(?P<ext>safetensors|bin)\.index(?:\.(?P<variant>[A-Za-z0-9_]+))?\.json")
-DIFFUSERS_PARTS = ("unet", "vae")  # the base's parts diffusers loads; text_encoder is transformers'
+DIFFUSERS_PARTS = ("unet", "vae", "taesd")  # the parts diffusers loads (the base's unet/vae, taesd/); the others are transformers'
 RULE = "full precision before variants (fp16 first), .safetensors before .bin"
 
 
@@ -118,7 +118,7 @@ def part_files(paths, part: str) -> list[Path]:
         return [root]
     if not root.is_dir():
         raise ModelFolderError(f"{part} needs {root}, which does not exist; check the model folder")
-    stems = DIFFUSERS if part.partition("/")[2] in DIFFUSERS_PARTS else TRANSFORMERS
+    stems = DIFFUSERS if part.rpartition("/")[2] in DIFFUSERS_PARTS else TRANSFORMERS
     choice = choose_weights(root, stems, part)
     return [root / "config.json", *choice.files]
 

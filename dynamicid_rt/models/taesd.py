@@ -35,5 +35,5 @@ def load_taesd_decoder(paths: "ModelPaths", dtype: torch.dtype, device: str | to
     """The decoder of the ``AutoencoderTiny`` folder ``paths.taesd`` (its encoder is not kept)."""
     from diffusers import AutoencoderTiny
 
-    tiny = _pretrained(AutoencoderTiny, paths.taesd, "TAESD")
+    tiny = _pretrained(AutoencoderTiny, paths.taesd, "TAESD", dtype)
     return _finish(TinyDecoder(tiny.decoder), dtype, device)
