@@ -12,6 +12,7 @@ LCM LoRA; merged weights cost nothing per step, so the timing is the same with o
 
     python benchmarks/bench_taesd.py --tiny          # a quick functional run, any machine
     python benchmarks/bench_taesd.py                 # full size: bundle ~7 GB, engines ~5 GB, written once
+    python benchmarks/bench_taesd.py --decode-only   # just the two decoders, best of --repeats each
 """
 from __future__ import annotations
 
@@ -61,6 +62,30 @@ def runs(models: Path, engine_dir: Path, size: int, backend: str) -> dict:
     return {"backend": description, "size": size, "runs": out, "ratios": ratios}
 
 
+def decoders_only(models: Path, engine_dir: Path, size: int, backend: str, repeats: int) -> dict:
+    """The two decoder engines alone on one latent, alternating, best of ``repeats`` each (after a
+    warm-up call that compiles or allocates), so a busy machine's noise hits both alike."""
+    import numpy as np
+
+    from dynamicid_rt import Pipeline
+
+    latent = np.random.default_rng(SEED).standard_normal((1, 4, size // 8, size // 8)).astype(np.float32) / 0.18215
+    with tempfile.TemporaryDirectory(prefix="bench-taesd-") as cache:
+        pipe = Pipeline.load(models, backend=backend, device="cpu", onnx_cache=engine_dir, cache_dir=cache)
+        best = {}
+        for engine in ("vae_decoder", "taesd_decoder"):
+            pipe.backend.run(engine, {"latent": latent})
+        for _ in range(repeats):
+            for engine in ("vae_decoder", "taesd_decoder"):
+                start = time.perf_counter()
+                pipe.backend.run(engine, {"latent": latent})
+                best[engine] = min(best.get(engine, float("inf")), time.perf_counter() - start)
+        description = pipe.describe()
+        pipe.close()
+    return {"backend": description, "size": size, "best_s": best,
+            "ratios": {"VAE decode / TAESD decode": best["vae_decoder"] / best["taesd_decoder"]}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="the tiny bundle (toy widths): a quick functional run")
@@ -68,6 +93,8 @@ def main() -> None:
     parser.add_argument("--onnx-cache", dest="engine_dir", type=Path, default=None)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--backend", default="auto", help="default: auto, the fastest CPU backend installed here")
+    parser.add_argument("--decode-only", action="store_true", help="time only the two decoders (best of --repeats)")
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     args = parser.parse_args()
 
@@ -77,6 +104,10 @@ def main() -> None:
     models = args.models or (default_tiny_dir() if args.tiny else default_full_size_dir())
     paths = write_tiny_bundle(models, full_size=not args.tiny)
     engine_dir = args.engine_dir or default_engine_dir(paths)
+    if args.decode_only:
+        results = decoders_only(models, engine_dir, args.size, args.backend, args.repeats)
+        print(json.dumps(results, indent=1))
+        return
     results = runs(models, engine_dir, args.size, args.backend)
     for name, value in results["ratios"].items():
         print(f"{name:34s} {value:7.1f}x")
