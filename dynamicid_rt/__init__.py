@@ -74,21 +74,20 @@ if TYPE_CHECKING:
     from .backends import AUTO, BACKEND_OPTIONS, BACKENDS, precision_choices
     from .backends.probes import cpu_fastest_path
     from .export.progress import BuildProgress, BuildStatus
+    from .formats.lora_tags import lora_short_hash, prompt_loras
+    from .formats.outputs import check_output_path, save_image
+    from .formats.pngmeta import format_parameters, parse_parameters, read_parameters, save_png
     from .hub.pull import default_models_dir, pull_models
+    from .identity.photos import face_thumbnail, load_photo
     from .identity.value import Identity
-    from .request import IdentityMatch
     from .modelfiles.lora import LoraRef, parse_lora_arg
     from .modelfiles.lora_fit import check_loras
-    from .formats.lora_tags import lora_short_hash, prompt_loras
+    from .modelfiles.model_hash import ModelInfo
     from .modelfiles.paths import ModelPaths
     from .pipeline import Pipeline
-    from .identity.photos import face_thumbnail, load_photo
-    from .formats.pngmeta import format_parameters, parse_parameters, read_parameters, save_png
-    from .sampling.preview import latent_to_rgb
-    from .request import MAX_IDENTITIES, SIZE_RANGE, Box, Person, ProgressInfo, Request, Result, default_boxes
-    from .modelfiles.model_hash import ModelInfo
-    from .formats.outputs import check_output_path, save_image
+    from .request import MAX_IDENTITIES, SIZE_RANGE, Box, IdentityMatch, Person, ProgressInfo, Request, Result, default_boxes
     from .sampling.names import SAMPLERS, canonical_sampler
+    from .sampling.preview import latent_to_rgb
     from .sampling.schedules import max_sampler_steps
 
 

@@ -17,33 +17,32 @@ import numpy as np
 
 from .backends import create_backend, supports
 from .backends.base import Backend
-from .identity.best_of import generate_best_of
-from .decoding import check_finite, decode_pixels
 from .contract import ENGINES, IDENTITY_ENGINES, TEXT_ENCODER, UNET, decoder_engines
+from .decoding import check_finite, decode_pixels
+from .denoiser.guided_unet import GuidedUNet
+from .denoiser.start_image import ENGINE as VAE_ENCODER
+from .denoiser.start_image import encode_start_image
+from .denoiser.unet_feed import identity_inputs, unet_feed
 from .errors import Cancelled, RequestError
 from .export.progress import BuildProgress
-from .modelfiles.fingerprint import identity_model_fingerprint
-from .denoiser.guided_unet import GuidedUNet
-from .identity.value import Identity, check_same_model, load_saved
-from .request import IdentityMatch
+from .formats.lora_tags import lora_hashes, strip_lora_tags, with_prompt_tags
+from .identity.best_of import generate_best_of
 from .identity.check import match_identities, reference_embeddings
 from .identity.encoder import IdentityEncoder
-from .load_checks import check_load_arguments
-from .modelfiles.lora import check_lora_refs, load_loras
-from .formats.lora_tags import lora_hashes, strip_lora_tags, with_prompt_tags
-from .modelfiles.model_hash import describe_model
-from .modelfiles.paths import ModelPaths, vae_scaling_factor
 from .identity.photos import load_photo
+from .identity.value import Identity, check_same_model, load_saved
+from .load_checks import check_load_arguments
+from .modelfiles.fingerprint import identity_model_fingerprint
+from .modelfiles.lora import check_lora_refs, load_loras
+from .modelfiles.model_hash import ModelInfo, describe_model
+from .modelfiles.paths import ModelPaths, vae_scaling_factor
 from .models.preflight import check_folder
-from .request import Box, Person, ProgressInfo, Request, Result, default_boxes
-from .modelfiles.model_hash import ModelInfo
+from .request import Box, IdentityMatch, Person, ProgressInfo, Request, Result, default_boxes
 from .sampling.live_preview import PREVIEW_BUDGET, PREVIEW_INTERVAL, DenoisedEstimate, LivePreview
-from .sampling.noise import image_seeds, initial_noise, step_noise_source
 from .sampling.names import sampler_for_scheduler_class
+from .sampling.noise import image_seeds, initial_noise, step_noise_source
 from .sampling.samplers import run_schedule
 from .sampling.schedules import SchedulerConfig, sampling_schedule
-from .denoiser.start_image import ENGINE as VAE_ENCODER, encode_start_image
-from .denoiser.unet_feed import identity_inputs, unet_feed
 
 log = logging.getLogger(__name__)
 

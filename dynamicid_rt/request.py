@@ -13,8 +13,9 @@ from .errors import RequestError
 from .modelfiles.lora import check_lora_refs
 from .modelfiles.model_hash import ModelInfo
 from .sampling.masks import boxes_from_mask, latent_mask, mask_alpha
-from .sampling.start_image import SIZE_RANGE as START_SIZE_RANGE, check_start_image, image_array
 from .sampling.names import canonical_sampler
+from .sampling.start_image import SIZE_RANGE as START_SIZE_RANGE
+from .sampling.start_image import check_start_image, image_array
 
 if TYPE_CHECKING:
     from PIL import Image

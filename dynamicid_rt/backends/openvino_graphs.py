@@ -27,9 +27,9 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from dynamicid_rt.files.atomic import atomic_write
 from dynamicid_rt.errors import OutputError
 from dynamicid_rt.export.store import build_lock, check_file, file_record, read_manifest, write_manifest
+from dynamicid_rt.files.atomic import atomic_write
 
 if TYPE_CHECKING:
     from dynamicid_rt.export.cache import CacheEntry

@@ -12,10 +12,10 @@ import torch
 from ..contract import ENGINES, LORA_ENGINES, EngineSpec
 from ..modelfiles.lora import LoraFile, LoraRef, load_loras
 from ..modelfiles.lora_fit import check_loras_fit
+from ..modelfiles.paths import ModelPaths
+from ..models.base import read_model_dims
 from ..models.engines import load_engine_module
 from ..models.lora_merge import LoraMerger
-from ..models.base import read_model_dims
-from ..modelfiles.paths import ModelPaths
 from .base import Backend, EngineCall
 from .torch_bound import BoundUNet
 

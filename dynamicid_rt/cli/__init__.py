@@ -15,7 +15,15 @@ from typing import TYPE_CHECKING, Sequence
 
 # Only the public API (SPEC §6: the CLI stands on layer 5's public names).
 from dynamicid_rt import (
-    AUTO, BACKEND_OPTIONS, BACKENDS, SAMPLERS, DynamicIDError, __version__, canonical_sampler, parse_lora_arg, precision_choices,
+    AUTO,
+    BACKEND_OPTIONS,
+    BACKENDS,
+    SAMPLERS,
+    DynamicIDError,
+    __version__,
+    canonical_sampler,
+    parse_lora_arg,
+    precision_choices,
 )
 from dynamicid_rt.messages import user_message
 from dynamicid_rt.modelfiles.part_options import MODELS_HELP, add_part_arguments, part_overrides

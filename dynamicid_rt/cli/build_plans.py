@@ -55,11 +55,11 @@ def run_build_plans(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from dynamicid_rt.export.cache import default_engine_dir
-    from .model_folder import model_paths
 
     from ..engines.build import build_plans
     from ..engines.cuda import gpu_here
     from ..engines.library import load
+    from .model_folder import model_paths
 
     lib = load(args.backend, f"build-engines --backend {args.backend}")  # before any export: fail fast
     paths = model_paths(args)

@@ -89,9 +89,9 @@ def _describe(plan, folder: Path) -> None:
 
 def run_pull(args: argparse.Namespace) -> int:
     from ..hub import pull
+    from ..modelfiles.paths import ModelPaths
     from ..models.checkpoint_report import checkpoint_problems
     from ..models.load_check import load_problems
-    from ..modelfiles.paths import ModelPaths
     from ..models.preflight import folder_problems
 
     folder = Path(args.dir).expanduser() if args.dir else default_models_dir()

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 from typing import Mapping
 
-from .atomic import atomic_write
 from ..errors import OutputError
+from .atomic import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
-from ..files.atomic import TMP_SUFFIX, atomic_write
 from ..errors import OutputError
+from ..files.atomic import TMP_SUFFIX, atomic_write
 
 if TYPE_CHECKING:
     from PIL import Image

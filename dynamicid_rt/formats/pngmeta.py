@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from .._version import __version__
-from ..files.atomic import atomic_write
 from ..errors import DynamicIDError, ImageError, RequestError
+from ..files.atomic import atomic_write
 from ..files.checks import check_regular_file
-from .infotext import MAX_TEXT_CHARS, a1111_lines, exact_prompt_fields, quote, read_infotext
 from ..sampling.names import canonical_sampler
+from .infotext import MAX_TEXT_CHARS, a1111_lines, exact_prompt_fields, quote, read_infotext
 
 if TYPE_CHECKING:
     from PIL import Image

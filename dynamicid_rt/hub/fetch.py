@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DownloadError
-from .sources import SelectionError, Source, select_files, shard_names
 from ..modelfiles.paths import INSIGHTFACE_PACK
+from .sources import SelectionError, Source, select_files, shard_names
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import DownloadError
-from .fetch import INSIGHTFACE_ROOT, PullPlan, blob_matches, check_disk, fetch, fetch_insightface, hub_cache_dir, offline, plan_from_cache, plan_pull
-from .sources import SD15_REPO, Source
 from ..modelfiles.paths import INSIGHTFACE_PACK
+from .fetch import (
+    INSIGHTFACE_ROOT,
+    PullPlan,
+    blob_matches,
+    check_disk,
+    fetch,
+    fetch_insightface,
+    hub_cache_dir,
+    offline,
+    plan_from_cache,
+    plan_pull,
+)
+from .sources import SD15_REPO, Source
 
 if TYPE_CHECKING:
     from ..modelfiles.paths import ModelPaths
@@ -52,8 +63,8 @@ def pull_models(folder: Path, sources: list[Source] | None = None, fp16: bool = 
     offline), ``on_plan`` told before the first byte, the disk check, the fetch, insightface's
     pack, the folder of links. Ctrl-C, or a ``tqdm_class`` whose update raises, leaves every
     finished file for the next run."""
-    from .sources import default_sources
     from ..modelfiles.paths import ModelPaths
+    from .sources import default_sources
 
     sources = sources if sources is not None else default_sources()
     plan = plan_from_cache(sources, fp16, insightface_root) if offline() else plan_pull(sources, fp16, token, insightface_root)
@@ -69,8 +80,8 @@ def paths_from_hub(spec: str, insightface_root: str | Path = INSIGHTFACE_ROOT) -
     """``--models hf:[BASE_REPO]``: the release sources (the base replaced where given) resolved
     in the HF cache, fetched first where missing (never with HF_HUB_OFFLINE=1: then one line names
     what is missing); the parts point into the cache, no folder is made."""
-    from .sources import default_sources
     from ..modelfiles.paths import ModelPaths, checkpoint_file
+    from .sources import default_sources
 
     sources = default_sources(spec.removeprefix(HUB_SPEC) or SD15_REPO)
     plan = plan_from_cache(sources, insightface_root=insightface_root) if offline() else plan_pull(sources, insightface_root=insightface_root)

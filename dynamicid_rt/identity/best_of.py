@@ -14,9 +14,8 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 
 from ..errors import Cancelled
-from ..request import IdentityMatch
+from ..request import IdentityMatch, ProgressInfo, Request, Result
 from .check import rank_key
-from ..request import ProgressInfo, Request, Result
 
 if TYPE_CHECKING:
     from PIL import Image

@@ -11,17 +11,17 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from .clip_preprocessing import clip_pixel_values
 from ..errors import ImageError, ModelFolderError, NoFaceError, NumericalError, RequestError
-from .faces import raster_from_landmarks, source_face_prompt
-from .value import Identity
 from .cache import cache_key, load_cached
+from .clip_preprocessing import clip_pixel_values
+from .faces import raster_from_landmarks, source_face_prompt
 from .photos import face_crop, face_thumbnail, load_photo
+from .value import Identity
 
 if TYPE_CHECKING:
     from ..backends.base import Backend
-    from .faces import DetectedFace, FaceAnalyzer
     from ..prompts.encoder import PromptEncoder
+    from .faces import DetectedFace, FaceAnalyzer
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..files.atomic import atomic_write
 from ..errors import ImageError, RequestError
+from ..files.atomic import atomic_write
 from ..files.checks import check_regular_file
 
 log = logging.getLogger(__name__)

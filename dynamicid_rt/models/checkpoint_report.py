@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..modelfiles.checkpoints import PROCESSOR_SECTIONS, PROJECTOR_SECTIONS, _unflatten_sections, load_tensor_file
 from ..errors import DynamicIDError
+from ..modelfiles.checkpoints import PROCESSOR_SECTIONS, PROJECTOR_SECTIONS, _unflatten_sections, load_tensor_file
 from ..modelfiles.paths import ModelPaths
 from ..modelfiles.weightcheck import weight_file_problem
 

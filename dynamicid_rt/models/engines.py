@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from ..modelfiles.checkpoints import read_saa_checkpoint
 from ..contract import ENGINES
 from ..errors import ModelFolderError
+from ..modelfiles.checkpoints import read_saa_checkpoint
 from . import base
 from .imr import load_imr
 from .projector import load_face_projector

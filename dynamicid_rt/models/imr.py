@@ -13,8 +13,8 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from ..modelfiles.checkpoints import read_state_dict
 from ..errors import CheckpointError
+from ..modelfiles.checkpoints import read_state_dict
 from .projector import (
     HEAD_WIDTH,
     PerceiverAttention,

@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import fields
 from pathlib import Path
 
-from .checkpoint_report import describe_checkpoint
 from ..modelfiles.paths import ModelPaths
+from .checkpoint_report import describe_checkpoint
 from .preflight import folder_problems
 
 

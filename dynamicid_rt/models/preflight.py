@@ -166,8 +166,8 @@ def shape_problems(paths: ModelPaths) -> list[str]:
 
 def _meta_shapes(config_file: Path, cls_name: str) -> dict[str, tuple[int, ...]] | None:
     """Parameter shapes of the diffusers model ``config_file`` describes (built without memory)."""
-    import torch
     import diffusers
+    import torch
 
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))

@@ -14,8 +14,8 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
-from ..modelfiles.checkpoints import SAACheckpoint, check_keys, read_projector_checkpoint, read_saa_checkpoint
 from ..errors import CheckpointError
+from ..modelfiles.checkpoints import SAACheckpoint, check_keys, read_projector_checkpoint, read_saa_checkpoint
 
 log = logging.getLogger(__name__)
 

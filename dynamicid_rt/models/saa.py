@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Mapping
 import torch
 from torch import nn
 
-from ..modelfiles.checkpoints import check_keys, read_saa_checkpoint
 from ..errors import ModelFolderError
+from ..modelfiles.checkpoints import check_keys, read_saa_checkpoint
 from .saa_attention import (  # noqa: F401  (re-exported: the engine's module and its parts)
     GATE_THRESHOLD,
     TOKENS_PER_ID,

@@ -18,12 +18,20 @@ from fastapi.responses import JSONResponse, Response
 from .. import DynamicIDError, ImageError, RequestError, __version__
 from ..messages import user_message
 from . import a1111
-from .schema import (
-    ErrorResponse, LoraModel, ProgressResponse, Sampler, Scheduler, ScriptsList, SDModel, Txt2ImgRequest, Txt2ImgResponse,
-)
 from .img2img import Img2ImgRequest
-from .service import Service
 from .middleware import BasicAuth, ReplicaHeader, UploadCap, error_response
+from .schema import (
+    ErrorResponse,
+    LoraModel,
+    ProgressResponse,
+    Sampler,
+    Scheduler,
+    ScriptsList,
+    SDModel,
+    Txt2ImgRequest,
+    Txt2ImgResponse,
+)
+from .service import Service
 
 log = logging.getLogger(__name__)
 

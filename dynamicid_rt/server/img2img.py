@@ -3,7 +3,6 @@ inpainting, its mask. What this runtime does is A1111's "masked content: origina
 "whole picture"; other inpainting modes and the features txt2img refuses are refused the same way."""
 from __future__ import annotations
 
-
 import numpy as np
 from pydantic import Field
 

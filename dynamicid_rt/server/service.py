@@ -18,8 +18,8 @@ import numpy as np
 
 from .. import Cancelled, DynamicIDError, NoFaceError, Pipeline, RequestError, Result, format_parameters, save_png
 from .a1111 import info_json
-from .jobs import Job, JobQueue
 from .img2img import Img2ImgRequest, make_img2img_plan
+from .jobs import Job, JobQueue
 from .loras import LoraFolder
 from .plan import Arrival, Plan, make_plan
 from .schema import ProgressResponse, ProgressState, QueueInfo, Txt2ImgRequest, Txt2ImgResponse

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING
 
 from filelock import FileLock
 
-from ..files.atomic import write_error
 from ..errors import ModelFolderError
-from ..modelfiles.paths import INSIGHTFACE_PACK, ModelPaths
+from ..files.atomic import write_error
 from ..files.stamps import STAMP, first_mismatch, sha256_file
+from ..modelfiles.paths import INSIGHTFACE_PACK, ModelPaths
 from .checkpoints import imr_state, keypoint_encoder_state, projector_state, saa_state
 from .sizes import FULL, TINY, TinySizes
 from .tokenizer import write_clip_tokenizer
