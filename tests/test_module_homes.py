@@ -46,9 +46,9 @@ def test_a_model_misfit_is_one_error_wherever_it_is_found(tmp_path):
 
 
 def test_names_that_stay_importable_where_they_were():
-    from dynamicid_rt.identity.faces import face_crop, face_thumbnail, load_photo
+    from dynamicid_rt.identity.photos import face_crop, face_thumbnail, load_photo
     from dynamicid_rt.models.saa import SAAAttnProcessor, SAAInputs, SAAUNet, install_saa, load_unet  # noqa: F401
     from dynamicid_rt.models.saa_attention import SAAUNet as maths_unet
-    from dynamicid_rt.identity.photos import load_photo as photo_loader
+    from dynamicid_rt import load_photo as photo_loader
 
     assert load_photo is photo_loader and SAAUNet is maths_unet and callable(face_crop) and callable(face_thumbnail)

@@ -16,9 +16,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ModelFolderError, NoFaceError, NumericalError, RequestError
-
-# Photo reading lived here before it got its own module; still importable from here.
-from .photos import MAX_SIDE, MIN_SIDE, check_rgb, face_crop, face_thumbnail, load_photo  # noqa: F401
+from .photos import check_rgb
 
 logger = logging.getLogger(__name__)
 
