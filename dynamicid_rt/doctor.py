@@ -122,7 +122,7 @@ def doctor_report(models: Path | None, overrides: dict[str, Path] | None = None)
             lines.append(f"  note: {face_note}")
     try:
         from .export.cache import engines_root
-        from .export.cache_command import total_line
+        from .export.cache_admin import total_line
 
         lines.append(total_line(engines_root()))
     except (ImportError, OSError) as exc:  # the exporter is not installed, the cache unreadable

@@ -167,4 +167,11 @@ def evict_beyond_budget(engine_dir: Path, budget: int = LORA_BUDGET_BYTES) -> li
     return prune(Path(engine_dir).parent, max_bytes=budget, only=candidates)
 
 
-__all__ = ["CachedItem", "LORA_BUDGET_BYTES", "evict_beyond_budget", "mark_used", "prune", "remember_model", "scan"]
+def total_line(root: Path) -> str:
+    """The caches' size, for ``doctor``."""
+    items = scan(root)
+    return (f"engine caches: {len(items)} items, {sum(i.size for i in items) / 1e9:.2f} GB in {root} "
+            "(`dynamicid-rt cache` lists them, `dynamicid-rt cache prune` frees space)")
+
+
+__all__ = ["CachedItem", "LORA_BUDGET_BYTES", "evict_beyond_budget", "mark_used", "prune", "remember_model", "scan", "total_line"]

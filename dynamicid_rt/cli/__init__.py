@@ -207,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     except ImportError:  # the exporter's extras are not installed
         register_build_engines = None
     if register_build_engines is not None:
-        from ..export.cache_command import register as register_cache
+        from .cache import register as register_cache
 
         register_build_engines(sub)
         register_cache(sub)

@@ -1,4 +1,4 @@
-"""``dynamicid-rt cache``: list what the engine caches hold, and prune them (see :mod:`.cache_admin`)."""
+"""``dynamicid-rt cache``: list what the engine caches hold, and prune them (see :mod:`dynamicid_rt.export.cache_admin`)."""
 from __future__ import annotations
 
 import argparse
@@ -28,7 +28,7 @@ def _ago(seconds: float) -> str:
 
 
 def listing(root: Path) -> list[str]:
-    from .cache_admin import scan
+    from dynamicid_rt.export.cache_admin import scan
 
     items = scan(root)
     now = time.time()
@@ -42,8 +42,8 @@ def listing(root: Path) -> list[str]:
 
 
 def run_cache(args: argparse.Namespace) -> int:
-    from .cache import engines_root
-    from .cache_admin import prune
+    from dynamicid_rt.export.cache import engines_root
+    from dynamicid_rt.export.cache_admin import prune
 
     root = args.onnx_cache or engines_root()
     if args.cache_command == "prune":
@@ -56,12 +56,3 @@ def run_cache(args: argparse.Namespace) -> int:
         print(f"removed {len(gone)} items, {sum(i.size for i in gone) / 1e9:.2f} GB")
     print("\n".join(listing(root)))
     return 0
-
-
-def total_line(root: Path) -> str:
-    """The caches' size, for ``doctor``."""
-    from .cache_admin import scan
-
-    items = scan(root)
-    return (f"engine caches: {len(items)} items, {sum(i.size for i in items) / 1e9:.2f} GB in {root} "
-            "(`dynamicid-rt cache` lists them, `dynamicid-rt cache prune` frees space)")
