@@ -336,7 +336,8 @@ class Pipeline:
                 stopped = Cancelled(f"cancelled after step {step + 1} of {total}")
                 current = np.array(x, np.float32)
                 stopped.partial_result = lambda: Result(
-                    images=[self._decode(current[i : i + 1]) for i in range(batch)], request=resolved, seeds=seeds,
+                    images=[self._finish_image(current[i : i + 1], decoder, start) for i in range(batch)],
+                    request=resolved, seeds=seeds,
                     sampler=sampler, gating=gating, backend=self.backend.name, latents=current, model=self.model_info(),
                     lora_hashes=lora_hashes(loras),
                 )
@@ -357,9 +358,7 @@ class Pipeline:
             maps = list(self.backend.activation_maps(unet_feed(identity, states, latents, last_t, 0.0, guided=False)))
 
         t = time.perf_counter()
-        images = [self._decode(latents[i : i + 1], decoder) for i in range(batch)]
-        if start is not None:
-            images = [start.composite(image) for image in images]  # unmasked pixels stay the photo's own
+        images = [self._finish_image(latents[i : i + 1], decoder, start) for i in range(batch)]
         timings["decode"] = time.perf_counter() - t
         self.backend.generation_done()
         timings["total"] = time.perf_counter() - t_start
@@ -376,6 +375,11 @@ class Pipeline:
             model=self.model_info(),
             lora_hashes=lora_hashes(loras),
         )
+
+    def _finish_image(self, latent: np.ndarray, decoder: str, start):
+        """One image of the batch, decoded; with a start image, its unmasked pixels are the photo's own."""
+        image = self._decode(latent, decoder)
+        return start.composite(image) if start is not None else image
 
     def _decode(self, latent: np.ndarray, engine: str):
         from PIL import Image

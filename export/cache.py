@@ -247,7 +247,6 @@ def build_engines(
     out = []
     try:
         engine_dir.mkdir(parents=True, exist_ok=True)
-        remember_model(engine_dir, str(paths.root or paths.base))
         remove_abandoned_builds(engine_dir)
         for name in names:
             tracker.report(name, "checking")
@@ -257,7 +256,9 @@ def build_engines(
                                       lambda stage, name=name: tracker.report(name, stage))
             tracker.finished(name, built=not entry.reused)
             out.append(entry)
-        if remembered is not None:  # once every entry is valid: a failed build leaves nothing new
+        # Once every entry is valid: a failed build leaves nothing new.
+        remember_model(engine_dir, str(paths.root or paths.base))  # the name `dynamicid-rt cache` lists
+        if remembered is not None:
             remembered.save()
     except Exception as exc:  # torch, onnx and ONNX Runtime report a full disk in their own exception types
         error = disk_error(engine_dir, exc)
