@@ -23,7 +23,8 @@ DIFFUSERS = ("diffusion_pytorch_model",)
 TRANSFORMERS = ("model", "pytorch_model")
 _WEIGHT = re.compile(r"(?P<stem>diffusion_pytorch_model|model|pytorch_model)(?:\.(?P<variant>[A-Za-z0-9_]+))?\.(?P<ext>safetensors|bin)")
 _INDEX = re.compile(r"(?P<stem>diffusion_pytorch_model|model|pytorch_model)\.(?P<ext>safetensors|bin)\.index(?:\.(?P<variant>[A-Za-z0-9_]+))?\.json")
-DIFFUSERS_PARTS = ("unet", "vae", "taesd")  # the parts diffusers loads (the base's unet/vae, taesd/); the others are transformers'
+DIFFUSERS_PARTS = ("unet", "vae", "taesd")  # the parts diffusers loads (the base's unet/vae, taesd/)
+TRANSFORMERS_PARTS = ("text_encoder", "image_encoder")  # the parts transformers loads
 RULE = "full precision before variants (fp16 first), .safetensors before .bin"
 
 
@@ -118,8 +119,10 @@ def part_files(paths, part: str) -> list[Path]:
         return [root]
     if not root.is_dir():
         raise ModelFolderError(f"{part} needs {root}, which does not exist; check the model folder")
-    stems = DIFFUSERS if part.rpartition("/")[2] in DIFFUSERS_PARTS else TRANSFORMERS
-    choice = choose_weights(root, stems, part)
+    name = part.rpartition("/")[2]
+    if name not in DIFFUSERS_PARTS + TRANSFORMERS_PARTS:  # a folder of another kind (a registered engine's): all of it
+        return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    choice = choose_weights(root, DIFFUSERS if name in DIFFUSERS_PARTS else TRANSFORMERS, part)
     return [root / "config.json", *choice.files]
 
 
