@@ -184,7 +184,8 @@ def test_valid_plans_are_reused_without_building(lib, built, paths, monkeypatch)
 
     monkeypatch.setattr(build_module, "build_plan", no_build)
     again = build_plans(paths, folder, "fp16", static=STATIC, lib=lib, gpu=None)
-    assert {p.status for p in again} == {"reused"} and len(again) == 8
+    engines = [name for name in ENGINES if name != "imr" or paths.has_imr]
+    assert {p.status for p in again} == {"reused"} and len(again) == len(engines) + sum(ENGINES[e].sized for e in engines)
 
 
 @pytest.fixture
@@ -324,7 +325,7 @@ def test_build_engines_cli_reuses_every_plan_and_rebuilds_a_corrupt_one(built, t
     assert "text_encoder dynamic (fp16): the plan does not match its SHA-256 (corrupt)" in caplog.text
 
 
-def test_doctor_reports_the_library_the_gpu_and_the_plans(built, tiny_bundle, monkeypatch):
+def test_doctor_reports_the_library_the_gpu_and_the_plans(built, paths, tiny_bundle, monkeypatch):
     from dynamicid_rt.engines import report
     from dynamicid_rt.engines.cuda import gpu_here
 
@@ -335,5 +336,7 @@ def test_doctor_reports_the_library_the_gpu_and_the_plans(built, tiny_bundle, mo
     assert f"TensorRT-RTX: {load('tensorrt-rtx').version}" in text
     if gpu_here() is None:
         assert "GPU: none usable here; plans can still be built here (portable)" in text
-    assert f"plan cache {folder / 'tensorrt-rtx'}: 16 plan(s)" in text
+    engines = [name for name in ENGINES if name != "imr" or paths.has_imr]
+    per_precision = len(engines) + sum(ENGINES[e].sized for e in engines)  # dynamic, and static for sized engines
+    assert f"plan cache {folder / 'tensorrt-rtx'}: {2 * per_precision} plan(s)" in text
     assert f"unet-fp16/dynamic: TensorRT-RTX {load('tensorrt-rtx').version}, sm 8.0, 8.6, 8.9, 12.0, " in text
