@@ -111,7 +111,7 @@ class Pipeline:
             is_tiny = True
             log.warning(
                 "no model folder given: using the tiny demo bundle at %s (random weights: images are noise). "
-                "Put the real weights in a folder as the README describes and pass --models DIR.", paths.root,
+                "Get the real models with `dynamicid-rt models pull --dir DIR`, then pass that folder.", paths.root,
             )
         elif isinstance(models, ModelPaths):
             paths = models

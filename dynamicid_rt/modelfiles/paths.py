@@ -210,8 +210,8 @@ def _check_readable_folder(root: Path) -> None:
     """A missing, non-folder or unreadable model folder, each named as what it is."""
     if not root.exists():
         raise ModelFolderError(
-            f"model folder {root} does not exist; run `dynamicid-rt demo --models {root}` for a tiny "
-            "test bundle, or lay out the real weights as the README describes"
+            f"model folder {root} does not exist; get the real models with `dynamicid-rt models pull --dir {root}`, "
+            f"or run `dynamicid-rt demo --models {root}` for a tiny test bundle"
         )
     if not root.is_dir():
         raise ModelFolderError(f"model folder {root} is not a folder (it is a file); give the folder that holds base/, dynamicid/...")
