@@ -84,9 +84,11 @@ class MainWindow(WindowRun, WindowState, WindowFiles, QMainWindow):
         self.people_panel = PeoplePanel(self.people)
         self.layout_tab = LayoutTab(self.people, self.people_panel.list.selectionModel(), DEFAULTS.mix)
         self.canvas = self.layout_tab.canvas
+        self.start_photo = self.layout_tab.start_photo
         self.form = SettingsForm()
         self.lora_panel = LoraPanel()
         self.people_panel.photo_folder = self.settings.photo_dir
+        self.layout_tab.start_bar.photo_folder = str(pictures_dir())
         self.gallery_model = GalleryModel(self)
         self.gallery = GalleryPanel(self.gallery_model, self.settings.output_dir, self.settings.save_each)
         self.close_question = None  # the Quit question while it is asked
@@ -215,6 +217,13 @@ class MainWindow(WindowRun, WindowState, WindowFiles, QMainWindow):
         self.question_bar.accepted.connect(self._answer_yes)
         self.people.rowsRemoved.connect(lambda *_: self.question_bar.dismiss())  # the question may no longer apply
         self.models_bar.chosen.connect(self.set_models)
+        start_bar = self.layout_tab.start_bar
+        start_bar.photoChosen.connect(self.start_from_photo)
+        start_bar.problem.connect(self.messages.show_problem)
+        self.people.set_region_boxes(self.mask_regions)
+        # An untouched layout follows the mask (and its blur) as it is painted.
+        for signal in (self.start_photo.maskChanged, start_bar.blur_spin.valueChanged):
+            signal.connect(lambda *_: self.people.set_region_boxes(self.mask_regions))
         for spin in (self.form.width_spin, self.form.height_spin):
             spin.valueChanged.connect(lambda _: self._follow_size())
         self._follow_size()
@@ -230,7 +239,8 @@ class MainWindow(WindowRun, WindowState, WindowFiles, QMainWindow):
         # After every edit: the prompt's LoRA note follows the prompt and the list, and a problem
         # shown earlier goes once it no longer applies (or says what applies now).
         for signal in (self.form.changed, self.lora_panel.changed, self.people.dataChanged, self.people.rowsInserted,
-                       self.people.rowsRemoved, self.people.mixChanged):
+                       self.people.rowsRemoved, self.people.mixChanged, start_bar.changed, self.start_photo.maskChanged,
+                       self.start_photo.photoChanged):
             signal.connect(lambda *_: self._on_edit())
         self._on_edit()
         self.gallery.save_button.clicked.connect(lambda: self.gallery.save_current())

@@ -1,6 +1,6 @@
-"""The output frame with one draggable, resizable box per person (Request.boxes: y0, x0, y1, x1)."""
+"""The output frame with one draggable, resizable box per person (Request.boxes: y0, x0, y1, x1),
+over the start photo and its mask when there is one (painted with :mod:`.mask_tool`)."""
 from __future__ import annotations
-
 
 from PySide6.QtCore import QItemSelectionModel, QPointF, QRectF, QSize, Qt
 from PySide6.QtGui import QBrush, QColor, QPainter, QPen
@@ -9,7 +9,9 @@ from PySide6.QtWidgets import QSizePolicy, QWidget
 from dynamicid_rt import Box
 
 from .layout import LayoutState
+from .mask_tool import MaskTool
 from .people import PeopleModel, Role
+from .start_photo import StartPhoto
 
 
 HANDLE_PX = 8  # grab distance of a box edge, in widget pixels
@@ -28,11 +30,18 @@ def clamp_box(box: Box, min_h: float, min_w: float) -> Box:
 class BoxCanvas(QWidget):
     """Paints the frame at the output aspect ratio and the people's boxes, each with its person's
     number and name; drags edit the model. With the people list's ``selection``, a click on a box
-    selects its person and the selected person's box is drawn highlighted."""
+    selects its person and the selected person's box is drawn highlighted. With a ``start_photo``,
+    the frame shows it and its mask, and drags paint the mask while a painting tool is chosen."""
 
-    def __init__(self, model: PeopleModel, selection: QItemSelectionModel | None = None, parent=None) -> None:
+    def __init__(self, model: PeopleModel, selection: QItemSelectionModel | None = None,
+                 start_photo: StartPhoto | None = None, parent=None) -> None:
         super().__init__(parent)
         self.model = model
+        self.start_photo = start_photo
+        self.mask_tool = MaskTool(start_photo) if start_photo is not None else None
+        if start_photo is not None:
+            start_photo.photoChanged.connect(self.update)
+            start_photo.maskChanged.connect(self.update)
         self.selection = selection
         if selection is not None:
             selection.currentChanged.connect(lambda *_: self.update())
@@ -100,6 +109,10 @@ class BoxCanvas(QWidget):
         frame = self.frame_rect()
         painter.fillRect(self.rect(), self.palette().window())
         painter.fillRect(frame, QColor("#2b2b2b"))
+        photo = self.start_photo.fitted_image() if self.start_photo is not None else None
+        if photo is not None and self.mask_tool is not None:
+            painter.drawImage(frame, photo)
+            self.mask_tool.paint_mask(painter, frame)
         painter.setPen(QPen(QColor("#9e9e9e"), 1))
         painter.drawRect(frame)
         size_label = QRectF(frame.left(), frame.bottom() + 2, frame.width(), LABEL_PX - 2)
@@ -120,6 +133,8 @@ class BoxCanvas(QWidget):
             painter.setPen(QPen(QColor("white")))
             painter.drawText(rect.adjusted(6, 4, -4, -4), Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft, self.label(row))
             painter.drawRect(QRectF(rect.right() - HANDLE_PX, rect.bottom() - HANDLE_PX, HANDLE_PX, HANDLE_PX))
+        if self.mask_tool is not None:
+            self.mask_tool.paint_tool(painter, frame)
 
     def _hit(self, pos: QPointF) -> tuple[int, str] | None:
         """The topmost box under ``pos`` and which edges a drag moves ('' = move the whole box)."""
@@ -141,6 +156,11 @@ class BoxCanvas(QWidget):
         return None
 
     def mousePressEvent(self, event) -> None:
+        if self.mask_tool is not None and self.mask_tool.active:
+            if event.button() == Qt.MouseButton.LeftButton:
+                self.mask_tool.press(event.position(), self.frame_rect())
+                self.update()
+            return
         hit = self._hit(event.position())
         if event.button() != Qt.MouseButton.LeftButton or hit is None:
             return
@@ -152,6 +172,11 @@ class BoxCanvas(QWidget):
         self._before_drag = self.model.history.snapshot()
 
     def mouseMoveEvent(self, event) -> None:
+        if self.mask_tool is not None and self.mask_tool.active:
+            self.mask_tool.move(event.position(), self.frame_rect())
+            self.setCursor(Qt.CursorShape.CrossCursor)
+            self.update()
+            return
         if self._drag is None:
             hit = self._hit(event.position())
             self.setCursor(_cursor_for(hit[1] if hit else None))
@@ -162,10 +187,19 @@ class BoxCanvas(QWidget):
         dx = (event.position().x() - start.x()) / f.width()
         self._apply(row, _dragged(box, edges, dy, dx, *self.min_fraction()))
 
-    def mouseReleaseEvent(self, _event) -> None:
+    def mouseReleaseEvent(self, event) -> None:
+        if self.mask_tool is not None and self.mask_tool.active:
+            self.mask_tool.release(event.position(), self.frame_rect())
+            self.update()
+            return
         if self._drag is not None and self._before_drag is not None:
             self.model.history.record(self._before_drag, "resize box" if self._drag[1] else "move box")
         self._drag, self._before_drag = None, None
+
+    def leaveEvent(self, _event) -> None:
+        if self.mask_tool is not None:
+            self.mask_tool.hover = None  # no brush outline left behind
+            self.update()
 
     def _apply(self, row: int, box: Box) -> None:
         min_h, min_w = self.min_fraction()

@@ -2,13 +2,15 @@
 
 A layout the user arranged (a box moved or resized, or boxes restored from a PNG) is never
 rearranged behind their back: a new person gets the largest free region, a removed person's box
-simply goes. Only an untouched layout follows the release's default (equal vertical strips).
+simply goes. Only an untouched layout follows the default: the painted regions of an inpainting
+mask where they give everyone a box (what the generator does with no boxes), else the release's
+equal vertical strips.
 """
 from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from PySide6.QtGui import QUndoCommand, QUndoStack
 
@@ -88,18 +90,28 @@ class BoxLayout:
     min_box: tuple[float, float]
     _mix: bool
     _shared_box: Box
+    # The default boxes for n people when not the strips (a mask's regions); None: no such boxes.
+    region_boxes: Callable[[int], list[Box] | None] | None = None
+
+    def set_region_boxes(self, boxes_for: Callable[[int], list[Box] | None] | None) -> None:
+        """Where an untouched layout's boxes come from (``boxes_for(n)``, or the strips when it gives
+        None); an arranged layout stays as the user left it."""
+        self.region_boxes = boxes_for
+        if not self.arranged:
+            self._default_layout()
 
     def reset_boxes(self) -> None:
-        """Back to the release's default layout (equal vertical strips), which then follows the
-        people present until a box is edited again."""
+        """Back to the default layout (the mask's regions or equal vertical strips), which then
+        follows the people present until a box is edited again."""
         self.arranged = False
         self._default_layout()
 
     def _default_layout(self) -> None:
-        """Equal vertical strips over the people whose photo can be used; a photo without a
-        usable face gets no box."""
+        """The mask's regions, else equal vertical strips, over the people whose photo can be used;
+        a photo without a usable face gets no box."""
         placed = [row for row, p in enumerate(self._people) if p.status is not Status.ERROR]
-        for row, box in zip(placed, default_boxes(len(placed))):
+        regions = self.region_boxes(len(placed)) if self.region_boxes is not None and placed else None
+        for row, box in zip(placed, regions or default_boxes(len(placed))):
             self._place(row, box)
         for row, p in enumerate(self._people):
             if p.status is Status.ERROR and p.box is not None:

@@ -73,7 +73,7 @@ class RunController(QObject):
         if self.running:
             return False
         self._cancel = threading.Event()
-        self._asked = request.steps * request.best_of
+        self._asked = max(1, request.steps_to_run()) * request.best_of  # img2img: int(steps × strength)
         self._started = time.perf_counter()
         self.runningChanged.emit(True)
         self.pipeline.generate(request, self._cancel)

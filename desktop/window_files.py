@@ -46,7 +46,8 @@ class WindowFiles:
     def apply_parameters(self, params: dict) -> None:
         """Parsed PNG parameters back into the form (its one binding) and onto the people present;
         the restored boxes are one undo step."""
-        notes = [f"{name} could not be restored" for name in self.form.apply(params)]
+        skipped = self.form.apply(params) + self.layout_tab.start_bar.apply(params)  # the start photo's strength and blur
+        notes = [f"{name} could not be restored" for name in skipped]
         if "mix" in params:
             self.layout_tab.set_mix(params["mix"])
         before = self.people.history.snapshot()

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PySide6.QtGui import QColor
 
-from dynamicid_rt import Request, RequestError
+from dynamicid_rt import Request, RequestError, mask_boxes
 
 from .gallery_entry import entries_of
 from .people import Status
@@ -18,7 +18,7 @@ from .run_controller import progress_text
 from .settings_form import DEFAULTS
 
 if TYPE_CHECKING:
-    from dynamicid_rt import Result
+    from dynamicid_rt import Box, Result
 
 
 class WindowRun:
@@ -39,18 +39,41 @@ class WindowRun:
         if waiting:
             raise RequestError(f"still encoding {', '.join(waiting)}: wait a moment and generate again")
         usable = [p for p in people if p.status is Status.READY]
+        start = self.layout_tab.start_bar.values()  # the start photo, its mask, strength and blur
+        # An untouched layout over a mask is the mask's regions: the generator derives them (and
+        # says in one line when they do not fit the people), as the canvas shows them.
+        mask_layout = start.get("mask") is not None and not self.people.arranged and not self.people.mix
         request = Request(
             identities=[p.identity for p in usable],
-            boxes=self.people.request_boxes(usable) if usable else None,
+            boxes=self.people.request_boxes(usable) if usable and not mask_layout else None,
             id_scale=[p.id_scale for p in usable] if usable else DEFAULTS.id_scale,
             mix=self.layout_tab.mix(),
             activation_maps=bool(usable),  # shown in the activation view where the backend provides them
             check_identities=bool(usable),  # the badges
             loras=self.lora_panel.loras(),
             **self.form.values(),
+            **start,
         )
         request.validate()
         return request
+
+    def mask_regions(self, people: int) -> "list[Box] | None":
+        """The boxes the painted mask gives ``people`` people; None without a mask or when its
+        regions do not fit them (Generate then says so)."""
+        mask = self.start_photo.mask_array()
+        if mask is None:
+            return None
+        try:
+            return mask_boxes(mask, people, self.layout_tab.start_bar.blur_spin.value())
+        except RequestError:
+            return None
+
+    def start_from_photo(self, width: int, height: int) -> None:
+        """A start photo was chosen: the output takes the size it fits (the size fields stay editable)."""
+        self.form.apply({"width": width, "height": height})
+        name, (photo_w, photo_h) = self.start_photo.path.name, self.start_photo.photo_size
+        resized = "" if (photo_w, photo_h) == (width, height) else f", cropped and resized from {photo_w}×{photo_h}"
+        self.statusBar().showMessage(f"Starting from {name} at {width}×{height}{resized}; your file is left as it is", 10000)
 
     # -- generation ----------------------------------------------------------------------------
 
@@ -88,11 +111,12 @@ class WindowRun:
         self.messages.clear()
         ready = [p for p in self.people.people() if p.status is Status.READY]
         self._run_people = [(p.name, QColor(p.color).getRgb()[:3]) for p in ready]
-        self._run_shape = (request.steps, request.best_of)
+        steps = max(1, request.steps_to_run())  # img2img runs int(steps × strength) of them
+        self._run_shape = (steps, request.best_of)
         self.remember_generation()
-        self.progress_bar.setRange(0, request.steps * request.best_of)
+        self.progress_bar.setRange(0, steps * request.best_of)
         self.progress_bar.setValue(0)
-        self.progress_bar.setFormat(f"computing step 1/{request.steps * request.best_of}…")  # the log may say more
+        self.progress_bar.setFormat(f"computing step 1/{steps * request.best_of}…")  # the log may say more
         self.tabs.show_preview()  # once, at the start: during the run the tabs are the user's
         return self.runner.start(request)
 

@@ -62,6 +62,10 @@ _LAZY = {
     "load_photo": "dynamicid_rt.identity.photos",
     "face_thumbnail": "dynamicid_rt.identity.photos",
     "latent_to_rgb": "dynamicid_rt.sampling.preview",
+    # Starting from a photo: the size it is fitted to, A1111's "Crop and resize", a mask's boxes.
+    "start_size": "dynamicid_rt.sampling.start_image",
+    "crop_resize": "dynamicid_rt.sampling.start_image",
+    "mask_boxes": "dynamicid_rt.sampling.start_image",
     # How a first run's ONNX export goes (Pipeline.load(build_progress=...)).
     # Real models from the Hugging Face Hub (`dynamicid-rt models pull`).
     "pull_models": "dynamicid_rt.hub.pull",
@@ -89,6 +93,7 @@ if TYPE_CHECKING:
     from .sampling.names import SAMPLERS, canonical_sampler
     from .sampling.preview import latent_to_rgb
     from .sampling.schedules import max_sampler_steps
+    from .sampling.start_image import crop_resize, mask_boxes, start_size
 
 
 def __getattr__(name: str):

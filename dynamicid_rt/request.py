@@ -13,6 +13,7 @@ from .errors import RequestError
 from .modelfiles.lora import check_lora_refs
 from .modelfiles.model_hash import ModelInfo
 from .sampling.masks import boxes_from_mask, latent_mask, mask_alpha
+from .sampling.img2img import steps_run
 from .sampling.names import canonical_sampler
 from .sampling.start_image import SIZE_RANGE as START_SIZE_RANGE
 from .sampling.start_image import check_start_image, image_array
@@ -119,6 +120,10 @@ class Request:
                 return boxes_from_mask(self.mask_alpha(), len(self.identities))  # type: ignore[arg-type]
             return default_boxes(len(self.identities)) if self.identities else []
         return [tuple(float(v) for v in b) for b in self.boxes]  # type: ignore[misc]
+
+    def steps_to_run(self) -> int:
+        """The sampler steps each image runs: ``steps``, or img2img's ``int(steps × strength)``."""
+        return self.steps if self.init_image is None else steps_run(self.steps, self.strength)
 
     def init_pixels(self) -> np.ndarray | None:
         """The init image as (height, width, 3) uint8, or None for a txt2img request."""

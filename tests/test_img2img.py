@@ -144,8 +144,8 @@ def test_bad_start_images_are_refused_in_one_line_before_any_work(tiny_pipeline,
     runs = []
     monkeypatch.setattr(tiny_pipeline.backend, "run", lambda *a, **k: runs.append(a) or pytest.fail("ran a model"))
     cases = {
-        "multiples of 8": dict(init_image=photo[:250], height=SIZE),
-        "resize it to 256x256": dict(init_image=photo[:250]),
+        "multiples of 64 from 256 to 1024": dict(init_image=photo[:250], height=SIZE),
+        r"fit it to 256x256 .*crop_resize\(image, 256, 256\)": dict(init_image=photo[:250]),
         "pass width=256, height=256": dict(init_image=photo, width=512, height=512),
         "the mask is 128x256": dict(init_image=photo, mask=np.full((256, 128), 255, np.uint8)),
         "the mask is empty": dict(init_image=photo, mask=np.zeros((SIZE, SIZE), np.uint8)),
@@ -226,3 +226,28 @@ def test_a_nine_channel_inpainting_unet_is_refused_in_one_line_at_load(tiny_bund
     with pytest.raises(ModelFolderError, match="9 input channels: an SD1.5 inpainting checkpoint") as caught:
         Pipeline.load(root, backend="torch", cache_dir=tmp_path / "cache")
     assert "\n" not in str(caught.value)
+
+
+def test_cli_resize_fits_a_photo_of_any_size_and_says_so_without_it(tiny_bundle, samples, tmp_path, caplog):
+    from PIL import Image
+
+    from dynamicid_rt import crop_resize, parse_parameters, read_parameters
+    from dynamicid_rt.cli import main
+
+    photo = np.asarray(Image.fromarray(_photo(4)).resize((300, 200)))  # not a size the model takes
+    mask = np.zeros((200, 300), np.uint8)
+    mask[:, 150:] = 255
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    args = ["generate", "--models", str(tiny_bundle), "--backend", "torch", "--face", str(samples / "person_a.png"),
+            "--prompt", "a person", "--init-image", str(tmp_path / "photo.png"), "--mask", str(tmp_path / "mask.png"),
+            "--mask-blur", "0", "--steps", "2", "--seed", "1", "--out", str(tmp_path / "out.png")]
+    assert main(args) != 0
+    assert "is 300x200 but the model takes" in caplog.text and "add --resize to crop and resize it to 320x256" in caplog.text
+    assert main(args + ["--resize"]) == 0
+    image = np.asarray(Image.open(tmp_path / "out.png").convert("RGB"))
+    fitted = np.asarray(crop_resize(photo, 320, 256))
+    kept = np.asarray(crop_resize(mask, 320, 256, nearest=True)) == 0
+    assert image.shape == (256, 320, 3) and np.array_equal(image[kept], fitted[kept])
+    assert parse_parameters(read_parameters(tmp_path / "out.png"))["width"] == 320
+    assert main(args + ["--size", "256x256"]) != 0 and "--size 256x256" in caplog.text.splitlines()[-1]

@@ -53,3 +53,45 @@ def test_any_start_image_is_accepted_or_refused_in_one_line(image, mask, strengt
         check_start_image(image, strength, mask, blur, 256, 256)
     except RequestError as exc:
         assert "\n" not in str(exc)
+
+
+@pytest.mark.parametrize("size, fitted", [
+    ((512, 768), (512, 768)),  # the UNet takes it: kept
+    ((4032, 3024), (1024, 768)),  # a phone photo: its aspect, the long side at the profiles' 1024
+    ((1920, 1080), (1024, 576)),
+    ((800, 600), (832, 576)),  # each side to the nearest multiple of 64
+    ((300, 2000), (256, 1024)),  # a side below 256 is raised to it (then cropped)
+    ((250, 256), (256, 256)),
+])
+def test_start_size_keeps_the_pictures_aspect_within_the_profiles(size, fitted):
+    from dynamicid_rt import start_size
+
+    assert start_size(*size) == fitted
+
+
+def test_crop_resize_is_a1111s_crop_and_resize():
+    """Against A1111's resize_image(resize_mode=1) written out here: scale to cover, paste centred."""
+    from PIL import Image
+
+    from dynamicid_rt import crop_resize
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:300, 0:400]
+    photo = np.stack([yy * 255 // 299, xx * 255 // 399, (yy + xx) % 256], -1).astype(np.uint8)
+    image = Image.fromarray(photo)
+    for width, height in ((256, 256), (512, 256), (256, 512)):
+        ratio, src_ratio = width / height, image.width / image.height
+        src_w = width if ratio > src_ratio else image.width * height // image.height
+        src_h = height if ratio <= src_ratio else image.height * width // image.width
+        want = Image.new("RGB", (width, height))
+        want.paste(image.resize((src_w, src_h), Image.Resampling.LANCZOS),
+                   box=(width // 2 - src_w // 2, height // 2 - src_h // 2))
+        got = crop_resize(photo, width, height)
+        assert got.size == (width, height)
+        # A1111 rounds the scaled size to whole pixels before cropping; we crop exactly: within 2 levels
+        assert np.abs(np.asarray(got, float)[2:-2, 2:-2] - np.asarray(want, float)[2:-2, 2:-2]).mean() < 2.0
+    same = rng.integers(0, 256, (256, 320, 3), np.uint8)
+    assert np.array_equal(np.asarray(crop_resize(same, 320, 256)), same)  # the right size: no resampling at all
+    mask = np.zeros((300, 400), np.uint8)
+    mask[:, 200:] = 255
+    assert set(np.unique(np.asarray(crop_resize(mask, 256, 256, nearest=True)))) == {0, 255}  # a mask stays binary

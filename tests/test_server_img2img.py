@@ -100,3 +100,18 @@ def b64_array(pixels: np.ndarray) -> str:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def test_progress_counts_the_steps_img2img_runs(live):
+    """/sdapi/v1/progress's sampling_steps is what the job runs: int(steps × strength) per image
+    for img2img (A1111 counts the same), all the steps for txt2img."""
+    from dynamicid_rt.server.img2img import Img2ImgRequest, make_img2img_plan
+    from dynamicid_rt.server.plan import make_plan
+
+    _, service = live
+    body = {"prompt": "x", "init_images": [b64_array(_photo())], "width": SIZE, "height": SIZE, "steps": 10,
+            "n_iter": 2}
+    for strength, expected in ((0.5, 5), (0.75, 7), (0.05, 0)):
+        plan = make_img2img_plan(Img2ImgRequest(**body, denoising_strength=strength), service._arrival)
+        assert plan.total_steps == 2 * expected
+    assert make_plan(Img2ImgRequest(**body), service._arrival).total_steps == 20  # txt2img fields alone

@@ -135,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image size, multiples of 64 from 256 to 1024 (default: 512x512, or the --init-image's size)")
     g.add_argument("--init-image", type=Path, default=None, metavar="PHOTO",
                    help="img2img: start from this picture (its size, unless --size)")
+    g.add_argument("--resize", action="store_true",
+                   help="crop and resize --init-image and --mask to --size, or to the picture's aspect at the nearest "
+                        "size the model takes (A1111's \"Crop and resize\"); the files are left as they are")
     g.add_argument("--strength", type=float, default=0.75, metavar="S",
                    help="with --init-image: how much to change, 0-1; runs int(steps x S) steps (default: %(default)s)")
     g.add_argument("--mask", type=Path, default=None, metavar="PNG",

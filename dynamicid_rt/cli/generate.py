@@ -53,16 +53,27 @@ def _input_photos(args: argparse.Namespace) -> list:
 
 
 def _start_images(args: argparse.Namespace) -> dict:
-    """--init-image and --mask as Request fields (read without any model)."""
-    from dynamicid_rt import load_photo
+    """--init-image and --mask as Request fields (read without any model), fitted by --resize; a
+    picture of a size the model does not take is refused with the size --resize would give it."""
+    import numpy as np
+
+    from dynamicid_rt import crop_resize, load_photo, start_size
 
     if args.mask is not None and args.init_image is None:
         raise DynamicIDError("--mask repaints part of a picture: give the picture with --init-image too")
-    start = {}
-    if args.init_image is not None:
-        start["init_image"] = load_photo(args.init_image)
+    if args.init_image is None:
+        return {}
+    start = {"init_image": load_photo(args.init_image)}
     if args.mask is not None:
         start["mask"] = load_photo(args.mask)
+    height, width = start["init_image"].shape[:2]
+    size = args.size or start_size(width, height)
+    if args.resize:
+        return {name: np.asarray(crop_resize(picture, *size, nearest=name == "mask")) for name, picture in start.items()}
+    if size != (width, height):
+        asked = f"--size {size[0]}x{size[1]}" if args.size else "the model takes sides that are multiples of 64 from 256 to 1024"
+        raise DynamicIDError(f"--init-image {args.init_image.name} is {width}x{height} but {asked}: add --resize to crop "
+                             f"and resize it to {size[0]}x{size[1]} (your file is left as it is)")
     return start
 
 
@@ -126,7 +137,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     id_scale = _id_scale(args.id_scale, len(args.face))  # checked before any model loads
     _check_photos(args)
     start = _start_images(args)
-    width, height = args.size or (start["init_image"].shape[1::-1] if "init_image" in start else (512, 512))
+    width, height = start["init_image"].shape[1::-1] if "init_image" in start else args.size or (512, 512)
     # A seed drawn here names the default output, so the output path is checked before any work.
     seed = args.seed if args.seed is not None else secrets.randbelow(2**32)
     request = Request(

@@ -1,12 +1,12 @@
 """The pictures a request starts from (img2img's init image, inpainting's mask): read as arrays and
-checked in one line each before any model runs. Imports only numpy (PIL images are read through
-their own ``convert``)."""
+checked in one line each before any model runs; the size a photo is fitted to and A1111's "Crop and
+resize" fitting it. Imports only numpy (PIL images are read and resized through their own methods)."""
 from __future__ import annotations
 
 import numpy as np
 
 from ..errors import RequestError
-from .masks import check_mask, mask_alpha
+from .masks import Box, boxes_from_mask, check_mask, mask_alpha
 
 SIZE_RANGE = (256, 1024)  # the sides the UNet's profiles take (request.SIZE_RANGE)
 
@@ -33,15 +33,44 @@ def image_array(value: object, name: str, mode: str) -> np.ndarray:
     return array[..., :3]
 
 
-def nearest_size(side: int) -> int:
-    """The multiple of 64 nearest ``side`` within the sizes the UNet takes."""
+def start_size(width: int, height: int, longest: int = 1024) -> tuple[int, int]:
+    """The size a ``width`` x ``height`` picture is fitted to: its own when the UNet takes it (sides
+    multiples of 64 within the profiles), else its aspect with the long side at most ``longest``,
+    each side rounded to a multiple of 64 within the profiles."""
     lo, hi = SIZE_RANGE
-    return int(min(hi, max(lo, round(side / 64) * 64)))
+    if width % 64 == 0 and height % 64 == 0 and lo <= width <= hi and lo <= height <= hi:
+        return width, height
+    scale = min(1.0, min(longest, hi) / max(width, height))
+    return tuple(int(min(hi, max(lo, 64 * int(side * scale / 64 + 0.5)))) for side in (width, height))  # type: ignore[return-value]
+
+
+def crop_resize(image, width: int, height: int, nearest: bool = False):
+    """A1111's "Crop and resize": ``image`` (PIL, or an array) scaled to cover ``width`` x ``height``
+    and cropped about its centre, as a PIL image; returned unchanged (no resampling) when it is
+    that size already. ``nearest``: resample without interpolation (masks keep their values)."""
+    if not (hasattr(image, "resize") and hasattr(image, "crop")):
+        from PIL import Image
+
+        image = Image.fromarray(np.ascontiguousarray(image))
+    if image.size == (width, height):
+        return image
+    scale = max(width / image.width, height / image.height)
+    crop_w, crop_h = width / scale, height / scale
+    left, top = (image.width - crop_w) / 2, (image.height - crop_h) / 2
+    method = 0 if nearest else 1  # PIL's Resampling.NEAREST and LANCZOS
+    return image.resize((width, height), method, box=(left, top, left + crop_w, top + crop_h))
+
+
+def mask_boxes(mask, people: int, mask_blur: int = 4) -> list[Box]:
+    """The people's boxes a mask gives when the request names none (``Request.resolved_boxes``):
+    one per painted region, left to right, or one region shared out in vertical strips;
+    RequestError when the regions do not fit the number of people."""
+    return boxes_from_mask(mask_alpha(image_array(mask, "mask", "L"), mask_blur), people)
 
 
 def check_start_image(init_image, strength, mask, mask_blur, width: int, height: int) -> None:
     """RequestError, in one line, for a strength outside [0, 1], a blur outside 0..64 px, an init
-    image whose sides are not multiples of 8 or that is not ``width`` x ``height``, a mask without
+    image of a size the UNet does not take or that is not ``width`` x ``height``, a mask without
     an init image, of another size, or empty."""
     if isinstance(strength, (bool, np.bool_)) or not isinstance(strength, (int, float, np.integer, np.floating)) \
             or not 0.0 <= strength <= 1.0:
@@ -53,16 +82,17 @@ def check_start_image(init_image, strength, mask, mask_blur, width: int, height:
             raise RequestError("a mask needs the picture it repaints: give init_image too")
         return
     image_height, image_width = image_array(init_image, "init_image", "RGB").shape[:2]
-    if image_width % 8 or image_height % 8:
-        fit = f"{nearest_size(image_width)}x{nearest_size(image_height)}"
+    fit_w, fit_h = start_size(image_width, image_height)
+    if (fit_w, fit_h) != (image_width, image_height):
         raise RequestError(
-            f"init_image is {image_width}x{image_height}: its sides must be multiples of 8 (the VAE's cell); "
-            f"resize it to {fit} first (A1111's \"Just resize\"), e.g. image.resize(({fit.replace('x', ', ')}))"
+            f"init_image is {image_width}x{image_height}: the UNet takes sides that are multiples of 64 from "
+            f"{SIZE_RANGE[0]} to {SIZE_RANGE[1]}; fit it to {fit_w}x{fit_h} first (A1111's \"Crop and resize\"): "
+            f"dynamicid_rt.crop_resize(image, {fit_w}, {fit_h})"
         )
     if (image_width, image_height) != (width, height):
         raise RequestError(
             f"init_image is {image_width}x{image_height} but the request is {width}x{height}: "
-            f"pass width={image_width}, height={image_height} (or resize the image)"
+            f"pass width={image_width}, height={image_height} (or dynamicid_rt.crop_resize(image, {width}, {height}))"
         )
     if mask is not None:
         pixels = image_array(mask, "mask", "L")

@@ -53,7 +53,7 @@ class Plan:
 
     @property
     def total_steps(self) -> int:
-        return sum(r.steps for r in self.requests)
+        return sum(r.steps_to_run() for r in self.requests)  # img2img runs int(steps × strength)
 
 
 @dataclass(frozen=True)

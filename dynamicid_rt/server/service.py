@@ -122,7 +122,7 @@ class Service:
                     results.append(exc.partial_result())
                 log.info("job interrupted after %d of %d batches", len(results), len(plan.requests))
                 break
-            done += request.steps
+            done += request.steps_to_run()
         return results
 
     def response(self, plan: Plan, results: list[Result]) -> Txt2ImgResponse:
