@@ -195,6 +195,10 @@ class MainWindow(WindowRun, WindowState, WindowFiles, QMainWindow):
         run_menu = self.menuBar().addMenu("&Generate")
         self.generate_action = action(run_menu, "Generate", self.generate, "Ctrl+Return", "Ctrl+Enter")
         self.cancel_action = action(run_menu, "Cancel", self.cancel, Qt.Key.Key_Escape)
+        run_menu.addSeparator()
+        self.start_from_result_action = action(run_menu, "Start from the selected result", self.start_from_result, "Ctrl+I")
+        self.gallery.view.setContextMenuPolicy(Qt.ContextMenuPolicy.ActionsContextMenu)  # also on a right-click
+        self.gallery.view.addAction(self.start_from_result_action)
 
     def _connect(self) -> None:
         w = self.runner.worker

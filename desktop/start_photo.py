@@ -31,7 +31,7 @@ class StartPhoto(QObject):
     def __init__(self, history: QUndoStack, parent=None) -> None:
         super().__init__(parent)
         self.history = history
-        self.path: Path | None = None
+        self.name = ""  # the file's name, or what the picture is ("result, seed 7")
         self._pixels: np.ndarray | None = None  # the photo as loaded, (H, W, 3) uint8
         self.output_size = (512, 512)  # width, height
         self._fitted: tuple[tuple[int, int], np.ndarray, QImage] | None = None
@@ -39,18 +39,20 @@ class StartPhoto(QObject):
 
     # -- the photo -----------------------------------------------------------------------------
 
-    def load(self, path: str | Path) -> tuple[int, int]:
-        """Read a photo (ImageError names what is wrong with the file); returns the size it is
-        fitted to by default: its own when the model takes it, else its aspect at the nearest size."""
-        pixels = load_photo(path)
-        self.path, self._pixels, self._fitted = Path(path), pixels, None
+    def load(self, source: str | Path | np.ndarray, name: str = "") -> tuple[int, int]:
+        """Read a photo file, or take an RGB array (ImageError names what is wrong with it); returns
+        the size it is fitted to by default: its own when the model takes it, else its aspect at the
+        nearest size."""
+        pixels = load_photo(source)
+        self.name = name or Path(source).name  # type: ignore[arg-type]
+        self._pixels, self._fitted = pixels, None
         self.mask = self._blank_mask()
         self.photoChanged.emit()
         self.maskChanged.emit()
         return start_size(pixels.shape[1], pixels.shape[0])
 
     def clear(self) -> None:
-        self.path, self._pixels, self._fitted = None, None, None
+        self.name, self._pixels, self._fitted = "", None, None
         self.mask = self._blank_mask()
         self.photoChanged.emit()
         self.maskChanged.emit()

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
     QButtonGroup,
@@ -126,12 +127,13 @@ class StartPhotoBar(QWidget):
             self.photo_folder = str(Path(path).parent)
             self.open_photo(path)
 
-    def open_photo(self, path: str | Path) -> bool:
-        """Use ``path`` as the start photo; False (the reason sent as ``problem``) when it cannot be read."""
+    def open_photo(self, source: str | Path | np.ndarray, name: str = "") -> bool:
+        """Use a photo file (or an RGB array called ``name``) as the start photo; False (the reason
+        sent as ``problem``) when it cannot be read."""
         try:
-            width, height = self.photo.load(path)
+            width, height = self.photo.load(source, name)
         except (OSError, DynamicIDError) as exc:
-            self.problem.emit(f"Could not use {Path(path).name} as the start photo: {exc}")
+            self.problem.emit(f"Could not use {name or Path(source).name} as the start photo: {exc}")  # type: ignore[arg-type]
             return False
         self.photoChosen.emit(width, height)
         return True
@@ -178,6 +180,6 @@ class StartPhotoBar(QWidget):
         width, height = self.photo.photo_size
         out_w, out_h = self.photo.output_size
         fitted = "" if (width, height) == (out_w, out_h) else f" → {out_w}×{out_h} (cropped and resized)"
-        self.photo_label.setText(f"{self.photo.path.name if self.photo.path else ''}: {width}×{height}{fitted}")
+        self.photo_label.setText(f"{self.photo.name}: {width}×{height}{fitted}")
         self.hint.setText("Only the painted area is repainted; the rest stays as it is." if painted else
                           "Nothing painted: the whole picture is redrawn. Paint to change only part of it.")

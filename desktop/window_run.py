@@ -68,10 +68,19 @@ class WindowRun:
         except RequestError:
             return None
 
+    def start_from_result(self) -> None:
+        """The selected result becomes the start photo (A1111's "Send to inpaint"), on the Layout tab."""
+        entry = self.gallery.current_entry()
+        if entry is None:
+            self.messages.show_problem("Select a result first: it becomes the photo the next image starts from")
+            return
+        if self.layout_tab.start_bar.open_photo(np.asarray(entry.image.convert("RGB")), f"result, seed {entry.seed}"):
+            self.tabs.setCurrentWidget(self.layout_tab)
+
     def start_from_photo(self, width: int, height: int) -> None:
         """A start photo was chosen: the output takes the size it fits (the size fields stay editable)."""
         self.form.apply({"width": width, "height": height})
-        name, (photo_w, photo_h) = self.start_photo.path.name, self.start_photo.photo_size
+        name, (photo_w, photo_h) = self.start_photo.name, self.start_photo.photo_size
         resized = "" if (photo_w, photo_h) == (width, height) else f", cropped and resized from {photo_w}×{photo_h}"
         self.statusBar().showMessage(f"Starting from {name} at {width}×{height}{resized}; your file is left as it is", 10000)
 

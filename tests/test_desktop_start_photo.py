@@ -190,3 +190,16 @@ def test_strength_and_mask_blur_restore_from_a_dropped_png(qtbot, window, tmp_pa
     win.form.prompt_edit.setPlainText("x")
     request = win.build_request()
     assert (request.strength, request.mask_blur) == (0.4, 9)
+
+
+def test_a_result_becomes_the_start_photo(qtbot, window):
+    win = window
+    _small(win, steps=1)
+    with qtbot.waitSignal(win.runEnded, timeout=60000):
+        assert win.generate(), win.error_label.text()
+    assert win.start_from_result_action in win.gallery.view.actions()  # also on a right-click in the gallery
+    win.start_from_result_action.trigger()
+    assert win.tabs.currentWidget() is win.layout_tab
+    entry = win.gallery.current_entry()
+    assert np.array_equal(win.build_request().init_image, np.asarray(entry.image.convert("RGB")))
+    assert win.layout_tab.start_bar.photo_label.text() == "result, seed 11: 256×256"
