@@ -27,8 +27,16 @@ class ModelDims:
     clip_image_size: int = 224
     text_len: int = 77
     latent_channels: int = 4
+    # The UNet's input channels: the latent's, or 2 x latent + 1 for an inpainting UNet (the mask
+    # and the masked picture's latent beside the latent, runwayml's SD1.5 inpainting layout).
+    unet_in_channels: int = 4
     tokens_per_identity: int = 4
     landmark_size: int = 96
+
+    @property
+    def inpainting_unet(self) -> bool:
+        """Whether the UNet takes the mask and the masked picture's latent beside the latent."""
+        return self.unet_in_channels == 2 * self.latent_channels + 1
 
     def symbols(self) -> dict[str, int]:
         return {
@@ -38,6 +46,7 @@ class ModelDims:
             "clip_size": self.clip_image_size,
             "L": self.text_len,
             "latent_c": self.latent_channels,
+            "unet_c": self.unet_in_channels,
             "T": self.tokens_per_identity,
             "lm": self.landmark_size,
         }
@@ -215,7 +224,7 @@ IMR = EngineSpec(
 UNET = EngineSpec(
     "unet",
     inputs=(
-        TensorSpec("sample", ("B", "latent_c", "h", "w")),
+        TensorSpec("sample", ("B", "unet_c", "h", "w")),  # 4 channels; 9 for an inpainting UNet
         TensorSpec("timestep", ("B",)),
         TensorSpec("encoder_hidden_states", ("B", "L", "C")),
         TensorSpec("id_tokens", ("B", "4*N", "C")),

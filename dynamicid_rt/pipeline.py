@@ -21,8 +21,8 @@ from .contract import ENGINES, IDENTITY_ENGINES, TEXT_ENCODER, UNET, decoder_eng
 from .decoding import check_finite, decode_pixels
 from .denoiser.guided_unet import GuidedUNet
 from .denoiser.start_image import ENGINE as VAE_ENCODER
-from .denoiser.start_image import encode_start_image
-from .denoiser.unet_feed import identity_inputs, unet_feed
+from .denoiser.start_image import encode_start_image, inpainting_conditioning
+from .denoiser.unet_feed import identity_inputs, unet_feed, with_conditioning
 from .errors import Cancelled, RequestError
 from .export.progress import BuildProgress
 from .formats.lora_tags import lora_hashes, strip_lora_tags, with_prompt_tags
@@ -301,6 +301,8 @@ class Pipeline:
             noise = initial_noise(seeds, (4, lh, lw))
 
         start = encode_start_image(self.backend, request)  # img2img / inpainting: the picture's latent
+        # An inpainting UNet sees the mask and the masked picture at every step (txt2img too: all repainted).
+        conditioning = inpainting_conditioning(self.backend, request) if self.dims.inpainting_unet else None
         # Loaded while the text encoder runs, where the backend can.
         self.backend.prepare([UNET.name, *([preview_engine] if preview_engine else [])])
         t = time.perf_counter()
@@ -317,7 +319,7 @@ class Pipeline:
         # CFG over batch chunks that fit the UNet profile, each chunk size bound once for all steps.
         denoise = GuidedUNet(
             self.backend, states, identity, batch, request.guidance,
-            boost=lambda step: request.boost if step < request.boost_steps else 0.0,
+            boost=lambda step: request.boost if step < request.boost_steps else 0.0, conditioning=conditioning,
         )
 
         t_sample = time.perf_counter()
@@ -346,7 +348,8 @@ class Pipeline:
         if cancel is not None and cancel.is_set():
             raise Cancelled("cancelled before the first step")
         latents = run_schedule(schedule, estimate, noise, noise_source=step_noise_source(seeds), callback=on_step,
-                               gamma=request.tcd_gamma, **(start.sampler_inputs() if start else {}))
+                               gamma=request.tcd_gamma,
+                               **(start.sampler_inputs(keep_known=conditioning is None) if start else {}))
         timings["denoise"] = time.perf_counter() - t_sample
         if preview.frames:
             timings["previews"] = preview.spent  # within "denoise"
@@ -355,7 +358,8 @@ class Pipeline:
         if request.activation_maps and request.identities and supports(self.backend, "activation_maps"):
             # One extra conditional UNet call on the final latent, at the last timestep, without boost.
             last_t = float(schedule.timesteps[-1])
-            maps = list(self.backend.activation_maps(unet_feed(identity, states, latents, last_t, 0.0, guided=False)))
+            sample = with_conditioning(latents, conditioning)
+            maps = list(self.backend.activation_maps(unet_feed(identity, states, sample, last_t, 0.0, guided=False)))
 
         t = time.perf_counter()
         images = [self._finish_image(latents[i : i + 1], decoder, start) for i in range(batch)]

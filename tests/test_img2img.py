@@ -210,7 +210,7 @@ def test_cli_refuses_a_mask_without_a_picture_and_never_overwrites_the_photo(tin
     assert "photo.png" in caplog.text.splitlines()[-1]
 
 
-def test_a_nine_channel_inpainting_unet_is_refused_in_one_line_at_load(tiny_bundle, tmp_path):
+def test_a_unet_of_neither_layout_is_refused_in_one_line_at_load(tiny_bundle, tmp_path):
     import json
     import shutil
 
@@ -221,9 +221,9 @@ def test_a_nine_channel_inpainting_unet_is_refused_in_one_line_at_load(tiny_bund
     shutil.copytree(tiny_bundle, root)
     config_file = root / "base" / "unet" / "config.json"
     config = json.loads(config_file.read_text())
-    config["in_channels"] = 9  # what runwayml's SD1.5 inpainting UNet declares
+    config["in_channels"] = 8  # neither SD1.5's 4 nor the inpainting UNet's 9 (tests/test_inpainting_unet.py)
     config_file.write_text(json.dumps(config))
-    with pytest.raises(ModelFolderError, match="9 input channels: an SD1.5 inpainting checkpoint") as caught:
+    with pytest.raises(ModelFolderError, match="the UNet takes 8 input channels for 4-channel latents") as caught:
         Pipeline.load(root, backend="torch", cache_dir=tmp_path / "cache")
     assert "\n" not in str(caught.value)
 

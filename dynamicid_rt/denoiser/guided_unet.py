@@ -15,7 +15,7 @@ import numpy as np
 from ..backends.base import Backend, EngineCall
 from ..contract import UNET
 from ..errors import NumericalError
-from .unet_feed import IdentityInputs, constant_inputs, step_inputs
+from .unet_feed import IdentityInputs, constant_inputs, step_inputs, with_conditioning
 
 
 def profile_max_rows() -> int:
@@ -34,7 +34,9 @@ class GuidedUNet:
 
     ``states`` are the (negative, prompt) text states (2, 77, C); ``identity`` the request's
     identity inputs (:func:`~dynamicid_rt.denoiser.unet_feed.identity_inputs`); ``boost`` the boost of each
-    step, by step index. The UNet is fed through :mod:`dynamicid_rt.denoiser.unet_feed`."""
+    step, by step index; ``conditioning`` an inpainting UNet's mask and masked-picture latent
+    (:func:`~dynamicid_rt.denoiser.start_image.inpainting_conditioning`). The UNet is fed through
+    :mod:`dynamicid_rt.denoiser.unet_feed`."""
 
     def __init__(
         self,
@@ -44,8 +46,10 @@ class GuidedUNet:
         batch: int,
         guidance: float,
         boost: Callable[[int], float],
+        conditioning: np.ndarray | None = None,
     ) -> None:
         self.backend = backend
+        self.conditioning = conditioning
         self.states = states
         self.identity = identity
         self.guidance = guidance
@@ -65,7 +69,8 @@ class GuidedUNet:
 
     def _guided(self, x: np.ndarray, timestep: float, step: int) -> np.ndarray:
         images = len(x)
-        out = self._unet(images)(step_inputs(x, timestep, self.boost(step), self.use_cfg))["noise_pred"]
+        sample = with_conditioning(x, self.conditioning)
+        out = self._unet(images)(step_inputs(sample, timestep, self.boost(step), self.use_cfg))["noise_pred"]
         if not np.all(np.isfinite(out)):
             raise NumericalError(f"the UNet produced NaN/inf at step {step + 1}; try fp32 precision or fewer steps")
         if not self.use_cfg:

@@ -78,6 +78,14 @@ def step_inputs(sample: np.ndarray, timestep: float, boost: float, guided: bool)
     }
 
 
+def with_conditioning(sample: np.ndarray, conditioning: np.ndarray | None) -> np.ndarray:
+    """``sample`` (images, 4, h, w) with an inpainting UNet's channels after it, per image (the
+    UNet's ``sample`` input then has 9 channels); as it is without them."""
+    if conditioning is None:
+        return sample
+    return np.concatenate([sample, np.broadcast_to(conditioning, (len(sample), *conditioning.shape[1:]))], axis=1)
+
+
 def unet_feed(
     identity: IdentityInputs, states: np.ndarray, sample: np.ndarray, timestep: float, boost: float, guided: bool
 ) -> dict[str, np.ndarray]:

@@ -330,11 +330,12 @@ def read_model_dims(paths: ModelPaths) -> ModelDims:
         text_file = None if paths.base.name == "unet" else paths.base / "text_encoder" / "config.json"
     unet = _read_json(unet_file, "UNet config")
     context = unet.get("cross_attention_dim")
-    latent = unet.get("in_channels", 4)
-    if not isinstance(context, int) or not isinstance(latent, int):
+    unet_in = unet.get("in_channels", 4)
+    latent = unet.get("out_channels", 4)
+    if not all(isinstance(v, int) for v in (context, unet_in, latent)):
         raise ModelFolderError(
-            f"UNet config {unet_file} has cross_attention_dim={context!r}, in_channels={latent!r}; "
-            "expected integers (an SD1.5 UNet)"
+            f"UNet config {unet_file} has cross_attention_dim={context!r}, in_channels={unet_in!r}, "
+            f"out_channels={latent!r}; expected integers (an SD1.5 UNet)"
         )
     text_len = 77
     if text_file is not None and text_file.is_file():
@@ -362,4 +363,5 @@ def read_model_dims(paths: ModelPaths) -> ModelDims:
         clip_image_size=size,
         text_len=text_len,
         latent_channels=latent,
+        unet_in_channels=unet_in,
     )

@@ -65,6 +65,8 @@ def inspect_paths(paths: ModelPaths) -> tuple[str, bool]:
         dims = read_model_dims(paths)
         lines += _weights_lines(paths)
         lines.append(f"  sizes: context width {dims.context_dim}, CLIP width {dims.clip_width}, CLIP tokens {dims.clip_tokens}")
+        if dims.inpainting_unet:
+            lines.append(f"  UNet: an inpainting UNet ({dims.unet_in_channels} input channels: latent, mask, masked picture)")
         for ckpt in (paths.saa, paths.projector, paths.imr, paths.keypoint_encoder):
             if ckpt is not None:
                 sub, sub_ok = describe_checkpoint(ckpt)

@@ -26,7 +26,6 @@ MAX_INT = 1 << 20  # anything else (vocabularies, timesteps)
 _WIDTH_WORDS = ("channels", "dim", "hidden_size", "intermediate_size", "heads", "size")
 _DEPTH_WORDS = ("layers", "blocks", "depth")
 _CONFIG_PARTS = ("unet", "vae", "text_encoder")
-INPAINTING_UNET_CHANNELS = 9  # latent 4 + mask 1 + masked-image latent 4 (runwayml's inpainting UNet)
 
 
 def folder_problems(paths: ModelPaths) -> list[str]:
@@ -78,14 +77,15 @@ def config_problems(paths: ModelPaths) -> list[str]:
         return [str(exc)]
     except (TypeError, ValueError, ZeroDivisionError) as exc:  # e.g. patch_size 0
         return [f"the model's configs give no usable sizes ({type(exc).__name__}: {exc}); restore the config files"]
-    if dims.latent_channels == INPAINTING_UNET_CHANNELS:
-        return [f"the UNet takes {INPAINTING_UNET_CHANNELS} input channels: an SD1.5 inpainting checkpoint, which "
-                "dynamicid-rt does not run (the SAA weights are trained on 4-channel SD1.5); use the base SD1.5 "
-                "model and inpaint with its --mask / Request(mask=...)"]
     bounds = {"context_dim": MAX_WIDTH, "clip_width": MAX_WIDTH, "clip_image_size": 4096, "clip_tokens": 1 << 16,
-              "text_len": 4096, "latent_channels": 64}
-    return [f"the model's configs give {name}={getattr(dims, name)!r}, outside 1..{hi}; restore the config files"
-            for name, hi in bounds.items() if not 1 <= getattr(dims, name) <= hi]
+              "text_len": 4096, "latent_channels": 64, "unet_in_channels": 129}
+    out = [f"the model's configs give {name}={getattr(dims, name)!r}, outside 1..{hi}; restore the config files"
+           for name, hi in bounds.items() if not 1 <= getattr(dims, name) <= hi]
+    latent, unet_in = dims.latent_channels, dims.unet_in_channels
+    if not out and unet_in not in (latent, 2 * latent + 1):
+        out.append(f"the UNet takes {unet_in} input channels for {latent}-channel latents: dynamicid-rt runs an SD1.5 "
+                   f"UNet ({latent}) or an SD1.5 inpainting UNet ({2 * latent + 1}); check base/unet/config.json")
+    return out
 
 
 def _implausible(config: dict, prefix: str = "") -> Iterator[tuple[str, object, str]]:
