@@ -44,7 +44,7 @@ class StartPhoto(QObject):
         the size it is fitted to by default: its own when the model takes it, else its aspect at the
         nearest size."""
         pixels = load_photo(source)
-        self.name = name or Path(source).name  # type: ignore[arg-type]
+        self.name = name or (Path(source).name if isinstance(source, (str, Path)) else "picture")
         self._pixels, self._fitted = pixels, None
         self.mask = self._blank_mask()
         self.photoChanged.emit()

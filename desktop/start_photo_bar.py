@@ -133,7 +133,8 @@ class StartPhotoBar(QWidget):
         try:
             width, height = self.photo.load(source, name)
         except (OSError, DynamicIDError) as exc:
-            self.problem.emit(f"Could not use {name or Path(source).name} as the start photo: {exc}")  # type: ignore[arg-type]
+            what = name or (Path(source).name if isinstance(source, (str, Path)) else "the picture")
+            self.problem.emit(f"Could not use {what} as the start photo: {exc}")
             return False
         self.photoChosen.emit(width, height)
         return True
