@@ -16,7 +16,9 @@ from dynamicid_rt import Pipeline, Request
 diffusers = pytest.importorskip("diffusers")
 
 from test_img2img import SIZE, STEPS, _noise, _photo, _SAAOff  # noqa: E402
-from test_img2img_backends import _psnr  # noqa: E402
+from test_img2img_backends import _inpaint, _psnr  # noqa: E402
+from test_img2img_backends import _mask as _two_regions  # noqa: E402
+from test_img2img_backends import _photo as _window_photo  # noqa: E402
 
 SCHEDULERS = {"ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler", "dpmpp_2m": "DPMSolverMultistepScheduler"}
 
@@ -130,25 +132,16 @@ def test_txt2img_is_the_inpaint_pipeline_with_everything_repainted(inpainting_pi
     assert np.abs(ours - ref).max() <= 1e-5 * max(1.0, np.abs(ref).max())
 
 
-def _two_people(pipe: Pipeline, samples) -> tuple[np.ndarray, Request]:
-    mask = np.zeros((SIZE, SIZE), np.uint8)
-    mask[40:216, 8:120] = 255
-    mask[24:200, 140:250] = 255
-    people = [pipe.encode_identity(samples / "person_a.png"), pipe.encode_identity(samples / "person_b.png")]
-    request = Request(prompt="two friends at a window", identities=people, init_image=_photo(4), mask=mask, strength=0.8,
-                      width=SIZE, height=SIZE, steps=4, seed=21, sampler="dpmpp_2m")
-    return np.asarray(pipe.generate(request).images[0]), request
-
-
 @pytest.fixture(scope="module")
 def torch_image(inpainting_pipeline, samples):
-    return _two_people(inpainting_pipeline, samples)
+    return _inpaint(inpainting_pipeline, samples)
 
 
 def test_two_people_into_two_regions_and_the_rest_bit_exact(torch_image):
     image, request = torch_image
-    photo, alpha = _photo(4), request.mask_alpha()
+    photo, alpha = _window_photo(), request.mask_alpha()
     assert np.array_equal(image[alpha == 0], photo[alpha == 0])
+    assert np.array_equal(request.mask, _two_regions())
     for region in (np.s_[40:216, 8:120], np.s_[24:200, 140:250]):
         assert np.abs(image[region].astype(int) - photo[region]).mean() > 2.0
 
@@ -161,9 +154,9 @@ def test_cpu_backends_match_torch(backend, torch_image, inpainting_bundle, sampl
                          cache_dir=tmp_path_factory.mktemp("cache"))
     try:
         assert pipe.dims.inpainting_unet  # the exported UNet takes 9 channels
-        image, request = _two_people(pipe, samples)
+        image, request = _inpaint(pipe, samples)
     finally:
         pipe.close()
     alpha = request.mask_alpha()
-    assert np.array_equal(image[alpha == 0], _photo(4)[alpha == 0])
+    assert np.array_equal(image[alpha == 0], _window_photo()[alpha == 0])
     assert _psnr(image, torch_image[0]) >= 40.0
