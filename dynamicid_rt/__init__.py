@@ -24,8 +24,8 @@ from .errors import (
 _LAZY = {
     "Pipeline": "dynamicid_rt.pipeline",
     "Request": "dynamicid_rt.request",
-    "Result": "dynamicid_rt.request",
-    "ProgressInfo": "dynamicid_rt.request",
+    "Result": "dynamicid_rt.results",
+    "ProgressInfo": "dynamicid_rt.results",
     "Person": "dynamicid_rt.request",
     "ModelInfo": "dynamicid_rt.modelfiles.model_hash",
     "Box": "dynamicid_rt.request",
@@ -33,7 +33,7 @@ _LAZY = {
     "SIZE_RANGE": "dynamicid_rt.request",
     "default_boxes": "dynamicid_rt.request",
     "Identity": "dynamicid_rt.identity.value",
-    "IdentityMatch": "dynamicid_rt.request",
+    "IdentityMatch": "dynamicid_rt.results",
     "ModelPaths": "dynamicid_rt.modelfiles.paths",
     "SAMPLERS": "dynamicid_rt.sampling.names",
     "canonical_sampler": "dynamicid_rt.sampling.names",
@@ -89,7 +89,8 @@ if TYPE_CHECKING:
     from .modelfiles.model_hash import ModelInfo
     from .modelfiles.paths import ModelPaths
     from .pipeline import Pipeline
-    from .request import MAX_IDENTITIES, SIZE_RANGE, Box, IdentityMatch, Person, ProgressInfo, Request, Result, default_boxes
+    from .request import MAX_IDENTITIES, SIZE_RANGE, Box, Person, Request, default_boxes
+    from .results import IdentityMatch, ProgressInfo, Result
     from .sampling.names import SAMPLERS, canonical_sampler
     from .sampling.preview import latent_to_rgb
     from .sampling.schedules import max_sampler_steps

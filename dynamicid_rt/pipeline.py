@@ -37,7 +37,8 @@ from .modelfiles.lora import check_lora_refs, load_loras
 from .modelfiles.model_hash import ModelInfo, describe_model
 from .modelfiles.paths import ModelPaths, vae_scaling_factor
 from .models.preflight import check_folder
-from .request import Box, IdentityMatch, Person, ProgressInfo, Request, Result, default_boxes
+from .request import Box, Person, Request, default_boxes
+from .results import IdentityMatch, ProgressInfo, Result
 from .sampling.live_preview import PREVIEW_BUDGET, PREVIEW_INTERVAL, DenoisedEstimate, LivePreview
 from .sampling.names import sampler_for_scheduler_class
 from .sampling.noise import image_seeds, initial_noise, step_noise_source

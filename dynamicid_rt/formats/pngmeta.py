@@ -21,7 +21,7 @@ from .infotext import MAX_TEXT_CHARS, a1111_lines, exact_prompt_fields, quote, r
 if TYPE_CHECKING:
     from PIL import Image
 
-    from ..request import Result
+    from ..results import Result
 
 log = logging.getLogger(__name__)
 

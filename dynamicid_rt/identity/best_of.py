@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 
 from ..errors import Cancelled
-from ..request import IdentityMatch, ProgressInfo, Request, Result
+from ..request import Request
+from ..results import IdentityMatch, ProgressInfo, Result
 from .check import rank_key
 
 if TYPE_CHECKING:

@@ -11,7 +11,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from ..errors import RequestError
-from ..request import IdentityMatch
+from ..results import IdentityMatch
 
 Box = tuple[float, float, float, float]  # (y0, x0, y1, x1) in [0, 1] of the image
 
