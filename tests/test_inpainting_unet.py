@@ -160,3 +160,27 @@ def test_cpu_backends_match_torch(backend, torch_image, inpainting_bundle, sampl
     alpha = request.mask_alpha()
     assert np.array_equal(image[alpha == 0], _window_photo()[alpha == 0])
     assert _psnr(image, torch_image[0]) >= 40.0
+
+
+def test_the_web_api_serves_it_bit_for_bit(inpainting_pipeline):
+    """An unchanged A1111 client against `serve` on the inpainting model: the Python API's image, and
+    A1111's info says the model uses inpainting conditioning."""
+    webuiapi = pytest.importorskip("webuiapi")
+    pytest.importorskip("fastapi")
+    from PIL import Image
+
+    from server_helpers import start_server
+
+    server, _ = start_server(inpainting_pipeline)
+    try:
+        api = webuiapi.WebUIApi(host="127.0.0.1", port=server.port)
+        served = api.img2img(images=[Image.fromarray(_photo(5))], mask_image=Image.fromarray(_mask()), mask_blur=0,
+                             denoising_strength=0.75, inpainting_fill=1, inpaint_full_res=False, prompt="a green door",
+                             seed=8, cfg_scale=5, sampler_name="DDIM", steps=4, width=SIZE, height=SIZE)
+    finally:
+        server.stop()
+    direct = inpainting_pipeline.generate(Request(prompt="a green door", init_image=_photo(5), mask=_mask(), mask_blur=0,
+                                                  strength=0.75, seed=8, guidance=5.0, sampler="ddim", steps=4,
+                                                  width=SIZE, height=SIZE))
+    assert np.array_equal(np.asarray(served.images[0].convert("RGB")), np.asarray(direct.images[0]))
+    assert served.info["is_using_inpainting_conditioning"] is True

@@ -38,8 +38,9 @@ def model_title(model: ModelInfo) -> str:
     return f"{model.name} [{model.hash}]" if model.hash else model.name
 
 
-def info_json(plan: Plan, results: Sequence[Result], model: ModelInfo) -> str:
-    """A1111's ``info`` text for the images of ``results`` (the batches that ran)."""
+def info_json(plan: Plan, results: Sequence[Result], model: ModelInfo, inpainting_unet: bool = False) -> str:
+    """A1111's ``info`` text for the images of ``results`` (the batches that ran); ``inpainting_unet``:
+    the model is an inpainting checkpoint, whose UNet takes the mask and masked picture."""
     first = plan.requests[0]
     seeds = [seed for result in results for seed in result.seeds]
     infotexts = [format_parameters(result, k) for result in results for k in range(len(result.images))]
@@ -76,7 +77,7 @@ def info_json(plan: Plan, results: Sequence[Result], model: ModelInfo) -> str:
         "styles": [],
         "job_timestamp": "",
         "clip_skip": 1,
-        "is_using_inpainting_conditioning": False,
+        "is_using_inpainting_conditioning": inpainting_unet,
         "version": f"dynamicid-rt {__version__}",
     }
     return json.dumps(info, ensure_ascii=False)

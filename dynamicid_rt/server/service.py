@@ -37,6 +37,7 @@ class Service:
     def __init__(self, pipeline: Pipeline, lora_dir: str | Path | None = None, decode_budget: int = DEFAULT_DECODE_BUDGET) -> None:
         self.pipeline = pipeline
         self.model = pipeline.model_info()
+        self.inpainting_unet = pipeline.dims.inpainting_unet  # A1111's info says when the model is one
         self.queue = JobQueue()
         self.loras = LoraFolder(lora_dir)
         self.decode_budget = DecodeBudget(decode_budget)
@@ -127,7 +128,8 @@ class Service:
 
     def response(self, plan: Plan, results: list[Result]) -> Txt2ImgResponse:
         images = [self._png_base64(r, k) for r in results for k in range(len(r.images))] if plan.send_images else []
-        return Txt2ImgResponse(images=images, parameters=plan.echo, info=info_json(plan, results, self.model))
+        return Txt2ImgResponse(images=images, parameters=plan.echo, info=info_json(plan, results, self.model,
+                                                                                      self.inpainting_unet))
 
     def _png_base64(self, result: Result, index: int) -> str:
         """The PNG exactly as the CLI writes it (save_png with format_parameters), as base64."""
