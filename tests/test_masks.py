@@ -95,3 +95,19 @@ def test_crop_resize_is_a1111s_crop_and_resize():
     mask = np.zeros((300, 400), np.uint8)
     mask[:, 200:] = 255
     assert set(np.unique(np.asarray(crop_resize(mask, 256, 256, nearest=True)))) == {0, 255}  # a mask stays binary
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda f: f.start_size(0, 512), "width=0"),
+    (lambda f: f.start_size(512, 7.5), "height=7.5"),
+    (lambda f: f.crop_resize(np.zeros((8, 8, 3), np.uint8), -1, 8), "width=-1"),
+    (lambda f: f.crop_resize(np.zeros((8, 8, 3), np.float32), 8, 8), "uint8 array"),
+    (lambda f: f.crop_resize("photo.png", 8, 8), "must be a PIL image"),
+    (lambda f: f.mask_boxes(np.full((64, 64), 255, np.uint8), 0), "1 separate regions for 0 people"),
+])
+def test_start_photo_helpers_refuse_bad_input_with_the_projects_error(call, message):
+    import dynamicid_rt
+
+    with pytest.raises(RequestError, match=message) as caught:
+        call(dynamicid_rt)
+    assert "\n" not in str(caught.value)

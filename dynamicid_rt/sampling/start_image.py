@@ -37,6 +37,7 @@ def start_size(width: int, height: int, longest: int = 1024) -> tuple[int, int]:
     """The size a ``width`` x ``height`` picture is fitted to: its own when the UNet takes it (sides
     multiples of 64 within the profiles), else its aspect with the long side at most ``longest``,
     each side rounded to a multiple of 64 within the profiles."""
+    _check_size(width, height)
     lo, hi = SIZE_RANGE
     if width % 64 == 0 and height % 64 == 0 and lo <= width <= hi and lo <= height <= hi:
         return width, height
@@ -48,10 +49,12 @@ def crop_resize(image, width: int, height: int, nearest: bool = False):
     """A1111's "Crop and resize": ``image`` (PIL, or an array) scaled to cover ``width`` x ``height``
     and cropped about its centre, as a PIL image; returned unchanged (no resampling) when it is
     that size already. ``nearest``: resample without interpolation (masks keep their values)."""
+    _check_size(width, height)
     if not (hasattr(image, "resize") and hasattr(image, "crop")):
         from PIL import Image
 
-        image = Image.fromarray(np.ascontiguousarray(image))
+        mode = "L" if np.ndim(image) == 2 else "RGB"
+        image = Image.fromarray(np.ascontiguousarray(image_array(image, "image", mode)))
     if image.size == (width, height):
         return image
     scale = max(width / image.width, height / image.height)
@@ -59,6 +62,12 @@ def crop_resize(image, width: int, height: int, nearest: bool = False):
     left, top = (image.width - crop_w) / 2, (image.height - crop_h) / 2
     method = 0 if nearest else 1  # PIL's Resampling.NEAREST and LANCZOS
     return image.resize((width, height), method, box=(left, top, left + crop_w, top + crop_h))
+
+
+def _check_size(width: object, height: object) -> None:
+    for name, side in (("width", width), ("height", height)):
+        if isinstance(side, (bool, np.bool_)) or not isinstance(side, (int, np.integer)) or side < 1:
+            raise RequestError(f"{name}={side!r}: must be a whole number of pixels, at least 1")
 
 
 def mask_boxes(mask, people: int, mask_blur: int = 4) -> list[Box]:
