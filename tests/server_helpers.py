@@ -8,6 +8,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 LOOPBACK = "127.0.0.1"  # tests never bind any other address
 
 
@@ -44,3 +46,18 @@ def start_server(pipeline, **options) -> tuple[LiveServer, object]:
 
     service = Service(pipeline)
     return LiveServer(create_app(service, **options)), service
+
+
+# A test module's own server and client on the session's tiny pipeline: `from server_helpers import live, api`.
+@pytest.fixture(scope="module")
+def live(tiny_pipeline):
+    server, service = start_server(tiny_pipeline)
+    yield server, service
+    server.stop()
+
+
+@pytest.fixture()
+def api(live):
+    import webuiapi
+
+    return webuiapi.WebUIApi(host=LOOPBACK, port=live[0].port)

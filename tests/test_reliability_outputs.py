@@ -2,11 +2,9 @@
 half-written temporaries never survive and files get the user's normal permissions."""
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -23,7 +23,7 @@ webuiapi = pytest.importorskip("webuiapi")
 
 from dynamicid_rt import SAMPLERS, Request, canonical_sampler, parse_parameters, read_parameters  # noqa: E402
 from dynamicid_rt.cli import main as cli_main  # noqa: E402
-from server_helpers import b64, start_server  # noqa: E402
+from server_helpers import api, b64, live  # noqa: E402,F401
 
 # The keys of A1111's Processed.js() (modules/processing.py, 1.9 and later): what clients read.
 A1111_INFO_KEYS = {
@@ -36,16 +36,6 @@ A1111_INFO_KEYS = {
 SMALL = dict(width=256, height=256, steps=2)
 
 
-@pytest.fixture(scope="module")
-def live(tiny_pipeline):
-    server, service = start_server(tiny_pipeline)
-    yield server, service
-    server.stop()
-
-
-@pytest.fixture()
-def api(live):
-    return webuiapi.WebUIApi(host="127.0.0.1", port=live[0].port)
 
 
 def _pixels(image: Image.Image) -> np.ndarray:

@@ -12,21 +12,11 @@ pytest.importorskip("uvicorn")
 webuiapi = pytest.importorskip("webuiapi")
 
 from dynamicid_rt import Request, parse_parameters  # noqa: E402
-from server_helpers import b64, start_server  # noqa: E402
+from server_helpers import api, b64, live  # noqa: E402,F401
 
 SIZE = 256
 
 
-@pytest.fixture(scope="module")
-def live(tiny_pipeline):
-    server, service = start_server(tiny_pipeline)
-    yield server, service
-    server.stop()
-
-
-@pytest.fixture()
-def api(live):
-    return webuiapi.WebUIApi(host="127.0.0.1", port=live[0].port)
 
 
 def _photo() -> np.ndarray:

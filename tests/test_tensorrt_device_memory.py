@@ -232,15 +232,21 @@ def test_a_plan_whose_worst_case_cannot_fit_is_refused_at_load(monkeypatch, tmp_
 # -- CUDA-graph capture ---------------------------------------------------------------------------------
 
 
-def test_a_context_that_is_not_capturable_runs_without_a_graph(monkeypatch, tmp_path, cudart, caplog):
-    options = {"static-256x256": {"capturable": False}}
-    trt_backend, trt = _backend(monkeypatch, tmp_path, cudart, plans=("dynamic", "static-256x256"), options=options)
-    inputs = _inputs(0)
-    call = trt_backend.bind("unet", {k: v for k, v in inputs.items() if k not in STEP})
+def _three_steps_logged(trt_backend, caplog):
+    """Bind the UNet and run three steps on the static plan, warnings logged; each step must echo
+    its own sample (the stand-in UNet's output). Returns the bound call."""
+    call = trt_backend.bind("unet", {k: v for k, v in _inputs(0).items() if k not in STEP})
     with caplog.at_level(logging.WARNING, logger="dynamicid_rt.engines"):
         for seed in (1, 2, 3):
             step = {k: _inputs(seed)[k] for k in STEP}
             np.testing.assert_array_equal(call(step)["noise_pred"], step["sample"])
+    return call
+
+
+def test_a_context_that_is_not_capturable_runs_without_a_graph(monkeypatch, tmp_path, cudart, caplog):
+    options = {"static-256x256": {"capturable": False}}
+    trt_backend, trt = _backend(monkeypatch, tmp_path, cudart, plans=("dynamic", "static-256x256"), options=options)
+    _three_steps_logged(trt_backend, caplog)
     assert cudart.begin_captures == 0 and trt.engines["static-256x256"].contexts[0].runs == 3
     assert len(caplog.records) == 1 and "not capturable" in caplog.text
     trt_backend.close()
@@ -261,12 +267,7 @@ def test_an_error_inside_capture_surfaces_as_itself(cudart):
 def test_a_failed_capture_falls_back_to_plain_enqueues_once_per_shape(monkeypatch, tmp_path, cudart, caplog):
     options = {"static-256x256": {"fail_in_capture": True}}
     trt_backend, trt = _backend(monkeypatch, tmp_path, cudart, plans=("dynamic", "static-256x256"), options=options)
-    inputs = _inputs(0)
-    call = trt_backend.bind("unet", {k: v for k, v in inputs.items() if k not in STEP})
-    with caplog.at_level(logging.WARNING, logger="dynamicid_rt.engines"):
-        for seed in (1, 2, 3):
-            step = {k: _inputs(seed)[k] for k in STEP}
-            np.testing.assert_array_equal(call(step)["noise_pred"], step["sample"])
+    call = _three_steps_logged(trt_backend, caplog)
     assert cudart.begin_captures == 1  # tried once for this shape, never again
     assert len(caplog.records) == 1 and "not permitted while the stream is capturing" in caplog.text
     one_image = {k: _inputs(4, batch=1)[k] for k in STEP}  # another shape of the same plan: its own try

@@ -30,7 +30,7 @@ from dynamicid_rt.engines.build import build_plans, ensure_plan  # noqa: E402
 from dynamicid_rt.engines.builder import BuildSettings, EngineBuildError, make_logger, parse_network  # noqa: E402
 from dynamicid_rt.engines.library import TENSORRT_RTX_1, load  # noqa: E402
 from dynamicid_rt.engines.plans import plan_folder  # noqa: E402
-from dynamicid_rt.engines.profiles import StaticSize, engine_profile  # noqa: E402
+from dynamicid_rt.engines.profiles import StaticSize  # noqa: E402
 from dynamicid_rt.errors import DynamicIDError  # noqa: E402
 from dynamicid_rt.export.cache import CacheEntry, build_engines  # noqa: E402
 from dynamicid_rt.modelfiles.paths import ModelPaths  # noqa: E402
