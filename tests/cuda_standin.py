@@ -21,6 +21,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from dynamicid_rt.contract import ENGINES
+
 # Calls that do not depend on the current device (or choose it).
 _DEVICE_FREE = {"cudaSetDevice", "cudaGetDevice", "cudaGetErrorString", "cudaGetLastError", "cudaDriverGetVersion",
                 "cudaGetDeviceProperties", "cudaGetDeviceCount"}
@@ -238,3 +240,28 @@ class CopyContext:
         src, dst = self.addresses["sample"], self.addresses["noise_pred"]
         self.cudart.launch(stream_handle, lambda: ctypes.memmove(dst, src, nbytes))
         return True
+
+
+UNET_IO = ENGINES["unet"].input_names + ["noise_pred"]
+
+
+class Mode(enum.Enum):
+    """STAND-IN ``tensorrt.TensorIOMode``."""
+
+    INPUT = 1
+    OUTPUT = 2
+
+
+class UNetIO:
+    """The tensor I/O of a STAND-IN ICudaEngine with the UNet's contract inputs and output."""
+
+    num_io_tensors = len(UNET_IO)
+
+    def get_tensor_name(self, i):
+        return UNET_IO[i]
+
+    def get_tensor_mode(self, name):
+        return Mode.OUTPUT if name == "noise_pred" else Mode.INPUT
+
+    def get_tensor_dtype(self, name):
+        return "float32"

@@ -7,7 +7,6 @@ it checks our side (addresses, shapes, uploads, capture and replay), not TensorR
 """
 from __future__ import annotations
 
-import enum
 import types
 
 import numpy as np
@@ -21,6 +20,7 @@ pytestmark = pytest.mark.gpu
 if not (probes.installed("cuda") and probes.cuda_device_count()):
     pytest.skip("needs cuda-python and an NVIDIA GPU", allow_module_level=True)
 
+from cuda_standin import Mode, UNetIO  # noqa: E402
 from dynamicid_rt.backends.tensorrt_backend import TensorRTBackend  # noqa: E402
 from dynamicid_rt.engines import cuda  # noqa: E402
 from dynamicid_rt.engines.context_memory import ContextMemory  # noqa: E402
@@ -28,7 +28,6 @@ from dynamicid_rt.engines.engine import Engine  # noqa: E402
 from dynamicid_rt.engines.library import TENSORRT_10, LoadedTensorRT  # noqa: E402
 
 UNET = ENGINES["unet"]
-IO = UNET.input_names + ["noise_pred"]
 
 
 class CopyContext:
@@ -58,29 +57,14 @@ class CopyContext:
         return True
 
 
-class CopyEngine:
+class CopyEngine(UNetIO):
     """STAND-IN ICudaEngine with the UNet's contract I/O."""
 
-    num_io_tensors = len(IO)
     device_memory_size = 1 << 20
-
-    def get_tensor_name(self, i):
-        return IO[i]
-
-    def get_tensor_mode(self, name):
-        return Mode.OUTPUT if name == "noise_pred" else Mode.INPUT
-
-    def get_tensor_dtype(self, name):
-        return "float32"
 
     def create_execution_context_without_device_memory(self):
         self.context = CopyContext()
         return self.context
-
-
-class Mode(enum.Enum):
-    INPUT = 1
-    OUTPUT = 2
 
 
 STANDIN_TRT = LoadedTensorRT(

@@ -18,7 +18,7 @@ import types
 import numpy as np
 import pytest
 
-from cuda_standin import CopyContext, CudartStandIn
+from cuda_standin import CopyContext, CudartStandIn, Mode, UNetIO
 from dynamicid_rt.backends import probes
 from dynamicid_rt.contract import ENGINES, ModelDims
 from dynamicid_rt.engines import cuda
@@ -27,35 +27,18 @@ from dynamicid_rt.engines.library import TENSORRT_11, TENSORRT_RTX_1, LoadedTens
 from dynamicid_rt.errors import DynamicIDError
 
 UNET = ENGINES["unet"]
-IO = UNET.input_names + ["noise_pred"]
 STEP = ("sample", "timestep", "id_boost")
 PER_ELEMENT = 64  # stand-in context memory per latent element
 WORST = UNET.shapes(ModelDims(), **{a.name: a.max for a in UNET.axes})["sample"]
 
 
-class Mode(enum.Enum):
-    INPUT = 1
-    OUTPUT = 2
-
-
-class CopyEngine:
+class CopyEngine(UNetIO):
     """STAND-IN ICudaEngine with the UNet's contract I/O; its contexts are :class:`CopyContext`."""
-
-    num_io_tensors = len(IO)
 
     def __init__(self, cudart: CudartStandIn, options: dict) -> None:
         self.cudart, self.options = cudart, options
         self.contexts: list[CopyContext] = []
         self.device_memory_size_v2 = options.get("worst", int(np.prod(WORST)) * PER_ELEMENT)
-
-    def get_tensor_name(self, i):
-        return IO[i]
-
-    def get_tensor_mode(self, name):
-        return Mode.OUTPUT if name == "noise_pred" else Mode.INPUT
-
-    def get_tensor_dtype(self, name):
-        return "float32"
 
     def create_runtime_config(self):
         return _RuntimeConfig()
